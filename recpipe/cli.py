@@ -1,0 +1,80 @@
+"""`recpipe`: the pipeline's steps outside DVC, plus dataset statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import typer
+
+from recpipe import RecpipeError, params, pipeline, setup_logging
+
+app = typer.Typer(help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.", no_args_is_help=True)
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file to read.")
+
+
+def _run(steps: list[str], params_path: Path) -> None:
+    setup_logging()
+    try:
+        p = params.load(params_path)
+        for step in steps:
+            pipeline.STEPS[step](p)
+    except RecpipeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def download(params_path: Path = PARAMS) -> None:
+    """Fetch the dataset from the first of its sources whose checksum verifies (data/raw)."""
+    _run(["download"], params_path)
+
+
+@app.command()
+def ingest(params_path: Path = PARAMS) -> None:
+    """Read the raw files into validated parquet tables: interactions, items, users (data/tables)."""
+    _run(["ingest"], params_path)
+
+
+@app.command()
+def textualize(params_path: Path = PARAMS) -> None:
+    """Write item, user and history text with entity spans (data/text)."""
+    _run(["textualize"], params_path)
+
+
+@app.command()
+def instructions(params_path: Path = PARAMS) -> None:
+    """Build TALLRec Yes/No samples and their leak-free train/valid/test split (data/instructions)."""
+    _run(["instructions"], params_path)
+
+
+@app.command()
+def sample(params_path: Path = PARAMS) -> None:
+    """Draw the K-shot training set and the validation set with the seed (data/sample)."""
+    _run(["sample"], params_path)
+
+
+@app.command()
+def run(params_path: Path = PARAMS) -> None:
+    """Run every step in order, without DVC's caching (use `dvc repro` for that)."""
+    _run(list(pipeline.STEPS), params_path)
+
+
+@app.command()
+def stats() -> None:
+    """Print statistics of the ingested tables and the instruction splits."""
+    tables = Path(pipeline.TABLES)
+    if not (tables / "interactions.parquet").exists():
+        typer.echo(f"error: {tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest`", err=True)
+        raise typer.Exit(1)
+    inter = pl.read_parquet(tables / "interactions.parquet")
+    per_user = inter.group_by("user_id").len()["len"]
+    typer.echo(f"interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}")
+    typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
+               f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
+    typer.echo("rating distribution: " + ", ".join(f"{r:g}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
+    if Path(pipeline.SAMPLES).exists():
+        s = pl.read_parquet(pipeline.SAMPLES)
+        by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
+        for split, n, pos, t0, t1 in by_split.sort("t0").rows():
+            typer.echo(f"{split:>5}: {n:,} samples, {100 * pos:.1f}% liked, timestamps {t0}..{t1}")

@@ -1,0 +1,113 @@
+"""Stage 4: TALLRec-style Yes/No instruction samples with a leak-free split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recpipe import log
+from recpipe.io import write_parquet
+from recpipe.params import InstructionsParams
+from recpipe.templates import load_template, render
+
+REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt": {"instruction", "input"}, "instruction": set(), "answer_yes": set(), "answer_no": set()}
+
+
+def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: float) -> pl.DataFrame:
+    """Every interaction with at least `history_len` earlier ones becomes a sample (without text yet)."""
+    long = hist.explode(["item_id", "rating", "timestamp"]).with_columns(pos=pl.int_range(pl.len()).over("user_id"))
+    seqs = hist.select("user_id", hist_items="item_id", hist_ratings="rating")
+    return (
+        long.filter(pl.col("pos") >= history_len)
+        .join(seqs, on="user_id")
+        .with_columns(
+            history_item_ids=pl.col("hist_items").list.slice(pl.col("pos") - history_len, history_len),
+            history_liked=pl.col("hist_ratings").list.slice(pl.col("pos") - history_len, history_len).list.eval(pl.element() > like_threshold),
+            label=(pl.col("rating") > like_threshold).cast(pl.Int8),
+        )
+        .drop("hist_items", "hist_ratings")
+    )
+
+
+def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    a = round(n * fractions[0])
+    return a, a + round(n * fractions[1])
+
+
+def split(samples: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
+    """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
+
+    temporal: global time order (timestamp, user_id, item_id); a cut never falls inside a run of
+      equal timestamps, so every test sample is strictly later than every train sample.
+    paper: TALLRec's code: users in order of first appearance in the ratings file, each user's
+      samples in time order, the last 10,000 cut 8:1:1 as they stand.
+    """
+    key = ["timestamp", "user_id", "item_id"] if params.split == "temporal" else ["file_order", "pos"]
+    ordered = samples.sort(key)
+    if params.pool_size is not None:
+        ordered = ordered.tail(params.pool_size)
+    n = ordered.height
+    a, b = _cut(n, params.fractions)
+    if params.split == "temporal":
+        ts = ordered["timestamp"].to_list()
+        while 0 < a < n and ts[a] == ts[a - 1]:
+            a += 1
+        b = max(a, b)
+        while 0 < b < n and ts[b] == ts[b - 1]:
+            b += 1
+    names = ["train"] * a + ["valid"] * (b - a) + ["test"] * (n - b)
+    return ordered.with_columns(split=pl.Series(names, dtype=pl.String))
+
+
+def drop_leaks(samples: pl.DataFrame) -> pl.DataFrame:
+    """No (user, item) that a later split asks about may be a target of an earlier split."""
+    kept = samples
+    for later, earlier in (("test", ["train", "valid"]), ("valid", ["train"])):
+        asked = kept.filter(pl.col("split") == later).select("user_id", "item_id")
+        leaking = kept.filter(pl.col("split").is_in(earlier)).join(asked, on=["user_id", "item_id"], how="semi")
+        if leaking.height:
+            log.warning("instructions: dropping %d %s samples whose target is asked in %s", leaking.height, "/".join(earlier), later)
+            kept = kept.join(leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti")
+    return kept
+
+
+def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> pl.DataFrame:
+    def as_list(ids: list[int]) -> str:
+        if not ids:
+            return tpl["empty_list"]
+        return tpl["list_separator"].join(tpl["item"].format(name=names[i]) for i in ids)
+
+    prompts = []
+    for row in samples.select("history_item_ids", "history_liked", "item_id").iter_rows():
+        ids, liked, target = row
+        body = tpl["input"].format(
+            liked=as_list([i for i, ok in zip(ids, liked) if ok]),
+            disliked=as_list([i for i, ok in zip(ids, liked) if not ok]),
+            target=tpl["item"].format(name=names[target]),
+        )
+        prompts.append(render(tpl["prompt"], {"instruction": tpl["instruction"].strip(), "input": body})[0])
+    answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
+    return samples.with_columns(prompt=pl.Series(prompts, dtype=pl.String), answer=answers)
+
+
+def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
+    tpl = load_template(params.template, REQUIRED)
+    samples = drop_leaks(split(candidate_samples(hist, params.history_len, params.like_threshold), params))
+    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
+    samples = render_prompts(samples, names, tpl)
+    return samples.select(
+        sample_id=pl.format("{}-{}", "user_id", "item_id"),
+        split="split", user_id="user_id", item_id="item_id", timestamp="timestamp",
+        rating="rating", label="label", history_item_ids="history_item_ids", prompt="prompt", answer="answer",
+    )  # fmt: skip
+
+
+def instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> pl.DataFrame:
+    text = Path(text_dir)
+    samples = build(pl.read_parquet(text / "histories.parquet"), pl.read_parquet(text / "items.parquet"), params)
+    write_parquet(samples, out_path)
+    counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
+    for split_name, n, pos in counts.iter_rows():
+        log.info("instructions: %s: %d samples, %.1f%% positive", split_name, n, 100 * pos)
+    return samples

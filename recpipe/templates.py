@@ -1,0 +1,56 @@
+"""Prompt and text templates are YAML data files; this module loads and fills them."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import yaml
+
+from recpipe import RecpipeError
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+def load_template(name_or_path: str, required: dict[str, set[str]]) -> dict:
+    """Load recpipe/templates/<name>.yaml (or a path); check each required key has its placeholders."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TEMPLATE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise RecpipeError(f"template {name_or_path!r} not found (looked for {path})")
+    data = yaml.safe_load(path.read_text()) or {}
+    for key, fields in required.items():
+        if key not in data:
+            raise RecpipeError(f"{path}: missing key {key!r}")
+        found = placeholders(str(data[key]))
+        if not fields <= found:
+            raise RecpipeError(f"{path}: {key!r} lacks placeholders {sorted(fields - found)}")
+    return data
+
+
+def placeholders(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def render(template: str, fields: dict[str, str | list[str]], sep: str = ", ") -> tuple[str, list[dict]]:
+    """Fill a template and return the text with the character span of every entity placed in it."""
+    text, spans = [], []
+    pos = 0
+    for literal, field, _, _ in string.Formatter().parse(template):
+        text.append(literal)
+        pos += len(literal)
+        if field is None:
+            continue
+        if field not in fields:
+            raise RecpipeError(f"template placeholder {{{field}}} has no value")
+        value = fields[field]
+        parts = value if isinstance(value, list) else [value]
+        for i, part in enumerate(parts):
+            if i:
+                text.append(sep)
+                pos += len(sep)
+            spans.append({"entity": field, "start": pos, "end": pos + len(part)})
+            text.append(part)
+            pos += len(part)
+    return "".join(text), spans
