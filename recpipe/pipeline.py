@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recpipe import RecpipeError
 from recpipe.download import download as _download
 from recpipe.ingest import ingest as _ingest
 from recpipe.instructions import instructions as _instructions
@@ -11,6 +12,7 @@ from recpipe.textualize import textualize as _textualize
 
 RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"
 SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
+ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 
 
 def download(p: Params) -> None:
@@ -34,4 +36,38 @@ def sample(p: Params) -> None:
     _sample(SAMPLES, SHOTS, p.sample, p.seed)
 
 
-STEPS = {"download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions, "sample": sample}
+def _model(p: Params):
+    if p.model is None:
+        raise RecpipeError("params.yaml: model: missing section (model.name is needed to train or evaluate)")
+    return p.model
+
+
+def train(p: Params) -> None:
+    from recpipe.train import train as _train
+
+    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE)
+
+
+def evaluate(p: Params, tuned: bool = True) -> None:
+    """Score the test split with the tuned adapter, or (tuned=False) with the untouched base model."""
+    from recpipe.evaluate import evaluate as _evaluate
+    from recpipe.model import load
+    from recpipe.train import pick_dtype
+
+    model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
+    if tuned:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, ADAPTER)
+    name = "tuned" if tuned else "base"
+    _evaluate(SAMPLES, f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
+
+
+def evaluate_base(p: Params) -> None:
+    evaluate(p, tuned=False)
+
+
+STEPS = {
+    "download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions,
+    "sample": sample, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate,
+}  # fmt: skip

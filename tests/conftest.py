@@ -94,9 +94,32 @@ def params_dict(sources: list[dict], **sections) -> dict:
         "dataset": "ml-100k",
         "download": {"datasets": {"ml-100k": {"sources": sources}}},
         "textualize": {"article_first": True},
-        "instructions": {"pool_size": 300, "history_len": 5},
+        "instructions": {"template": "tallrec", "pool_size": 300, "history_len": 5},
         "sample": {"k": 16, "valid_size": 10},
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return data
+
+
+def make_tiny_model(folder: Path, texts: list[str]) -> Path:
+    """A tiny random Llama and a byte-level BPE tokenizer trained here on `texts`: no downloads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

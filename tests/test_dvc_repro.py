@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from conftest import params_dict, source
+import polars as pl
+
+from conftest import make_tiny_model, params_dict, source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,18 +31,28 @@ def test_dvc_repro_tiny(archives, tmp_path):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     params = params_dict([source("atomic", archives["atomic"], name="bad", sha256="0" * 64), source("atomic", archives["atomic"])])
+    texts = ["### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: Will the user enjoy ### Response:\nYes. No."]
+    params["model"] = {"name": str(make_tiny_model(tmp_path / "tiny-model", texts * 20))}
+    params["lora"] = {"rank": 2, "alpha": 4}
+    params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
+    params["evaluate"] = {"batch_size": 8, "dtype": "float32"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)
+    # dvclive needs a repository with a commit, as any clone of recpipe has.
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], tmp_path)
     run([*DVC, "repro"], tmp_path)
-    for out in ("data/tables/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet"):
+    for out in ("data/tables/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet", "data/adapter/adapter_config.json", "reports/tuned.json", "reports/base.json", "reports/roc_tuned.csv"):
         assert (tmp_path / out).is_file(), out
+    assert pl.read_parquet(tmp_path / "data/eval/tuned/predictions.parquet").height == 30  # the whole test split
     assert "up to date" in run([*DVC, "status"], tmp_path).stdout
-    # Changing a sample param reruns only the sample stage.
-    params["sample"]["k"] = 8
+    # A LoRA param reruns training and the tuned evaluation only.
+    params["lora"]["rank"] = 4
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = run([*DVC, "repro"], tmp_path).stdout
-    assert "Running stage 'sample'" in out and "Running stage 'instructions'" not in out
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate"}, out
+    assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

