@@ -45,7 +45,7 @@ def _model(p: Params):
 def train(p: Params) -> None:
     from recpipe.train import train as _train
 
-    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE)
+    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, template=p.instructions.template)
 
 
 def evaluate(p: Params, tuned: bool = True) -> None:

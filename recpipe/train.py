@@ -74,7 +74,7 @@ def run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints") -> dict:
+def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec") -> dict:
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
     from dvclive import Live
@@ -122,7 +122,7 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     seconds = time.time() - start
     tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs
     valid = pl.read_parquet(valid_path)
-    p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size)
+    p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)
     from sklearn.metrics import roc_auc_score
 
     metrics = {
