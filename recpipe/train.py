@@ -88,7 +88,7 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     model = add_lora(model, lora)
     shots = pl.read_parquet(train_path)
     rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length)
-    key = run_key(model_p, lora, params, seed, shots["sample_id"].to_list())
+    key = run_key(model_p, lora, params, seed, shots["prompt"].to_list(), shots["answer"].to_list())
     ckpt_dir = Path(checkpoints) / key
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
