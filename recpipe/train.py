@@ -79,7 +79,7 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     from transformers.integrations import DVCLiveCallback
     from dvclive import Live
 
-    from recpipe.evaluate import score_frame
+    from recpipe.evaluate import metrics_for, score_frame
     from recpipe.model import load
 
     set_seed(seed)
@@ -123,13 +123,11 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs
     valid = pl.read_parquet(valid_path)
     p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)
-    from sklearn.metrics import roc_auc_score
-
     metrics = {
         "train_loss": round(result.training_loss, 5),
         "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(tokens / seconds, 1),
-        "valid_auc": round(float(roc_auc_score(valid["label"].to_list(), p_yes)), 5),
+        "valid_auc": metrics_for(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"],
         "dtype": str(dtype).removeprefix("torch."),
     }
     with atomic_dir(out_dir) as tmp:
