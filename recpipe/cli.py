@@ -55,6 +55,24 @@ def sample(params_path: Path = PARAMS) -> None:
 
 
 @app.command()
+def train(params_path: Path = PARAMS) -> None:
+    """LoRA-tune the model on the K-shot set; write the adapter (data/adapter) and reports/train.json."""
+    _run(["train"], params_path)
+
+
+@app.command()
+def evaluate(params_path: Path = PARAMS) -> None:
+    """Score the whole test split with the base model and the tuned adapter: AUC, accuracy (reports/)."""
+    _run(["evaluate_base", "evaluate"], params_path)
+
+
+@app.command()
+def report(params_path: Path = PARAMS) -> None:
+    """Write reports/report.md with plots: metrics, params and the TALLRec paper's AUCs side by side."""
+    _run(["report"], params_path)
+
+
+@app.command()
 def run(params_path: Path = PARAMS) -> None:
     """Run every step in order, without DVC's caching (use `dvc repro` for that)."""
     _run(list(pipeline.STEPS), params_path)

@@ -81,10 +81,16 @@ def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> p
     prompts = []
     for row in samples.select("history_item_ids", "history_liked", "item_id").iter_rows():
         ids, liked, target = row
+        liked_ids = [i for i, ok in zip(ids, liked) if ok]
+        disliked_ids = [i for i, ok in zip(ids, liked) if not ok]
+        # A template may also state the list sizes ({n_liked}, {n_disliked}, {n_history}).
         body = tpl["input"].format(
-            liked=as_list([i for i, ok in zip(ids, liked) if ok]),
-            disliked=as_list([i for i, ok in zip(ids, liked) if not ok]),
+            liked=as_list(liked_ids),
+            disliked=as_list(disliked_ids),
             target=tpl["item"].format(name=names[target]),
+            n_liked=len(liked_ids),
+            n_disliked=len(disliked_ids),
+            n_history=len(ids),
         )
         prompts.append(render(tpl["prompt"], {"instruction": tpl["instruction"].strip(), "input": body})[0])
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from recpipe import RecpipeError
+import sys
+
+from recpipe import RecpipeError, params, setup_logging
 from recpipe.download import download as _download
 from recpipe.ingest import ingest as _ingest
 from recpipe.instructions import instructions as _instructions
@@ -67,7 +69,23 @@ def evaluate_base(p: Params) -> None:
     evaluate(p, tuned=False)
 
 
+def report(p: Params) -> None:
+    from recpipe.report import report as _report
+
+    _report("reports", LIVE, "reports/report.md", p)
+
+
 STEPS = {
     "download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions,
-    "sample": sample, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate,
+    "sample": sample, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate, "report": report,
 }  # fmt: skip
+
+
+def main(step: str) -> None:
+    """Run one step as a DVC stage: bad input ends it with one line on stderr and exit code 1."""
+    setup_logging()
+    try:
+        STEPS[step](params.load())
+    except RecpipeError as e:
+        print(f"error: {step}: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,12 +1,6 @@
 """dvc stage: fetch the configured dataset's raw files into data/raw/<dataset>."""
 
-from recpipe import params, pipeline, setup_logging
-
-
-def main() -> None:
-    setup_logging()
-    pipeline.download(params.load())
-
+from recpipe import pipeline
 
 if __name__ == "__main__":
-    main()
+    pipeline.main("download")

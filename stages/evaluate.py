@@ -1,12 +1,6 @@
 """dvc stage: evaluate (see recpipe/pipeline.py for its paths)."""
 
-from recpipe import params, pipeline, setup_logging
-
-
-def main() -> None:
-    setup_logging()
-    pipeline.evaluate(params.load())
-
+from recpipe import pipeline
 
 if __name__ == "__main__":
-    main()
+    pipeline.main("evaluate")

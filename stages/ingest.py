@@ -1,12 +1,6 @@
 """dvc stage: raw files -> validated canonical parquet tables in data/tables."""
 
-from recpipe import params, pipeline, setup_logging
-
-
-def main() -> None:
-    setup_logging()
-    pipeline.ingest(params.load())
-
+from recpipe import pipeline
 
 if __name__ == "__main__":
-    main()
+    pipeline.main("ingest")

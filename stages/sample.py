@@ -1,12 +1,6 @@
 """dvc stage: K-shot training set and validation set in data/sample."""
 
-from recpipe import params, pipeline, setup_logging
-
-
-def main() -> None:
-    setup_logging()
-    pipeline.sample(params.load())
-
+from recpipe import pipeline
 
 if __name__ == "__main__":
-    main()
+    pipeline.main("sample")

@@ -42,19 +42,20 @@ def test_dvc_repro_tiny(archives, tmp_path):
     # dvclive needs a repository with a commit, as any clone of recpipe has.
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], tmp_path)
     run([*DVC, "repro"], tmp_path)
-    for out in ("data/tables/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet", "data/adapter/adapter_config.json", "reports/tuned.json", "reports/base.json", "reports/roc_tuned.csv"):
+    for out in ("data/tables/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet", "data/adapter/adapter_config.json", "reports/tuned.json", "reports/base.json", "reports/roc_tuned.csv", "reports/report.md", "reports/plots/roc.png"):
         assert (tmp_path / out).is_file(), out
     assert pl.read_parquet(tmp_path / "data/eval/tuned/predictions.parquet").height == 30  # the whole test split
     assert "up to date" in run([*DVC, "status"], tmp_path).stdout
-    # A LoRA param reruns training and the tuned evaluation only.
+    # A LoRA param reruns training, the tuned evaluation and the report only.
     params["lora"]["rank"] = 4
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate"}, out
+    assert ran == {"train", "evaluate", "report"}, out
     assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bad = subprocess.run([*DVC, "repro"], cwd=tmp_path, capture_output=True, text=True, env=ENV)
-    assert bad.returncode != 0 and "sample.kk: unknown key (did you mean 'k'?)" in bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "error: sample: params.yaml: sample.kk: unknown key (did you mean 'k'?)" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr  # one clear line, not a stack trace

@@ -1,0 +1,142 @@
+"""Stage 8: a markdown report with PNG plots: our metrics, the params behind them, the paper's AUCs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from recpipe import RecpipeError, log
+from recpipe.io import atomic_path
+from recpipe.params import Params
+
+REFERENCES = Path(__file__).parent / "references"
+
+
+def _read(path: Path, made_by: str):
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found (the {made_by} stage writes it; run `dvc repro {made_by}`)")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+
+
+def _save(fig, path: Path) -> None:
+    # No software/version stamp in the PNG: the same data gives the same bytes.
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
+def plot_training(loss: pl.DataFrame, lr: pl.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(loss["step"], loss["loss"], color="tab:blue", label="training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    lr_ax = ax.twinx()
+    lr_ax.plot(lr["step"], lr["learning_rate"], color="tab:orange", linestyle="--", label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    ax.legend(handles=ax.get_lines() + lr_ax.get_lines(), loc="center right", fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_roc(curves: dict[str, pl.DataFrame], aucs: dict[str, float | None], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, roc in curves.items():
+        auc = aucs[name]
+        ax.plot(roc["fpr"], roc["tpr"], label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, plots: dict[str, str]) -> str:
+    rows = ["auc", "accuracy", "predicted_positive_rate", "label_positive_rate", "n"]
+    lines = [
+        f"# recpipe report: TALLRec on {p.dataset}, K = {p.sample.k}, seed {p.seed}",
+        "",
+        "## Test split",
+        "",
+        "| metric | base model | LoRA-tuned |",
+        "| --- | --- | --- |",
+        *(f"| {r} | {_fmt(base.get(r))} | {_fmt(tuned.get(r))} |" for r in rows),
+        "",
+        "## Training",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(f"| {k} | {_fmt(v)} |" for k, v in sorted(trained.items())),
+        "",
+        f"![training loss and learning rate]({plots['training']})",
+        f"![ROC curves]({plots['roc']})",
+        "",
+        f"## Against the paper ({reference['table']} of arXiv {reference['arxiv']}, AUC × {reference['scale']})",
+        "",
+        "| K | " + " | ".join(reference["methods"]) + " | recpipe (this run) |",
+        "|" + " --- |" * (len(reference["methods"]) + 2),
+    ]
+    ours = tuned.get("auc")
+    for k, aucs in sorted(reference["auc_by_k"].items()):
+        mine = k == p.sample.k
+        here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
+        label = f"**{k}** (this run)" if mine else str(k)
+        lines.append(f"| {label} | " + " | ".join(f"{a:.2f}" for a in aucs) + f" | {here} |")
+    if p.sample.k not in reference["auc_by_k"]:
+        lines.append(f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}.")
+    model = p.model.name if p.model else "n/a"
+    lines += [
+        "",
+        "## Params",
+        "",
+        "| param | value |",
+        "| --- | --- |",
+        f"| model.name | `{model}` |",
+        f"| instructions | template {p.instructions.template}, history {p.instructions.history_len}, liked if rating > {p.instructions.like_threshold:g}, split {p.instructions.split} |",
+        f"| sample | k {p.sample.k}, balanced {p.sample.balanced}, valid_size {p.sample.valid_size}, seed {p.seed} |",
+        f"| lora | rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)} |",
+        "| train | " + ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report(reports_dir: str | Path, live_dir: str | Path, out_path: str | Path, p: Params, reference: str = "tallrec") -> str:
+    reports, live, out = Path(reports_dir), Path(live_dir), Path(out_path)
+    base = _read(reports / "base.json", "evaluate_base")
+    tuned = _read(reports / "tuned.json", "evaluate")
+    trained = _read(reports / "train.json", "train")
+    curves = {"base model": _read(reports / "roc_base.csv", "evaluate_base"), "LoRA-tuned": _read(reports / "roc_tuned.csv", "evaluate")}
+    loss = _read(live / "plots" / "metrics" / "loss.tsv", "train")
+    lr = _read(live / "plots" / "metrics" / "learning_rate.tsv", "train")
+    ref = yaml.safe_load((REFERENCES / f"{reference}.yaml").read_text())
+    plots = {"training": "plots/training.png", "roc": "plots/roc.png"}  # relative to the report
+    plot_training(loss, lr, out.parent / plots["training"])
+    plot_roc(curves, {"base model": base.get("auc"), "LoRA-tuned": tuned.get("auc")}, out.parent / plots["roc"])
+    text = render(base, tuned, trained, p, ref, plots)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    log.info("report: wrote %s", out)
+    return text

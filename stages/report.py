@@ -1,0 +1,6 @@
+"""dvc stage: report (see recpipe/pipeline.py for its paths)."""
+
+from recpipe import pipeline
+
+if __name__ == "__main__":
+    pipeline.main("report")
