@@ -96,6 +96,8 @@ class TrainParams(Strict):
     weight_decay: float = Field(0.0, ge=0)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     eval_batch_size: int = Field(16, ge=1)
+    # None: the plain Trainer. zero2 / zero3: recpipe/configs/deepspeed/<name>.json; or a json path.
+    deepspeed: str | None = None
 
 
 class EvaluateParams(Strict):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from recpipe import log
+from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, write_json
 from recpipe.params import LoraParams, ModelParams, TrainParams
 
@@ -62,6 +64,34 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+DEEPSPEED_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
+
+
+def deepspeed_config(name: str | None) -> str | None:
+    """train.deepspeed: None, a shipped config's name (zero2, zero3) or a path to a json file."""
+    if name is None:
+        return None
+    path = DEEPSPEED_CONFIGS / f"{name}.json" if "/" not in name and not name.endswith(".json") else Path(name)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
+        raise RecpipeError(f"train.deepspeed {name!r}: no such config (shipped: {shipped}, or a path to a .json file)")
+    return str(path)
+
+
+def single_process_env() -> None:
+    """A run started without a launcher (CPU here, or `python stages/train.py` on one GPU): give
+    DeepSpeed the rendezvous variables a launcher would have set."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def add_lora(model, lora: LoraParams):
     from peft import LoraConfig, get_peft_model
 
@@ -84,6 +114,9 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
 
     set_seed(seed)
     dtype = pick_dtype(params.dtype)
+    ds_config = deepspeed_config(params.deepspeed)
+    if ds_config:
+        single_process_env()
     model, tokenizer = load(model_p.name, model_p.sha256)
     model = add_lora(model, lora)
     shots = pl.read_parquet(train_path)
@@ -111,6 +144,7 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        deepspeed=ds_config,
     )
     live = Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[DVCLiveCallback(live=live)])
@@ -131,7 +165,8 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
         "dtype": str(dtype).removeprefix("torch."),
     }
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the partitioned adapter weights
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of the run's settings, not the model
         tokenizer.save_pretrained(tmp)
     write_json(metrics, metrics_path)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
