@@ -5,7 +5,7 @@ from recpipe.cli import app
 
 def test_help_lists_every_step():
     out = CliRunner().invoke(app, ["--help"]).output
-    for step in ("download", "ingest", "textualize", "instructions", "sample", "run", "stats"):
+    for step in ("download", "ingest", "textualize", "instructions", "sample", "train", "evaluate", "report", "run", "stats"):
         assert step in out
 
 
