@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recpipe import RecpipeError
-from recpipe.evaluate import metrics_for, score
+from recpipe.evaluate import common_prefix, metrics_for, score
 from recpipe.model import answer_token_ids, load, resolve
 from recpipe.params import LoraParams, ModelParams, TrainParams
 from recpipe.train import IGNORE, PadCollator, encode, train
@@ -64,3 +64,13 @@ def test_model_path_that_does_not_exist(tmp_path):
     with pytest.raises(RecpipeError, match="no such file"):
         resolve(str(tmp_path / "nope.gguf"))
     assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+
+
+def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F811
+    model, tok = load(str(tiny))
+    yes, no = answer_token_ids(tok, "Yes.", "No.")
+    prompts = built[1]["prompt"].head(6).to_list()
+    with torch.no_grad():
+        plain = [torch.softmax(model(input_ids=torch.tensor([tok(p).input_ids])).logits[0, -1, [yes, no]], -1)[0].item() for p in prompts]
+    assert torch.allclose(torch.tensor(score(model, tok, prompts, yes, no, batch_size=4)), torch.tensor(plain), atol=1e-5)
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2 and common_prefix([[7], [8]]) == 0
