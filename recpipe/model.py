@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path, sha256_file
+from recpipe.io import atomic_dir, atomic_path, sha256_file
 
 CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe"))
 
@@ -56,22 +56,39 @@ def resolve(name: str, sha256: str | None = None) -> tuple[str, str | None]:
     return name, None
 
 
+def _dequantized(folder: str, gguf: str) -> str:
+    """A GGUF model as an ordinary float model. transformers dequantizes GGUF weights on every load
+    (about 20 s for the embedded model) and marks the result as quantized (no casting, no saving);
+    so the plain float32 model is built once, saved under the cache, and loaded from there after."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(folder) / gguf
+    stat = path.stat()
+    cached = CACHE / "dequantized" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (cached / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        config = model.config
+        config.quantization_config = None
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        with atomic_dir(cached) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        log.info("model: saved the dequantized %s at %s", gguf, cached)
+    return str(cached)
+
+
 def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer). GGUF weights are dequantized into an ordinary, trainable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = resolve(name, sha256)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     if gguf:
-        # transformers marks a GGUF-loaded model as quantized (no casting, no saving): rebuild it plain.
-        config = model.config
-        config.quantization_config = None
-        del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        plain.load_state_dict(model.state_dict())
-        model = plain
+        where = _dequantized(where, gguf)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -64,6 +64,29 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def answer_loss_trainer():
+    """The HF Trainer with a loss that runs the output layer only where there is an answer token.
+
+    The output layer (576 x 49,152 for SmolLM2-135M) is a fifth of the model's arithmetic, and the
+    cross-entropy over every position's 49,152 logits is a large memory-bound pass; but only the
+    few answer positions have labels. Their logits are the same numbers either way."""
+    from transformers import Trainer
+
+    class AnswerLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            targets = labels[:, 1:]  # position t predicts token t + 1
+            columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
+            out = model(**inputs, logits_to_keep=columns)
+            wanted = targets[:, columns]
+            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
+            n = num_items_in_batch if num_items_in_batch is not None else (wanted != IGNORE).sum()
+            loss = loss / n
+            return (loss, out) if return_outputs else loss
+
+    return AnswerLossTrainer
+
+
 DEEPSPEED_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
 
 
@@ -105,7 +128,7 @@ def run_key(*parts) -> str:
 
 
 def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec") -> dict:
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
     from dvclive import Live
 
@@ -146,8 +169,10 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
         disable_tqdm=False,
         deepspeed=ds_config,
     )
-    live = Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[DVCLiveCallback(live=live)])
+    # Only the first process logs: a second Live on another rank would clear the same folder.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
+    trainer = answer_loss_trainer()(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
     resume = any(ckpt_dir.glob("checkpoint-*"))
     if resume:
         log.info("train: resuming from %s", ckpt_dir)
@@ -164,11 +189,20 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
         "valid_auc": metrics_for(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"],
         "dtype": str(dtype).removeprefix("torch."),
     }
-    with atomic_dir(out_dir) as tmp:
-        trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the partitioned adapter weights
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of the run's settings, not the model
-        tokenizer.save_pretrained(tmp)
-    write_json(metrics, metrics_path)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
-    log.info("train: %s", metrics)
+    # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save
+    # needs them all), but only the first process writes files.
+    staging = Path(out_dir).parent / f".{Path(out_dir).name}.staging"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    trainer.save_model(str(staging))  # gathers ZeRO-3 shards; writes on the main process only
+    if trainer.is_world_process_zero():
+        with atomic_dir(out_dir) as tmp:
+            for f in staging.iterdir():
+                if f.name != "training_args.bin":  # a pickle of the run's settings, not the model
+                    shutil.move(f, tmp / f.name)
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+        write_json(metrics, metrics_path)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
+        log.info("train: %s", metrics)
     return metrics

@@ -62,3 +62,34 @@ def test_deepspeed_param_errors(tmp_path):
         deepspeed_config(str(tmp_path / "missing.json"))
     assert deepspeed_config(None) is None
     assert json.loads(open(deepspeed_config("zero3")).read())["zero_optimization"]["stage"] == 3
+
+
+LAUNCHED = """
+import json, os, sys
+from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.train import train
+root, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
+m = train(
+    f"{root}/sample/train.parquet", f"{root}/sample/valid.parquet", f"{out}/adapter", f"{out}/train.json",
+    ModelParams(name=model), LoraParams(rank=4, alpha=8),
+    TrainParams(epochs=1, batch_size=2, lr=1e-2, dtype="float32", deepspeed="zero2"),
+    seed=0, live_dir=f"{out}/live", checkpoints=f"{out}/ckpt",
+)
+print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], "loss", m["train_loss"], flush=True)
+"""
+
+
+def test_two_processes_under_a_launcher_write_once(tiny, built, tmp_path):  # noqa: F811
+    """torchrun starts two gloo processes on the CPU, as the deepspeed launcher does on GPUs:
+    both train, only the first writes the adapter, the metrics and the dvclive logs."""
+    root, _ = built
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(root), str(tiny), str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(line.split()[1] for line in run.stdout.splitlines() if line.startswith("rank")) == ["0", "1"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "train.json").read_text())["train_loss"] > 0
+    assert (tmp_path / "live" / "metrics.json").is_file()
+    assert not list(tmp_path.glob(".adapter*")) and not list(tmp_path.glob("ckpt/*/checkpoint-*"))  # no staging or checkpoint left

@@ -74,3 +74,14 @@ def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F
         plain = [torch.softmax(model(input_ids=torch.tensor([tok(p).input_ids])).logits[0, -1, [yes, no]], -1)[0].item() for p in prompts]
     assert torch.allclose(torch.tensor(score(model, tok, prompts, yes, no, batch_size=4)), torch.tensor(plain), atol=1e-5)
     assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2 and common_prefix([[7], [8]]) == 0
+
+
+def test_answer_only_loss_equals_the_models_own_loss(tiny):
+    from recpipe.train import answer_loss_trainer
+
+    model, tok = load(str(tiny))
+    rows = encode(["### Response:\n", "a much longer prompt " * 5 + "### Response:\n"], ["Yes.", "No."], tok, max_length=128)
+    batch = PadCollator(tok.pad_token_id)(rows)
+    full = model(**batch).loss
+    ours = answer_loss_trainer().compute_loss(None, model, dict(batch))
+    assert torch.allclose(ours, full, rtol=1e-5)
