@@ -1,6 +1,6 @@
 """recpipe's Polars data stages against a plain pandas implementation of the same preprocessing.
 
-Both sides start from the canonical tables in data/tables (`dvc repro ingest` makes them) and end
+Both sides start from the canonical tables in data/tables/ml-100k (`dvc repro ingest@ml-100k` makes them) and end
 with the TALLRec samples written to parquet: item names, per-user chronological histories
 (tie-break: timestamp, then item id), one sample per interaction with at least `history_len`
 earlier ones, liked/disliked lists, the temporal split with its leak guard, and the prompts.
@@ -27,7 +27,7 @@ from recpipe.instructions import REQUIRED, instructions
 from recpipe.templates import load_template, render
 from recpipe.textualize import article_first, textualize
 
-TABLES = Path("data/tables")
+TABLES = Path("data/tables/ml-100k")
 
 
 def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not (TABLES / "interactions.parquet").exists():
-        sys.exit(f"error: {TABLES} has no tables: run `dvc repro ingest` first")
+        sys.exit(f"error: {TABLES} has no tables: run `dvc repro ingest@ml-100k` first")
     p = params.load()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

@@ -13,33 +13,42 @@ app = typer.Typer(help="Cached, versioned pipelines for LLM-based recommenders. 
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file to read.")
 
 
-def _run(steps: list[str], params_path: Path) -> None:
+DATASET = typer.Option(None, "--dataset", "-d", help="Only this dataset (default: every one under `datasets` in params).")
+
+
+def _run(steps: list[str], params_path: Path, dataset: str | None = None) -> None:
     setup_logging()
     try:
         p = params.load(params_path)
+        if dataset is not None and dataset not in p.datasets:
+            raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")
         for step in steps:
-            pipeline.STEPS[step](p)
+            if step in pipeline.PER_DATASET:
+                for name in [dataset] if dataset else p.datasets:
+                    pipeline.STEPS[step](p, name)
+            else:
+                pipeline.STEPS[step](p)
     except RecpipeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
 
 
 @app.command()
-def download(params_path: Path = PARAMS) -> None:
-    """Fetch the dataset from the first of its sources whose checksum verifies (data/raw)."""
-    _run(["download"], params_path)
+def download(params_path: Path = PARAMS, dataset: str | None = DATASET) -> None:
+    """Fetch each dataset from the first of its sources whose checksum verifies (data/raw/<dataset>)."""
+    _run(["download"], params_path, dataset)
 
 
 @app.command()
-def ingest(params_path: Path = PARAMS) -> None:
-    """Read the raw files into validated parquet tables: interactions, items, users (data/tables)."""
-    _run(["ingest"], params_path)
+def ingest(params_path: Path = PARAMS, dataset: str | None = DATASET) -> None:
+    """Read the raw files into validated parquet tables: interactions, items, users (data/tables/<dataset>)."""
+    _run(["ingest"], params_path, dataset)
 
 
 @app.command()
-def textualize(params_path: Path = PARAMS) -> None:
-    """Write item, user and history text with entity spans (data/text)."""
-    _run(["textualize"], params_path)
+def textualize(params_path: Path = PARAMS, dataset: str | None = DATASET) -> None:
+    """Write item, user and history text with entity spans (data/text/<dataset>)."""
+    _run(["textualize"], params_path, dataset)
 
 
 @app.command()
@@ -79,19 +88,24 @@ def run(params_path: Path = PARAMS) -> None:
 
 
 @app.command()
-def stats() -> None:
-    """Print statistics of the ingested tables and the instruction splits."""
-    tables = Path(pipeline.TABLES)
+def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`.")) -> None:
+    """Print statistics of a dataset's ingested tables and of the instruction splits."""
+    try:
+        name = dataset or params.load(params_path).dataset
+    except RecpipeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    tables = Path(pipeline.TABLES) / name
     if not (tables / "interactions.parquet").exists():
-        typer.echo(f"error: {tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest`", err=True)
+        typer.echo(f"error: {tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`", err=True)
         raise typer.Exit(1)
     inter = pl.read_parquet(tables / "interactions.parquet")
     per_user = inter.group_by("user_id").len()["len"]
-    typer.echo(f"interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}")
+    typer.echo(f"{name}: interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}")
     typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
                f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
-    typer.echo("rating distribution: " + ", ".join(f"{r:g}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
-    if Path(pipeline.SAMPLES).exists():
+    typer.echo("rating distribution: " + ", ".join(f"{'implicit' if r is None else format(r, 'g')}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
+    if Path(pipeline.SAMPLES).exists() and name == params.load(params_path).dataset:
         s = pl.read_parquet(pipeline.SAMPLES)
         by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
         for split, n, pos, t0, t1 in by_split.sort("t0").rows():

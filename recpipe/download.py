@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -26,12 +27,15 @@ def _fetch_url(url: str, dest: Path) -> None:
             raise RecpipeError(f"no such file: {local}")
         shutil.copyfile(local, dest)
         return
-    with urllib.request.urlopen(url, timeout=60) as resp, dest.open("wb") as out:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {parsed.netloc}", file=sys.stderr) as bar:
-            for block in iter(lambda: resp.read(1 << 16), b""):
-                out.write(block)
-                bar.update(len(block))
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, dest.open("wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {parsed.netloc}", file=sys.stderr) as bar:
+                for block in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except urllib.error.URLError as e:  # unreachable host, refused connection, HTTP 404, ...
+        raise RecpipeError(f"cannot fetch {url}: {getattr(e, 'reason', e)}") from None
 
 
 def fetch_pip(requirement: str, workdir: Path) -> Path:
@@ -47,18 +51,18 @@ def fetch_pip(requirement: str, workdir: Path) -> Path:
     return files[0]
 
 
-def fetch(source: Source, workdir: Path) -> Path:
-    """Fetch the source's file into workdir and verify its checksum; return its path."""
-    if source.pip is not None:
-        path = fetch_pip(source.pip, workdir)
+def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None) -> Path:
+    """Fetch one file (by url or pip requirement) into workdir and verify its checksum; return its path."""
+    if pip is not None:
+        path = fetch_pip(pip, workdir)
     else:
-        path = workdir / (Path(urllib.parse.urlparse(source.url).path).name or "download")
-        _fetch_url(source.url, path)
+        path = workdir / (Path(urllib.parse.urlparse(url).path).name or "download")
+        _fetch_url(url, path)
     actual = sha256_file(path)
-    if source.sha256 is None:
-        log.warning("source %s has no sha256 to verify; its sha256 is %s (the ingest checks guard the content)", source.name, actual)
-    elif actual != source.sha256.lower():
-        raise RecpipeError(f"checksum mismatch for source {source.name!r} ({path.name}): expected sha256 {source.sha256}, got {actual}")
+    if sha256 is None:
+        log.warning("source %s has no sha256 to verify; its sha256 is %s (the ingest checks guard the content)", name, actual)
+    elif actual != sha256.lower():
+        raise RecpipeError(f"checksum mismatch for source {name!r} ({path.name}): expected sha256 {sha256}, got {actual}")
     return path
 
 
@@ -93,20 +97,24 @@ def download(name: str, dataset: DatasetParams, out_dir: str | Path) -> dict:
         log.info("dataset %s: trying source %s", name, source.name)
         try:
             with tempfile.TemporaryDirectory() as work, atomic_dir(out_dir) as tmp_out:
-                path = fetch(source, Path(work))
-                if source.archive == "zip":
-                    extract_members(path, source.members, tmp_out)
+                record = {"dataset": name, "source": source.name, "format": source.format, "encoding": source.encoding}
+                if source.files is not None:  # one file per role, each with its own checksum
+                    record["sha256"] = {}
+                    for role, remote in source.files.items():
+                        (Path(work) / role).mkdir()
+                        path = fetch(f"{source.name}/{role}", Path(work) / role, url=remote.url, sha256=remote.sha256)
+                        shutil.copyfile(path, tmp_out / role)
+                        record["sha256"][role] = sha256_file(path)
                 else:
-                    (role,) = source.members
-                    shutil.copyfile(path, tmp_out / role)
-                record = {
-                    "dataset": name,
-                    "source": source.name,
-                    "format": source.format,
-                    "encoding": source.encoding,
-                    "sha256": sha256_file(path),
-                    "files": {role: sha256_file(tmp_out / role) for role in source.members},
-                }
+                    path = fetch(source.name, Path(work), url=source.url, pip=source.pip, sha256=source.sha256)
+                    if source.archive == "zip":
+                        extract_members(path, source.members, tmp_out)
+                    else:
+                        (role,) = source.members
+                        shutil.copyfile(path, tmp_out / role)
+                    record["sha256"] = sha256_file(path)
+                roles = source.files or source.members
+                record["files"] = {role: sha256_file(tmp_out / role) for role in roles}
                 write_json(record, tmp_out / "source.json")
             log.info("dataset %s: source %s verified", name, source.name)
             return record

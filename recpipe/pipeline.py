@@ -12,26 +12,26 @@ from recpipe.params import Params
 from recpipe.sample import sample as _sample
 from recpipe.textualize import textualize as _textualize
 
-RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"
+RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"  # one folder per dataset in each
 SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 
 
-def download(p: Params) -> None:
-    _download(p.dataset, p.download.datasets[p.dataset], RAW)
+def download(p: Params, dataset: str) -> None:
+    _download(dataset, p.download.datasets[dataset], f"{RAW}/{dataset}")
 
 
-def ingest(p: Params) -> None:
-    dataset = p.download.datasets[p.dataset]
-    _ingest(RAW, TABLES, dataset.rating_min, dataset.rating_max)
+def ingest(p: Params, dataset: str) -> None:
+    _ingest(f"{RAW}/{dataset}", f"{TABLES}/{dataset}", p.download.datasets[dataset])
 
 
-def textualize(p: Params) -> None:
-    _textualize(TABLES, TEXT, template=p.dataset, move_article=p.textualize.article_first)
+def textualize(p: Params, dataset: str) -> None:
+    template = p.download.datasets[dataset].template or dataset
+    _textualize(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", template=template, move_article=p.textualize.article_first)
 
 
 def instructions(p: Params) -> None:
-    _instructions(TEXT, SAMPLES, p.instructions)
+    _instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)
 
 
 def sample(p: Params) -> None:
@@ -60,7 +60,7 @@ def evaluate(p: Params, tuned: bool = True) -> None:
     if tuned:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, ADAPTER)
+        model = PeftModel.from_pretrained(model, ADAPTER).merge_and_unload()  # plain weights: faster to score
     name = "tuned" if tuned else "base"
     _evaluate(SAMPLES, f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
 
@@ -81,11 +81,21 @@ STEPS = {
 }  # fmt: skip
 
 
+PER_DATASET = {"download", "ingest", "textualize"}  # dvc.yaml runs these once per dataset (foreach)
+
+
 def main(step: str) -> None:
-    """Run one step as a DVC stage: bad input ends it with one line on stderr and exit code 1."""
+    """Run one step as a DVC stage: bad input ends it with one line on stderr and exit code 1.
+    Per-dataset steps take the dataset's name as their one argument."""
     setup_logging()
     try:
-        STEPS[step](params.load())
+        p = params.load()
+        if step in PER_DATASET:
+            if len(sys.argv) != 2 or sys.argv[1] not in p.datasets:
+                raise RecpipeError(f"usage: {step}.py <dataset>, one of datasets: {list(p.datasets)}")
+            STEPS[step](p, sys.argv[1])
+        else:
+            STEPS[step](p)
     except RecpipeError as e:
         print(f"error: {step}: {e}", file=sys.stderr)
         sys.exit(1)

@@ -23,9 +23,10 @@ def load_template(name_or_path: str, required: dict[str, set[str]]) -> dict:
     for key, fields in required.items():
         if key not in data:
             raise RecpipeError(f"{path}: missing key {key!r}")
-        found = placeholders(str(data[key]))
-        if not fields <= found:
-            raise RecpipeError(f"{path}: {key!r} lacks placeholders {sorted(fields - found)}")
+        for alternative in data[key] if isinstance(data[key], list) else [data[key]]:
+            found = placeholders(str(alternative))
+            if not fields <= found:
+                raise RecpipeError(f"{path}: {key!r} lacks placeholders {sorted(fields - found)}")
     return data
 
 

@@ -9,7 +9,7 @@ import polars as pl
 
 from recpipe import log
 from recpipe.io import atomic_dir, write_parquet
-from recpipe.templates import load_template, render
+from recpipe.templates import load_template, placeholders, render
 
 SPAN = pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64}))
 # "Usual Suspects, The" or "Blue Angel, The (Blaue Engel, Der)": the article moves to the front.
@@ -25,13 +25,32 @@ def article_first(title: str) -> str:
     return f"{m['article']} {m['base']}{m['rest']}" if m else title
 
 
+def _value(row: dict, field: str, tpl: dict):
+    """A row's value for a placeholder: mapped through the template's `values` table (e.g. gender
+    codes to words); a missing value or empty list becomes the template's `missing` word."""
+    value = row.get(field)
+    if not isinstance(value, list):
+        value = tpl.get("values", {}).get(field, {}).get(value, value)
+    if value is None or (isinstance(value, list) and not value):
+        return [tpl["missing"]] if isinstance(value, list) else tpl["missing"]
+    return [str(v) for v in value] if isinstance(value, list) else str(value)
+
+
+def _pick(alternatives: str | list[str], row: dict) -> str:
+    """The first alternative whose placeholders all have a value in the row."""
+    options = [alternatives] if isinstance(alternatives, str) else alternatives
+    return next((t for t in options if all(row.get(f) not in (None, []) for f in placeholders(t))), options[-1])
+
+
 def items_text(items: pl.DataFrame, tpl: dict, move_article: bool) -> pl.DataFrame:
     rows = []
     for item in items.iter_rows(named=True):
-        title = article_first(item["title"]) if move_article else item["title"]
-        name_tpl = tpl["item_name"] if item["year"] is not None else tpl["item_name_no_year"]
-        name, name_spans = render(name_tpl, {"title": title, "year": str(item["year"])})
-        text, spans = render(tpl["item_text"], {"name": name, "genres": item["genres"] or ["unknown"]})
+        if move_article:
+            item["title"] = article_first(item["title"])
+        name_tpl = _pick(tpl["item_name"], item)
+        name, name_spans = render(name_tpl, {f: _value(item, f, tpl) for f in placeholders(name_tpl)})
+        text_tpl = _pick(tpl["item_text"], {**item, "name": name})
+        text, spans = render(text_tpl, {**{f: _value(item, f, tpl) for f in placeholders(text_tpl) if f != "name"}, "name": name})
         # The name's own entities (title, year) sit inside the name span; record them too.
         offset = next(s["start"] for s in spans if s["entity"] == "name")
         spans += [{**s, "start": s["start"] + offset, "end": s["end"] + offset} for s in name_spans]
@@ -42,12 +61,8 @@ def items_text(items: pl.DataFrame, tpl: dict, move_article: bool) -> pl.DataFra
 def users_text(users: pl.DataFrame, tpl: dict) -> pl.DataFrame:
     rows = []
     for user in users.iter_rows(named=True):
-        fields = {
-            "age": str(user["age"]) if user["age"] is not None else "unknown",
-            "gender": tpl["genders"].get(user["gender"], user["gender"] or "person"),
-            "occupation": user["occupation"] or "unknown",
-        }
-        text, spans = render(tpl["user_text"], fields)
+        text_tpl = _pick(tpl["user_text"], user)
+        text, spans = render(text_tpl, {f: _value(user, f, tpl) for f in placeholders(text_tpl)})
         rows.append({"user_id": user["user_id"], "text": text, "spans": spans})
     return pl.DataFrame(rows, schema={"user_id": pl.Int64, "text": pl.String, "spans": SPAN})
 
@@ -67,7 +82,7 @@ def histories(interactions: pl.DataFrame) -> pl.DataFrame:
 
 def textualize(tables_dir: str | Path, out_dir: str | Path, template: str = "ml-100k", move_article: bool = True) -> None:
     tables = Path(tables_dir)
-    tpl = load_template(template, {"item_name": {"title", "year"}, "item_text": {"name"}, "user_text": set()})
+    tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
     items = items_text(pl.read_parquet(tables / "items.parquet"), tpl, move_article)
     users = users_text(pl.read_parquet(tables / "users.parquet"), tpl)
     hist = histories(pl.read_parquet(tables / "interactions.parquet"))

@@ -1,4 +1,4 @@
-"""dvc stage: fetch the configured dataset's raw files into data/raw/<dataset>."""
+"""dvc stage (once per dataset): fetch its raw files into data/raw/<dataset>."""
 
 from recpipe import pipeline
 

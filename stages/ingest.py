@@ -1,4 +1,4 @@
-"""dvc stage: raw files -> validated canonical parquet tables in data/tables."""
+"""dvc stage (once per dataset): raw files -> validated canonical parquet tables in data/tables/<dataset>."""
 
 from recpipe import pipeline
 

@@ -1,4 +1,4 @@
-"""dvc stage: tables -> item, user and history text with entity spans in data/text."""
+"""dvc stage (once per dataset): tables -> item, user and history text with entity spans in data/text/<dataset>."""
 
 from recpipe import pipeline
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recpipe.ingest import ML100K_GENRES
+from recpipe.formats import ML100K_GENRES
 from recpipe.io import sha256_file
 
 N_USERS, N_ITEMS, PER_USER = 30, 60, 25
@@ -91,6 +91,7 @@ def source(kind: str, path: Path, **overrides) -> dict:
 def params_dict(sources: list[dict], **sections) -> dict:
     data = {
         "seed": 0,
+        "datasets": ["ml-100k"],
         "dataset": "ml-100k",
         "download": {"datasets": {"ml-100k": {"sources": sources}}},
         "textualize": {"article_first": True},

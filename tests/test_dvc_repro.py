@@ -11,6 +11,7 @@ import yaml
 import polars as pl
 
 from conftest import make_tiny_model, params_dict, source
+from test_formats import bx_source, bx_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     # dvclive needs a repository with a commit, as any clone of recpipe has.
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], tmp_path)
     run([*DVC, "repro"], tmp_path)
-    for out in ("data/tables/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet", "data/adapter/adapter_config.json", "reports/tuned.json", "reports/base.json", "reports/roc_tuned.csv", "reports/report.md", "reports/plots/roc.png"):
+    for out in ("data/tables/ml-100k/items.parquet", "data/instructions/samples.parquet", "data/sample/train.parquet", "data/adapter/adapter_config.json", "reports/tuned.json", "reports/base.json", "reports/roc_tuned.csv", "reports/report.md", "reports/plots/roc.png"):
         assert (tmp_path / out).is_file(), out
     assert pl.read_parquet(tmp_path / "data/eval/tuned/predictions.parquet").height == 30  # the whole test split
     assert "up to date" in run([*DVC, "status"], tmp_path).stdout
@@ -53,6 +54,14 @@ def test_dvc_repro_tiny(archives, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "report"}, out
     assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
+    # Adding a dataset is a params change: only its own data stages run (foreach), the rest stays cached.
+    params["download"]["datasets"]["bookcrossing"] = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
+    params["datasets"] = ["ml-100k", "bookcrossing"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run([*DVC, "repro"], tmp_path).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"download@bookcrossing", "ingest@bookcrossing", "textualize@bookcrossing"}, out
+    assert (tmp_path / "data/text/bookcrossing/items.parquet").is_file()
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -1,0 +1,143 @@
+"""Generative recommendation: the model writes an item's name, and beam search is constrained by a
+trie of every item's tokens so that it can only write real items. Also the free (unconstrained)
+way, matched to items after the fact, and the ranking metrics HR@k and NDCG@k."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pygtrie
+import torch
+from tqdm import tqdm
+
+from recpipe import RecpipeError
+
+
+class ItemTrie:
+    """Every item's name as the token ids the model must write, ended by EOS, in a pygtrie.Trie.
+
+    Names are tokenized on their own, exactly as training targets are (train.encode tokenizes the
+    prompt and the answer apart), so what the trie allows is what training taught."""
+
+    def __init__(self, names: dict[int, str], tokenizer):
+        self.end = tokenizer.eos_token_id
+        self.trie = pygtrie.Trie()
+        for item_id, name in names.items():
+            key = tuple(tokenizer(name, add_special_tokens=False).input_ids) + (self.end,)
+            if key in self.trie:
+                self.trie[key].append(item_id)  # two items with the same name are one answer
+            else:
+                self.trie[key] = [item_id]
+        if not len(self.trie):
+            raise RecpipeError("no items to build the decoding trie from")
+        self.max_len = max(len(key) for key in self.trie.keys())
+
+    def next_tokens(self, prefix: tuple[int, ...]) -> list[int]:
+        """The tokens that may follow `prefix` on the way to some item's name ([] if none)."""
+        if not self.trie.has_subtrie(prefix) and prefix not in self.trie:
+            return []
+
+        def node(path_conv, path, children, value=None):
+            return path, children  # children stay a lazy generator: only one level is walked
+
+        _, children = self.trie.traverse(node, prefix=prefix)
+        return [path[-1] for path, _ in children]
+
+    def items(self, tokens: tuple[int, ...]) -> list[int]:
+        """The item ids a finished token sequence names ([] if it names none)."""
+        return self.trie.get(tuple(tokens), [])
+
+
+def _batches(prompts: list[str], size: int):
+    for start in range(0, len(prompts), size):
+        yield start, prompts[start : start + size]
+
+
+def _encode_left_padded(tokenizer, prompts: list[str], device):
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+@torch.no_grad()
+def constrained_topk(model, tokenizer, prompts: list[str], trie: ItemTrie, k: int = 10, beams: int = 20, batch_size: int = 4, desc: str = "rank") -> list[list[int]]:
+    """The top-k items for each prompt by beam search that may only write item names."""
+    if beams < k:
+        raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
+    model.eval()
+    device = next(model.parameters()).device
+    ranked = []
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for _, batch in _batches(prompts, batch_size):
+            ids, mask = _encode_left_padded(tokenizer, batch, device)
+            width = ids.shape[1]
+
+            def allowed(_, sequence: torch.Tensor) -> list[int]:
+                generated = tuple(sequence[width:].tolist())
+                if generated and generated[-1] == trie.end:
+                    return [trie.end]  # finished: EOS pads the rest
+                return trie.next_tokens(generated) or [trie.end]
+
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=trie.max_len,
+                num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=True,
+                prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=trie.end,
+            )  # fmt: skip
+            out = out[:, width:].view(len(batch), beams, -1)
+            for row in out:
+                items: list[int] = []
+                for seq in row.tolist():
+                    end = seq.index(trie.end) + 1 if trie.end in seq else len(seq)
+                    items += [i for i in trie.items(tuple(seq[:end])) if i not in items]
+                ranked.append(items[:k])
+            bar.update(len(batch))
+    return ranked
+
+
+@torch.no_grad()
+def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
+    """Plain beam search, then each output matched to an item by its exact name. Returns the top-k
+    items per prompt and the share of generated sequences that named a real item."""
+    model.eval()
+    device = next(model.parameters()).device
+    by_name: dict[str, list[int]] = {}
+    for item_id, name in names.items():
+        by_name.setdefault(name.strip(), []).append(item_id)
+    ranked, valid, total = [], 0, 0
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for _, batch in _batches(prompts, batch_size):
+            ids, mask = _encode_left_padded(tokenizer, batch, device)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=beams,
+                num_return_sequences=beams, do_sample=False, early_stopping=True, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            for start in range(0, len(texts), beams):
+                items: list[int] = []
+                for text in texts[start : start + beams]:
+                    total += 1
+                    match = by_name.get(text.strip(), [])
+                    valid += bool(match)
+                    items += [i for i in match if i not in items]
+                ranked.append(items[:k])
+            bar.update(len(batch))
+    return ranked, valid / max(total, 1)
+
+
+def hit_and_ndcg(ranked: list[list[int]], targets: list[int], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """HR@k: the share of prompts whose target is in the top k. NDCG@k: 1/log2(rank + 1) of the
+    target's 1-based rank when it is in the top k, else 0 (one relevant item per prompt)."""
+    if len(ranked) != len(targets) or not targets:
+        raise RecpipeError(f"{len(ranked)} ranked lists for {len(targets)} targets")
+    out = {}
+    for k in ks:
+        hits, gains = 0, 0.0
+        for items, target in zip(ranked, targets):
+            top = items[:k]
+            if target in top:
+                hits += 1
+                gains += 1 / math.log2(top.index(target) + 2)
+        out[f"hr@{k}"] = round(hits / len(targets), 5)
+        out[f"ndcg@{k}"] = round(gains / len(targets), 5)
+    return out
