@@ -74,7 +74,8 @@ class TextualizeParams(Strict):
 
 
 class InstructionsParams(Strict):
-    template: str = "tallrec"  # a file recpipe/templates/<name>.yaml, or a path to one
+    # The name of a file recpipe/templates/<name>.yaml (dvc.yaml tracks exactly that file).
+    template: str = Field("tallrec", pattern=r"^[\w.-]+$")
     history_len: int = Field(10, ge=1)
     like_threshold: float = 3  # rating > threshold means liked
     split: Literal["temporal", "paper"] = "temporal"

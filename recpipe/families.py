@@ -1,0 +1,188 @@
+"""P5-style task families: rating, sequential, explanation, review and direct recommendation
+samples from a dataset's text tables, each rendered with seen and unseen prompt templates.
+
+Splits. Sequential and direct: leave-one-out per user in chronological order (the last item is
+test, the second-last valid, the rest train). Rating, explanation and review: by time over all
+interactions (recpipe.instructions.split, tie-aware). Then one leak guard over every family: a
+(user, item) pair that any family tests is never a target in train or valid, and one it
+validates is never a train target.
+
+Items are written as their names by default. With `item_ids`, they are written as numbers from a
+seeded random permutation, so an id says nothing about when the item first appeared (P5's
+consecutive ids leak sequence order)."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import polars as pl
+
+from recpipe import RecpipeError, log
+from recpipe.instructions import drop_leaks
+from recpipe.instructions import split as time_split
+from recpipe.params import InstructionsParams
+from recpipe.templates import TEMPLATE_DIR, placeholders
+from recpipe.textualize import CHRONO_KEY
+
+FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
+NEEDS_REVIEWS = {"explanation", "review"}
+_STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
+
+
+def supported(interactions: pl.DataFrame) -> set[str]:
+    """The families a dataset can feed: those needing review text only where reviews exist."""
+    has_reviews = "review" in interactions.columns and interactions["review"].drop_nulls().len() > 0
+    return set(FAMILIES) if has_reviews else set(FAMILIES) - NEEDS_REVIEWS
+
+
+def choose(asked: list[str] | None, interactions: pl.DataFrame, dataset: str) -> list[str]:
+    """asked=None: every family the dataset supports (the rest skipped with a message). An explicit
+    list naming a family the dataset cannot feed is an error."""
+    can = supported(interactions)
+    if asked is None:
+        skipped = [f for f in FAMILIES if f not in can]
+        if skipped:
+            log.info("families: %s skipped: %s has no review text", ", ".join(skipped), dataset)
+        return [f for f in FAMILIES if f in can]
+    unknown = [f for f in asked if f not in FAMILIES]
+    if unknown:
+        raise RecpipeError(f"families: unknown families {unknown} (known: {list(FAMILIES)})")
+    missing = [f for f in asked if f not in can]
+    if missing:
+        raise RecpipeError(f"families: {missing} need review text, which dataset {dataset!r} does not have")
+    return list(asked)
+
+
+def load_templates(name_or_path: str, families: list[str]) -> dict:
+    """The templates file, checked: each asked family has seen and unseen templates, and every
+    placeholder is one recpipe fills."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TEMPLATE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise RecpipeError(f"template {name_or_path!r} not found (looked for {path})")
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    known = {"user", "profile", "item", "history", "rating", "max_rating", "candidates", "review", "summary", "explanation", "hint", "answer"}
+    for family in families:
+        for kind in ("seen", "unseen"):
+            templates = (data.get(family) or {}).get(kind)
+            if not templates:
+                raise RecpipeError(f"{path}: family {family!r} has no {kind!r} templates")
+            for i, t in enumerate(templates):
+                for key in ("prompt", "target"):
+                    if key not in t:
+                        raise RecpipeError(f"{path}: {family}.{kind}[{i}] lacks {key!r}")
+                    odd = placeholders(t[key]) - known
+                    if odd:
+                        raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
+    return data
+
+
+def first_sentence(text: str | None, max_words: int = 30) -> str | None:
+    if not text:
+        return None
+    sentence = re.split(r"(?<=[.!?])\s+", text.strip())[0]
+    return " ".join(sentence.split()[:max_words]) or None
+
+
+def feature_hint(sentence: str) -> str:
+    """A content word of the explanation (its longest non-stopword), standing in for P5's feature."""
+    words = [w.strip(".,!?;:\"'()").lower() for w in sentence.split()]
+    words = [w for w in words if w.isalpha() and w not in _STOP]
+    return max(words, key=len) if words else sentence.split()[0]
+
+
+def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Each user's interactions in chronological order (CHRONO_KEY) with pos and split."""
+    return (
+        interactions.sort(["user_id", *CHRONO_KEY])
+        .with_columns(pos=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
+        .with_columns(split=pl.when(pl.col("pos") == pl.col("n") - 1).then(pl.lit("test")).when(pl.col("pos") == pl.col("n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    )
+
+
+def build(
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
+    seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,
+    item_ids: bool = False, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), direct_train_share: float = 0.2,
+) -> pl.DataFrame:  # fmt: skip
+    """Every family's samples: family, template, seen, split, user_id, item_id, prompt, target,
+    candidates (direct), rating. Deterministic for a seed."""
+    rng = random.Random(seed)
+    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
+    if item_ids:
+        perm = list(names)
+        rng.shuffle(perm)
+        names = {item: str(1000 + rank) for rank, item in enumerate(perm)}
+    profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
+    all_items = sorted(names)
+    inter = interactions.filter(pl.col("rating").is_not_null())
+    loo = leave_one_out(inter)
+    by_time = time_split(inter, InstructionsParams(split="temporal", pool_size=None, fractions=fractions))
+
+    def rating_text(r: float) -> str:
+        return f"{r:g}"
+
+    rows: list[dict] = []
+
+    def emit(family: str, split: str, row: dict, fields: dict, candidates: list[int] | None = None) -> None:
+        # Train and valid samples use one seen template each; test samples are written once with a
+        # seen and once with an unseen template, to be scored apart.
+        kinds = [("seen", True)] if split != "test" else [("seen", True), ("unseen", False)]
+        for kind, seen in kinds:
+            options = templates[family][kind]
+            k = rng.randrange(len(options))
+            t, item_id, f = options[k], row["item_id"], fields
+            if family == "direct" and "{answer}" in t["target"] and rng.random() < 0.5:
+                item_id = next(i for i in candidates if i != row["item_id"])  # a negative: the answer is no
+                f = {**fields, "item": names[item_id], "answer": "no"}
+            rows.append({
+                "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "split": split,
+                "user_id": row["user_id"], "item_id": item_id, "rating": row.get("rating"),
+                "prompt": t["prompt"].format(**f), "target": t["target"].format(**f), "candidates": candidates,
+            })  # fmt: skip
+
+    def base_fields(row: dict) -> dict:
+        liked = row["rating"] is not None and row["rating"] > like_threshold
+        return {
+            "user": f"user_{row['user_id']}", "profile": (profiles.get(row["user_id"]) or "").rstrip(".").lower() + ".",
+            "item": names[row["item_id"]], "rating": rating_text(row["rating"]), "max_rating": rating_text(max_rating),
+            "answer": "yes" if liked else "no", "history": "", "candidates": "", "review": "", "summary": "", "explanation": "", "hint": "",
+        }  # fmt: skip
+
+    if "rating" in families:
+        for row in by_time.iter_rows(named=True):
+            emit("rating", row["split"], row, base_fields(row))
+    if "sequential" in families or "direct" in families:
+        seqs = {u: items_ for u, items_ in loo.group_by("user_id", maintain_order=True).agg("item_id").iter_rows()}
+        for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
+            history = seqs[row["user_id"]][max(0, row["pos"] - history_len) : row["pos"]]
+            fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
+            if "sequential" in families:
+                emit("sequential", row["split"], row, fields)
+            # Direct samples carry 100 candidates: every valid and test case, a share of train.
+            if "direct" in families and (row["split"] != "train" or rng.random() < direct_train_share):
+                seen_items = set(seqs[row["user_id"]])
+                pool = [i for i in all_items if i not in seen_items]
+                if len(pool) < negatives:
+                    raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {negatives} negatives")
+                candidates = rng.sample(pool, negatives) + [row["item_id"]]
+                rng.shuffle(candidates)
+                emit("direct", row["split"], row, {**fields, "candidates": ", ".join(names[i] for i in candidates), "answer": "yes"}, candidates)
+    if NEEDS_REVIEWS & set(families):
+        for row in by_time.filter(pl.col("review").is_not_null()).iter_rows(named=True):
+            fields = base_fields(row)
+            sentence = first_sentence(row["review"])
+            if "explanation" in families and sentence:
+                emit("explanation", row["split"], row, {**fields, "explanation": sentence, "hint": feature_hint(sentence)})
+            if "review" in families and row.get("summary"):
+                emit("review", row["split"], row, {**fields, "review": row["review"], "summary": row["summary"]})
+    out = pl.DataFrame(rows, schema={
+        "family": pl.String, "template": pl.String, "seen": pl.Boolean, "split": pl.String, "user_id": pl.Int64,
+        "item_id": pl.Int64, "rating": pl.Float64, "prompt": pl.String, "target": pl.String, "candidates": pl.List(pl.Int64),
+    })  # fmt: skip
+    return drop_leaks(out)

@@ -1,0 +1,91 @@
+"""P5-style task families: templates, splits, the leak guard, seen/unseen, skipped families."""
+
+import polars as pl
+import pytest
+
+from recpipe import RecpipeError
+from recpipe.families import FAMILIES, build, choose, feature_hint, first_sentence, load_templates
+
+from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_ingest
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
+
+
+@pytest.fixture(scope="module")
+def amazon(tmp_path_factory):
+    from recpipe.textualize import textualize
+
+    d = tmp_path_factory.mktemp("amazon")
+    tables = fetch_and_ingest(d, amazon_source(*amazon_files(d, *amazon_records())), template="amazon")
+    textualize(d / "tables", d / "text", template="amazon")
+    text = {name: pl.read_parquet(d / "text" / f"{name}.parquet") for name in ("items", "users")}
+    return tables["interactions"], text["items"], text["users"]
+
+
+def make(tables, families, **kw):
+    inter, items, users = tables
+    return build(inter, items, users, load_templates("p5", families), families, negatives=10, **kw)
+
+
+def test_every_family_on_review_data(amazon):
+    samples = make(amazon, list(FAMILIES))
+    assert set(samples["family"]) == set(FAMILIES)
+    for family in FAMILIES:
+        fam = samples.filter(pl.col("family") == family)
+        assert set(fam["split"]) == {"train", "valid", "test"}, family
+        test = fam.filter(pl.col("split") == "test")
+        assert test["seen"].sum() == (~test["seen"]).sum() > 0  # each test case: one seen, one unseen
+        assert not fam.filter(pl.col("split") != "test")["seen"].not_().any()  # unseen never trains
+        assert fam["prompt"].str.contains(r"\{").not_().all()  # every placeholder filled
+    direct = samples.filter((pl.col("family") == "direct") & pl.col("target").is_in(["yes", "no"]).not_())
+    assert (direct["candidates"].list.len() == 11).all()
+    assert all(i in c for i, c in zip(direct["item_id"], direct["candidates"]))
+
+
+def test_no_test_target_is_a_training_target_in_any_family(amazon):
+    samples = make(amazon, list(FAMILIES))
+    test = samples.filter(pl.col("split") == "test").select("user_id", "item_id").unique()
+    assert samples.filter(pl.col("split") != "test").join(test, on=["user_id", "item_id"], how="semi").height == 0
+    valid = samples.filter(pl.col("split") == "valid").select("user_id", "item_id").unique()
+    assert samples.filter(pl.col("split") == "train").join(valid, on=["user_id", "item_id"], how="semi").height == 0
+
+
+def test_leave_one_out_tests_each_users_last_item(amazon):
+    inter = amazon[0]
+    samples = make(amazon, ["sequential"])
+    last = inter.sort(["user_id", "timestamp", "item_id"]).group_by("user_id", maintain_order=True).last().select("user_id", "item_id")
+    test = samples.filter((pl.col("split") == "test") & pl.col("seen")).select("user_id", "item_id").sort("user_id")
+    assert test.equals(last.sort("user_id"))
+
+
+def test_deterministic_and_ids_do_not_follow_order(amazon):
+    a, b = make(amazon, ["sequential"], seed=3), make(amazon, ["sequential"], seed=3)
+    assert a.equals(b)
+    with_ids = make(amazon, ["sequential"], item_ids=True, seed=3)
+    target_ids = with_ids.filter(pl.col("split") == "test")["target"].cast(pl.Int64)
+    assert target_ids.min() >= 1000
+    # Numbered by a seeded shuffle: item ids in id order are not numbered in order.
+    assert with_ids["target"].cast(pl.Int64).to_list() != sorted(with_ids["target"].cast(pl.Int64).to_list())
+
+
+def test_review_families_need_review_text(built):  # noqa: F811
+    root, _ = built
+    inter = pl.read_parquet(root / "tables" / "interactions.parquet")
+    assert choose(None, inter, "ml-100k") == ["rating", "sequential", "direct"]
+    with pytest.raises(RecpipeError, match=r"\['review'\] need review text, which dataset 'ml-100k' does not have"):
+        choose(["rating", "review"], inter, "ml-100k")
+    with pytest.raises(RecpipeError, match="unknown families"):
+        choose(["ratings"], inter, "ml-100k")
+
+
+def test_template_file_missing_a_part_names_file_and_place(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("rating:\n  seen:\n    - prompt: 'Rate {item} for {usr}'\n      target: '{rating}'\n  unseen:\n    - prompt: x\n      target: y\n")
+    with pytest.raises(RecpipeError, match=r"t.yaml: rating.seen\[0\].prompt has unknown placeholders \['usr'\]"):
+        load_templates(str(bad), ["rating"])
+    with pytest.raises(RecpipeError, match=r"t.yaml: family 'sequential' has no 'seen' templates"):
+        load_templates(str(bad), ["sequential"])
+
+
+def test_explanation_helpers():
+    assert first_sentence("Great lipstick. Lasts all day!") == "Great lipstick."
+    assert feature_hint("The color lasts all day.") == "color"  # the first of the longest content words
