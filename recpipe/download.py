@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, sha256_file, write_json
-from recpipe.params import DatasetParams, Source
+from recpipe.params import DatasetParams
 
 
 def _fetch_url(url: str, dest: Path) -> None:

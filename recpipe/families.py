@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
-
 import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.instructions import drop_leaks
 from recpipe.instructions import split as time_split
 from recpipe.params import InstructionsParams
-from recpipe.templates import TEMPLATE_DIR, placeholders
+from recpipe.templates import placeholders, read_template_file
 from recpipe.textualize import CHRONO_KEY
 
 FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
@@ -58,14 +56,7 @@ def choose(asked: list[str] | None, interactions: pl.DataFrame, dataset: str) ->
 def load_templates(name_or_path: str, families: list[str]) -> dict:
     """The templates file, checked: each asked family has seen and unseen templates, and every
     placeholder is one recpipe fills."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = TEMPLATE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise RecpipeError(f"template {name_or_path!r} not found (looked for {path})")
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
+    path, data = read_template_file(name_or_path)
     known = {"user", "profile", "item", "history", "rating", "max_rating", "candidates", "review", "summary", "explanation", "hint", "answer"}
     for family in families:
         for kind in ("seen", "unseen"):

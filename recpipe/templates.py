@@ -12,14 +12,19 @@ from recpipe import RecpipeError
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
-def load_template(name_or_path: str, required: dict[str, set[str]]) -> dict:
-    """Load recpipe/templates/<name>.yaml (or a path); check each required key has its placeholders."""
+def read_template_file(name_or_path: str) -> tuple[Path, dict]:
+    """recpipe/templates/<name>.yaml, or a path to a YAML file: its path and contents."""
     path = Path(name_or_path)
     if not path.suffix:
         path = TEMPLATE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise RecpipeError(f"template {name_or_path!r} not found (looked for {path})")
-    data = yaml.safe_load(path.read_text()) or {}
+    return path, yaml.safe_load(path.read_text()) or {}
+
+
+def load_template(name_or_path: str, required: dict[str, set[str]]) -> dict:
+    """Load a template file; check each required key has its placeholders."""
+    path, data = read_template_file(name_or_path)
     for key, fields in required.items():
         if key not in data:
             raise RecpipeError(f"{path}: missing key {key!r}")
