@@ -61,13 +61,14 @@ def _encode_left_padded(tokenizer, prompts: list[str], device):
 
 
 @torch.no_grad()
-def constrained_topk(model, tokenizer, prompts: list[str], trie: ItemTrie, k: int = 10, beams: int = 20, batch_size: int = 4, desc: str = "rank") -> list[list[int]]:
-    """The top-k items for each prompt by beam search that may only write item names."""
+def constrained_topk(model, tokenizer, prompts: list[str], trie: ItemTrie, k: int = 10, beams: int = 20, batch_size: int = 4, desc: str = "rank") -> tuple[list[list[int]], float]:
+    """The top-k items for each prompt by beam search that may only write item names, and the
+    share of returned sequences that name an item (counted, not assumed)."""
     if beams < k:
         raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
     model.eval()
     device = next(model.parameters()).device
-    ranked = []
+    ranked, valid, total = [], 0, 0
     with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
         for _, batch in _batches(prompts, batch_size):
             ids, mask = _encode_left_padded(tokenizer, batch, device)
@@ -89,10 +90,13 @@ def constrained_topk(model, tokenizer, prompts: list[str], trie: ItemTrie, k: in
                 items: list[int] = []
                 for seq in row.tolist():
                     end = seq.index(trie.end) + 1 if trie.end in seq else len(seq)
-                    items += [i for i in trie.items(tuple(seq[:end])) if i not in items]
+                    named = trie.items(tuple(seq[:end]))
+                    total += 1
+                    valid += bool(named)
+                    items += [i for i in named if i not in items]
                 ranked.append(items[:k])
             bar.update(len(batch))
-    return ranked
+    return ranked, valid / max(total, 1)
 
 
 @torch.no_grad()

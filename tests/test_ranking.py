@@ -26,8 +26,8 @@ def test_trie_allows_exactly_the_item_continuations(tiny):  # noqa: F811
 def test_constrained_beam_search_never_writes_a_non_item(tiny, built):  # noqa: F811
     model, tok = load(str(tiny))
     prompts = built[1]["prompt"].head(3).to_list()
-    ranked = constrained_topk(model, tok, prompts, ItemTrie(NAMES, tok), k=4, beams=5, batch_size=2)
-    assert len(ranked) == 3
+    ranked, validity = constrained_topk(model, tok, prompts, ItemTrie(NAMES, tok), k=4, beams=5, batch_size=2)
+    assert len(ranked) == 3 and validity == 1.0  # every returned beam spells an item
     for items in ranked:
         assert items and set(items) <= set(NAMES) and len(items) == len(set(items)) <= 4
     # The untrained model writes free text: matched after the fact, it rarely names an item.
