@@ -150,6 +150,7 @@ def build(
             emit("rating", row["split"], row, base_fields(row))
     if "sequential" in families or "direct" in families:
         seqs = {u: items_ for u, items_ in loo.group_by("user_id", maintain_order=True).agg("item_id").iter_rows()}
+        unseen: dict[int, list[int]] = {}
         for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
             history = seqs[row["user_id"]][max(0, row["pos"] - history_len) : row["pos"]]
             fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
@@ -157,8 +158,10 @@ def build(
                 emit("sequential", row["split"], row, fields)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
             if "direct" in families and (row["split"] != "train" or rng.random() < direct_train_share):
-                seen_items = set(seqs[row["user_id"]])
-                pool = [i for i in all_items if i not in seen_items]
+                if row["user_id"] not in unseen:  # a user's negatives pool, built once per user
+                    seen_items = set(seqs[row["user_id"]])
+                    unseen[row["user_id"]] = [i for i in all_items if i not in seen_items]
+                pool = unseen[row["user_id"]]
                 if len(pool) < negatives:
                     raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {negatives} negatives")
                 candidates = rng.sample(pool, negatives) + [row["item_id"]]
