@@ -51,8 +51,8 @@ def fetch_pip(requirement: str, workdir: Path) -> Path:
     return files[0]
 
 
-def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None) -> Path:
-    """Fetch one file (by url or pip requirement) into workdir and verify its checksum; return its path."""
+def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None) -> tuple[Path, str]:
+    """Fetch one file (by url or pip requirement) into workdir and verify its checksum; return its path and sha256."""
     if pip is not None:
         path = fetch_pip(pip, workdir)
     else:
@@ -63,7 +63,7 @@ def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = No
         log.warning("source %s has no sha256 to verify; its sha256 is %s (the ingest checks guard the content)", name, actual)
     elif actual != sha256.lower():
         raise RecpipeError(f"checksum mismatch for source {name!r} ({path.name}): expected sha256 {sha256}, got {actual}")
-    return path
+    return path, actual
 
 
 def _is_unsafe(member: str) -> bool:
@@ -102,17 +102,15 @@ def download(name: str, dataset: DatasetParams, out_dir: str | Path) -> dict:
                     record["sha256"] = {}
                     for role, remote in source.files.items():
                         (Path(work) / role).mkdir()
-                        path = fetch(f"{source.name}/{role}", Path(work) / role, url=remote.url, sha256=remote.sha256)
+                        path, record["sha256"][role] = fetch(f"{source.name}/{role}", Path(work) / role, url=remote.url, sha256=remote.sha256)
                         shutil.copyfile(path, tmp_out / role)
-                        record["sha256"][role] = sha256_file(path)
                 else:
-                    path = fetch(source.name, Path(work), url=source.url, pip=source.pip, sha256=source.sha256)
+                    path, record["sha256"] = fetch(source.name, Path(work), url=source.url, pip=source.pip, sha256=source.sha256)
                     if source.archive == "zip":
                         extract_members(path, source.members, tmp_out)
                     else:
                         (role,) = source.members
                         shutil.copyfile(path, tmp_out / role)
-                    record["sha256"] = sha256_file(path)
                 roles = source.files or source.members
                 record["files"] = {role: sha256_file(tmp_out / role) for role in roles}
                 write_json(record, tmp_out / "source.json")
