@@ -40,7 +40,7 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     prefix_cache = None
     if shared:
         prefix_cache = DynamicCache()
-        model(input_ids=torch.tensor([encoded[0][:shared]], device=device), past_key_values=prefix_cache, use_cache=True)
+        model(input_ids=torch.tensor([encoded[0][:shared]], device=device), cache=prefix_cache, use_cache=True)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
@@ -60,7 +60,7 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(idx))
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=cache is not None, logits_to_keep=1)
             pair = out.logits[:, -1, [yes_id, no_id]].float()
             for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
                 p_yes[i] = p

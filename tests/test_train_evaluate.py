@@ -85,3 +85,34 @@ def test_answer_only_loss_equals_the_models_own_loss(tiny):
     full = model(**batch).loss
     ours = answer_loss_trainer().compute_loss(None, model, dict(batch))
     assert torch.allclose(ours, full, rtol=1e-5)
+
+
+def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
+    """The loss computes the instruction every row starts with once per batch: its loss and its
+    LoRA gradients must match the model's own full pass (LoRA B is random so every path counts)."""
+    from recpipe.train import add_lora, answer_loss_trainer, shared_prefix_length
+
+    model, tok = load(str(tiny))
+    model = add_lora(model, LoraParams(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    instruction = "Decide whether the user will like the movie. Answer Yes. or No.\n"
+    prompts = [instruction + "liked: a, b\n### Response:\n", instruction + "liked: a much longer history, c, d, e\n### Response:\n", instruction + "x\n### Response:\n"]
+    batch = PadCollator(tok.pad_token_id)(encode(prompts, ["Yes.", "No.", "No."], tok, max_length=128))
+    assert shared_prefix_length(batch["input_ids"], 1000) >= len(tok(instruction).input_ids) - 1
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, plain_grads = loss_and_grads(lambda: model(**batch).loss)
+    ours, our_grads = loss_and_grads(lambda: answer_loss_trainer().compute_loss(None, model, dict(batch)))
+    assert torch.allclose(ours, plain, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(our_grads[name], grad, atol=1e-6, rtol=1e-4), name
+    assert shared_prefix_length(torch.tensor([[1, 2, 3], [1, 2, 4]]), 5) == 2
+    assert shared_prefix_length(torch.tensor([[1, 2, 3], [1, 2, 3]]), 1) == 1
