@@ -26,6 +26,9 @@ def _run(steps: list[str], params_path: Path, dataset: str | None = None) -> Non
             if step in pipeline.PER_DATASET:
                 for name in [dataset] if dataset else p.datasets:
                     pipeline.STEPS[step](p, name)
+            elif step in pipeline.PER_P5_DATASET:
+                for name in [dataset] if dataset else p.p5.datasets:
+                    pipeline.STEPS[step](p, name)
             else:
                 pipeline.STEPS[step](p)
     except RecpipeError as e:
@@ -82,8 +85,16 @@ def report(params_path: Path = PARAMS) -> None:
 
 
 @app.command()
+def p5(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: every dataset in p5.datasets.")) -> None:
+    """The P5 families: samples, training mixture, one LoRA model, per-family scores on seen and
+    unseen templates, popularity and SASRec baselines, and reports/p5/<dataset>/report.md."""
+    _run(["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"], params_path, dataset)
+
+
+@app.command()
 def run(params_path: Path = PARAMS) -> None:
-    """Run every step in order, without DVC's caching (use `dvc repro` for that)."""
+    """Run every step in order, without DVC's caching (use `dvc repro` for that); the P5 steps
+    for each dataset in p5.datasets."""
     _run(list(pipeline.STEPS), params_path)
 
 

@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
+
 import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.instructions import drop_leaks
+from recpipe.io import atomic_dir, write_parquet
 from recpipe.instructions import split as time_split
-from recpipe.params import InstructionsParams
+from recpipe.params import FAMILY_NAMES, InstructionsParams, P5Params
 from recpipe.templates import placeholders, read_template_file
 from recpipe.textualize import CHRONO_KEY
 
-FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
+FAMILIES = FAMILY_NAMES  # rating, sequential, explanation, review, direct
 NEEDS_REVIEWS = {"explanation", "review"}
+# What a family's prompts must mention, or the task cannot be solved from the prompt.
+NEEDED_IN_PROMPT = {"rating": {"user", "item"}, "sequential": {"history"}, "explanation": {"user", "item"}, "review": {"review"}, "direct": {"user"}}
+# What a template's target asks the model to write decides how it is scored (recpipe.p5eval).
+KINDS = {"{rating}": "rating", "{answer}": "yes_no", "{item}": "item", "{summary}": "text", "{explanation}": "text"}
 _STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
 
 
@@ -70,6 +77,12 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
                     odd = placeholders(t[key]) - known
                     if odd:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
+                if t["target"].strip() not in KINDS:
+                    raise RecpipeError(f"{path}: {family}.{kind}[{i}].target must be one of {sorted(KINDS)}, got {t['target']!r}")
+                needed = NEEDED_IN_PROMPT[family] | ({"candidates"} if family == "direct" and t["target"].strip() == "{item}" else set())
+                lacking = needed - placeholders(t["prompt"])
+                if lacking:
+                    raise RecpipeError(f"{path}: {family}.{kind}[{i}].prompt lacks the placeholders {sorted(lacking)}")
     return data
 
 
@@ -96,19 +109,25 @@ def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]:
+    """How prompts write each item: its name, or (item_ids) a number from a seeded permutation."""
+    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
+    if not item_ids:
+        return names
+    perm = sorted(names)
+    random.Random(f"item-ids-{seed}").shuffle(perm)
+    return {item: str(1000 + rank) for rank, item in enumerate(perm)}
+
+
 def build(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
     seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,
     item_ids: bool = False, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), direct_train_share: float = 0.2,
 ) -> pl.DataFrame:  # fmt: skip
-    """Every family's samples: family, template, seen, split, user_id, item_id, prompt, target,
-    candidates (direct), rating. Deterministic for a seed."""
+    """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
+    prompt, target, candidates (direct), rating. Deterministic for a seed."""
     rng = random.Random(seed)
-    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
-    if item_ids:
-        perm = list(names)
-        rng.shuffle(perm)
-        names = {item: str(1000 + rank) for rank, item in enumerate(perm)}
+    names = item_names(items, item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
     all_items = sorted(names)
     inter = interactions.filter(pl.col("rating").is_not_null())
@@ -119,11 +138,13 @@ def build(
         return f"{r:g}"
 
     rows: list[dict] = []
+    cases = iter(range(1 << 62))  # one id per emitted case, shared by its seen and unseen rows
 
     def emit(family: str, split: str, row: dict, fields: dict, candidates: list[int] | None = None) -> None:
         # Train and valid samples use one seen template each; test samples are written once with a
         # seen and once with an unseen template, to be scored apart.
         kinds = [("seen", True)] if split != "test" else [("seen", True), ("unseen", False)]
+        case = next(cases)
         for kind, seen in kinds:
             options = templates[family][kind]
             k = rng.randrange(len(options))
@@ -132,7 +153,7 @@ def build(
                 item_id = next(i for i in candidates if i != row["item_id"])  # a negative: the answer is no
                 f = {**fields, "item": names[item_id], "answer": "no"}
             rows.append({
-                "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "split": split,
+                "case_id": case, "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "kind": KINDS[t["target"].strip()], "split": split,
                 "user_id": row["user_id"], "item_id": item_id, "rating": row.get("rating"),
                 "prompt": t["prompt"].format(**f), "target": t["target"].format(**f), "candidates": candidates,
             })  # fmt: skip
@@ -176,7 +197,36 @@ def build(
             if "review" in families and row.get("summary"):
                 emit("review", row["split"], row, {**fields, "review": row["review"], "summary": row["summary"]})
     out = pl.DataFrame(rows, schema={
-        "family": pl.String, "template": pl.String, "seen": pl.Boolean, "split": pl.String, "user_id": pl.Int64,
+        "case_id": pl.Int64, "family": pl.String, "template": pl.String, "seen": pl.Boolean, "kind": pl.String, "split": pl.String, "user_id": pl.Int64,
         "item_id": pl.Int64, "rating": pl.Float64, "prompt": pl.String, "target": pl.String, "candidates": pl.List(pl.Int64),
     })  # fmt: skip
-    return drop_leaks(out)
+    return drop_leaks(out, "families")
+
+
+def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float) -> pl.DataFrame:
+    """The families stage: samples.parquet (every family's samples) and names.parquet (each item
+    as the prompts write it, which decoding and scoring need)."""
+    interactions = pl.read_parquet(Path(tables_dir) / "interactions.parquet")
+    items = pl.read_parquet(Path(text_dir) / "items.parquet")
+    users = pl.read_parquet(Path(text_dir) / "users.parquet")
+    chosen = choose(list(p5.families) if p5.families is not None else None, interactions, dataset)
+    samples = build(
+        interactions, items, users, load_templates(p5.templates, chosen), chosen, seed=seed,
+        history_len=p5.history_len, negatives=p5.negatives, like_threshold=p5.like_threshold,
+        max_rating=max_rating, item_ids=p5.item_ids, direct_train_share=p5.direct_train_share,
+    )  # fmt: skip
+    for family in chosen:
+        split_names = set(samples.filter(pl.col("family") == family)["split"])
+        if not {"train", "test"} <= split_names:
+            raise RecpipeError(
+                f"families: {family} has no {'train' if 'train' not in split_names else 'test'} samples on {dataset}: "
+                "its users' histories are too short (leave-one-out needs 3+ rated items per user)"
+            )
+    names = item_names(items, p5.item_ids, seed)
+    with atomic_dir(out_dir) as tmp:
+        write_parquet(samples, tmp / "samples.parquet")
+        write_parquet(pl.DataFrame({"item_id": list(names), "name": list(names.values())}, schema={"item_id": pl.Int64, "name": pl.String}), tmp / "names.parquet")
+    counts = samples.group_by("family", "split").len().sort("family", "split")
+    for family, split_name, n in counts.iter_rows():
+        log.info("families: %s %s: %d samples", family, split_name, n)
+    return samples

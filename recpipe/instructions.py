@@ -63,14 +63,14 @@ def split(samples: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
     return ordered.with_columns(split=pl.Series(names, dtype=pl.String))
 
 
-def drop_leaks(samples: pl.DataFrame) -> pl.DataFrame:
+def drop_leaks(samples: pl.DataFrame, stage: str = "instructions") -> pl.DataFrame:
     """No (user, item) that a later split asks about may be a target of an earlier split."""
     kept = samples
     for later, earlier in (("test", ["train", "valid"]), ("valid", ["train"])):
         asked = kept.filter(pl.col("split") == later).select("user_id", "item_id")
         leaking = kept.filter(pl.col("split").is_in(earlier)).join(asked, on=["user_id", "item_id"], how="semi")
         if leaking.height:
-            log.warning("instructions: dropping %d %s samples whose target is asked in %s", leaking.height, "/".join(earlier), later)
+            log.warning("%s: dropping %d %s samples whose target is asked in %s", stage, leaking.height, "/".join(earlier), later)
             kept = kept.join(leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti")
     return kept
 

@@ -92,7 +92,7 @@ class InstructionsParams(Strict):
 class SampleParams(Strict):
     k: int = Field(64, ge=1)
     balanced: bool = True
-    valid_size: int = Field(200, ge=1)
+    valid_size: int = Field(100, ge=1)
 
 
 class ModelParams(Strict):
@@ -127,6 +127,61 @@ class EvaluateParams(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.families.FAMILIES
+Family = Literal["rating", "sequential", "explanation", "review", "direct"]
+
+
+class P5TrainParams(TrainParams):
+    """The multi-family model trains on many more samples than TALLRec's K shots: fewer epochs."""
+
+    epochs: float = Field(1, gt=0)
+    lr: float = Field(5e-4, gt=0)
+
+
+class SasrecParams(Strict):
+    max_len: int = Field(50, ge=2)
+    hidden: int = Field(64, ge=8)
+    blocks: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class P5Params(Strict):
+    """The P5 task families (issue #4): opt-in, one set of stages per dataset listed here."""
+
+    datasets: tuple[str, ...] = ()  # each one of `datasets`; empty: no P5 stages at all
+    families: tuple[Family, ...] | None = None  # None: every family the dataset can feed
+    templates: str = Field("p5", pattern=r"^[\w.-]+$")  # recpipe/templates/<name>.yaml
+    item_ids: bool = False  # write items as ids from a seeded permutation instead of their names
+    history_len: int = Field(10, ge=1)
+    like_threshold: float = 3  # the yes/no templates: rating > threshold means yes
+    negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
+    direct_train_share: float = Field(0.2, gt=0, le=1)  # of train positions that also become direct samples
+    # The training mixture: k samples over the families in proportion to these weights (a family
+    # left out weighs 0); k None: every training sample (full data).
+    weights: dict[Family, float] = {f: 1.0 for f in FAMILY_NAMES}
+    k: int | None = Field(512, ge=1)
+    valid_size: int = Field(100, ge=1)  # validation samples (loss) over all families
+    test_cases: int | None = Field(100, ge=1)  # test cases per family, each seen and unseen; None: all
+    beams: int = Field(20, ge=1)  # beam search for item families; also how many candidates survive exclusion
+    top_k: int = Field(10, ge=1)
+    max_new_tokens: int = Field(32, ge=1)  # rating, yes/no and text answers
+    eval_batch_size: int = Field(8, ge=1)
+    train: P5TrainParams = P5TrainParams()
+    sasrec: SasrecParams = SasrecParams()
+
+    @model_validator(mode="after")
+    def _weights(self) -> P5Params:
+        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+            raise ValueError(f"p5.weights must be >= 0 with at least one above 0, got {dict(self.weights)}")
+        if self.beams < self.top_k:
+            raise ValueError(f"p5.beams ({self.beams}) must be at least p5.top_k ({self.top_k})")
+        return self
+
+
 class Params(Strict):
     seed: int = 0
     datasets: tuple[str, ...] = ("ml-100k",)  # the data stages prepare each (dvc.yaml foreach)
@@ -139,14 +194,16 @@ class Params(Strict):
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    p5: P5Params = P5Params()
 
     @model_validator(mode="after")
     def _known_dataset(self) -> Params:
-        for name in (*self.datasets, self.dataset):
+        for name in (*self.datasets, self.dataset, *self.p5.datasets):
             if name not in self.download.datasets:
                 raise ValueError(f"dataset {name!r} has no entry under download.datasets ({sorted(self.download.datasets)})")
-        if self.dataset not in self.datasets:
-            raise ValueError(f"dataset {self.dataset!r} is not among the prepared datasets {list(self.datasets)}")
+        for name in (self.dataset, *self.p5.datasets):
+            if name not in self.datasets:
+                raise ValueError(f"dataset {name!r} is not among the prepared datasets {list(self.datasets)}")
         return self
 
 

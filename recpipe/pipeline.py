@@ -15,6 +15,7 @@ from recpipe.textualize import textualize as _textualize
 RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"  # one folder per dataset in each
 SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
+P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
 
 
 def download(p: Params, dataset: str) -> None:
@@ -75,13 +76,80 @@ def report(p: Params) -> None:
     _report("reports", LIVE, "reports/report.md", p)
 
 
+# The P5 task families (opt-in: one set of stages per dataset in p5.datasets).
+
+
+def families(p: Params, dataset: str) -> None:
+    from recpipe.families import families as _families
+
+    rating_max = p.download.datasets[dataset].rating_max
+    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max)
+
+
+def p5_sample(p: Params, dataset: str) -> None:
+    from recpipe.sample import p5_sample as _p5_sample
+
+    _p5_sample(f"{P5_DATA}/{dataset}/families", f"{P5_DATA}/{dataset}/shots", p.p5, p.seed)
+
+
+def p5_train(p: Params, dataset: str) -> None:
+    from recpipe.train import train as _train
+
+    shots = f"{P5_DATA}/{dataset}/shots"
+    _train(
+        f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
+        _model(p), p.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", valid_metric="loss",
+        checkpoints=f".recpipe/checkpoints/p5-{dataset}",
+    )  # fmt: skip
+
+
+def p5_evaluate(p: Params, dataset: str) -> None:
+    from peft import PeftModel
+
+    from recpipe.model import load
+    from recpipe.p5eval import evaluate_p5
+    from recpipe.train import pick_dtype
+
+    model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
+    model = PeftModel.from_pretrained(model, f"{P5_DATA}/{dataset}/adapter").merge_and_unload()
+    d = p.download.datasets[dataset]
+    evaluate_p5(
+        f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
+        f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
+    )  # fmt: skip
+
+
+def baselines(p: Params, dataset: str) -> None:
+    import polars as pl
+
+    from recpipe.baselines import baselines as _baselines
+    from recpipe.io import write_json
+
+    interactions = pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
+    test = pl.read_parquet(f"{P5_DATA}/{dataset}/shots/test.parquet")
+    asked = set(test.filter(pl.col("family") == "sequential")["user_id"].to_list()) or None
+    write_json(_baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked), f"{P5_REPORTS}/{dataset}/baselines.json")
+
+
+def p5_report(p: Params, dataset: str) -> None:
+    from recpipe.p5report import write_p5_report
+
+    summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "lora": p.lora.model_dump(), "p5": p.p5.model_dump(exclude={"datasets"})}
+    out = f"{P5_REPORTS}/{dataset}"
+    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary)
+
+
 STEPS = {
     "download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions,
     "sample": sample, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate, "report": report,
+    "families": families, "p5_sample": p5_sample, "p5_train": p5_train, "p5_evaluate": p5_evaluate,
+    "baselines": baselines, "p5_report": p5_report,
 }  # fmt: skip
 
 
-PER_DATASET = {"download", "ingest", "textualize"}  # dvc.yaml runs these once per dataset (foreach)
+# dvc.yaml runs these once per dataset (foreach over `datasets`, or over `p5.datasets`).
+PER_DATASET = {"download", "ingest", "textualize"}
+PER_P5_DATASET = {"families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"}
 
 
 def main(step: str) -> None:
@@ -90,9 +158,10 @@ def main(step: str) -> None:
     setup_logging()
     try:
         p = params.load()
-        if step in PER_DATASET:
-            if len(sys.argv) != 2 or sys.argv[1] not in p.datasets:
-                raise RecpipeError(f"usage: {step}.py <dataset>, one of datasets: {list(p.datasets)}")
+        if step in PER_DATASET | PER_P5_DATASET:
+            allowed, where = (p.datasets, "datasets") if step in PER_DATASET else (p.p5.datasets, "p5.datasets")
+            if len(sys.argv) != 2 or sys.argv[1] not in allowed:
+                raise RecpipeError(f"usage: {step}.py <dataset>, one of {where}: {list(allowed)}")
             STEPS[step](p, sys.argv[1])
         else:
             STEPS[step](p)

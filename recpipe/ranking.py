@@ -61,41 +61,79 @@ def _encode_left_padded(tokenizer, prompts: list[str], device):
 
 
 @torch.no_grad()
-def constrained_topk(model, tokenizer, prompts: list[str], trie: ItemTrie, k: int = 10, beams: int = 20, batch_size: int = 4, desc: str = "rank") -> tuple[list[list[int]], float]:
-    """The top-k items for each prompt by beam search that may only write item names, and the
-    share of returned sequences that name an item (counted, not assumed)."""
-    if beams < k:
-        raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
+def constrained_beams(
+    model, tokenizer, prompts: list[str], trie: ItemTrie | list[ItemTrie], beams: int = 20, batch_size: int = 4, desc: str = "rank",
+) -> list[list[list[int]]]:  # fmt: skip
+    """Beam search that may only write item names. For each prompt, in the order given, what each
+    of its `beams` returned sequences names, best first: item ids, or [] for a sequence naming none.
+
+    `trie` is one ItemTrie for every prompt, or a list with one per prompt (a direct prompt ranks
+    only its own candidates). Prompts are batched by token length and left-padded."""
+    tries = trie if isinstance(trie, list) else [trie] * len(prompts)
+    if len(tries) != len(prompts):
+        raise RecpipeError(f"{len(tries)} tries for {len(prompts)} prompts: give one trie, or one per prompt")
     model.eval()
     device = next(model.parameters()).device
-    ranked, valid, total = [], 0, 0
+    lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths: little padding
+    named: list[list[list[int]]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
-        for _, batch in _batches(prompts, batch_size):
-            ids, mask = _encode_left_padded(tokenizer, batch, device)
-            width = ids.shape[1]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+            width, end = ids.shape[1], tries[idx[0]].end
 
-            def allowed(_, sequence: torch.Tensor) -> list[int]:
+            def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
+                # transformers calls this for row batch_id * num_beams + beam of the expanded
+                # batch and passes batch_id, the prompt's place in this batch (not the row).
                 generated = tuple(sequence[width:].tolist())
-                if generated and generated[-1] == trie.end:
-                    return [trie.end]  # finished: EOS pads the rest
-                return trie.next_tokens(generated) or [trie.end]
+                if generated and generated[-1] == end:
+                    return [end]  # finished: EOS pads the rest
+                return tries[idx[batch_id]].next_tokens(generated) or [end]
 
+            # Not early_stopping=True: it stops once `beams` sequences have finished, and when few item
+            # continuations are left, transformers keeps a finished beam running at score - 1e9 and
+            # counts its copies as finished; real items still on their way are then never written.
             out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=trie.max_len,
-                num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=True,
-                prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=trie.end,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(tries[i].max_len for i in idx),
+                num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=False,
+                prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=end,
             )  # fmt: skip
-            out = out[:, width:].view(len(batch), beams, -1)
-            for row in out:
-                items: list[int] = []
-                for seq in row.tolist():
-                    end = seq.index(trie.end) + 1 if trie.end in seq else len(seq)
-                    named = trie.items(tuple(seq[:end]))
-                    total += 1
-                    valid += bool(named)
-                    items += [i for i in named if i not in items]
-                ranked.append(items[:k])
-            bar.update(len(batch))
+            out = out[:, width:].view(len(idx), beams, -1)
+            for i, row in zip(idx, out.tolist()):
+                for seq in row:
+                    stop = seq.index(end) + 1 if end in seq else len(seq)
+                    named[i].append(tries[i].items(tuple(seq[:stop])))
+            bar.update(len(idx))
+    return named
+
+
+def top_items(named: list[list[int]], k: int, exclude: set[int] | None = None) -> list[int]:
+    """The first k distinct items the beams name, best beam first, skipping `exclude`."""
+    items: list[int] = []
+    for ids in named:
+        items += [i for i in ids if i not in items and not (exclude and i in exclude)]
+    return items[:k]
+
+
+def constrained_topk(
+    model, tokenizer, prompts: list[str], trie: ItemTrie | list[ItemTrie], k: int = 10, beams: int = 20, batch_size: int = 4,
+    desc: str = "rank", exclude: list[set[int]] | None = None,
+) -> tuple[list[list[int]], float]:  # fmt: skip
+    """The top-k items for each prompt by beam search that may only write item names, and the
+    share of returned sequences that name an item (counted, not assumed).
+
+    `trie`: one ItemTrie, or one per prompt (see constrained_beams). `exclude`: per prompt, items
+    removed from its ranked list before it is cut to k (the user's history); ask for more beams
+    than k so that k items remain."""
+    if beams < k:
+        raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
+    if exclude is not None and len(exclude) != len(prompts):
+        raise RecpipeError(f"{len(exclude)} exclusion sets for {len(prompts)} prompts")
+    named = constrained_beams(model, tokenizer, prompts, trie, beams, batch_size, desc)
+    ranked = [top_items(n, k, exclude[i] if exclude else None) for i, n in enumerate(named)]
+    total = sum(len(n) for n in named)
+    valid = sum(bool(ids) for n in named for ids in n)
     return ranked, valid / max(total, 1)
 
 

@@ -70,40 +70,60 @@ def shared_prefix_length(input_ids: torch.Tensor, limit: int) -> int:
     return int(same.long().cumprod(0).sum())
 
 
-def answer_loss_trainer():
-    """The HF Trainer with a loss that skips work no answer token needs.
+def answer_loss(model, batch: dict[str, torch.Tensor]):
+    """Summed cross-entropy over the answer tokens, their count, and the model's output.
 
+    Two savings, the same loss up to float rounding:
     - The output layer (576 x 49,152 for SmolLM2-135M) is a fifth of the model's arithmetic, and
       the cross-entropy over every position's 49,152 logits is a large memory-bound pass; but
       only the few answer positions have labels, so only their logits are computed.
-    - Every prompt starts with the same instruction (about a quarter of its tokens). Its keys and
-      values are computed once per batch, with gradients, and every row attends to that copy.
+    - Every prompt of a batch may start with the same instruction (about a quarter of a TALLRec
+      prompt's tokens): its keys and values are computed once, with gradients, and every row
+      attends to that copy. LoRA dropout then draws one mask for that shared part."""
+    from transformers import DynamicCache
 
-    The loss is the plain one up to float rounding; only LoRA dropout differs, as the rows of a
-    batch share one dropout mask over the instruction."""
-    from transformers import DynamicCache, Trainer
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 else 0
+    if shared:
+        cache = DynamicCache()
+        model(input_ids=ids[:1, :shared], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(ids))
+        out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=columns - shared)
+    else:
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=columns)
+    wanted = targets[:, columns]
+    loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, (wanted != IGNORE).sum(), out
+
+
+def answer_loss_trainer():
+    """The HF Trainer with recpipe's answer-only loss (answer_loss)."""
+    from transformers import Trainer
 
     class AnswerLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            targets = labels[:, 1:]  # position t predicts token t + 1
-            columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
-            ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 else 0
-            if shared:
-                cache = DynamicCache()
-                model(input_ids=ids[:1, :shared], cache=cache, use_cache=True)
-                cache.batch_repeat_interleave(len(ids))
-                out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=columns - shared)
-            else:
-                out = model(**inputs, logits_to_keep=columns)
-            wanted = targets[:, columns]
-            loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
-            n = num_items_in_batch if num_items_in_batch is not None else (wanted != IGNORE).sum()
-            loss = loss / n
+            loss, n, out = answer_loss(model, inputs)
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else n)
             return (loss, out) if return_outputs else loss
 
     return AnswerLossTrainer
+
+
+@torch.no_grad()
+def mean_answer_loss(model, tokenizer, prompts: list[str], answers: list[str], max_length: int, batch_size: int) -> float:
+    """Validation loss: mean cross-entropy per answer token, batches grouped by length."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = sorted(encode(prompts, answers, tokenizer, max_length), key=lambda r: len(r["input_ids"]))
+    collate = PadCollator(tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
+        loss, n, _ = answer_loss(model, batch)
+        total, count = total + loss.item(), count + int(n)
+    return total / max(count, 1)
 
 
 DEEPSPEED_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
@@ -146,7 +166,9 @@ def run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec") -> dict:
+def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec", valid_metric: str = "auc") -> dict:
+    """LoRA-tune on train_path's prompt/answer pairs and save the adapter. valid_metric: "auc"
+    (TALLRec: P(yes) from the template's answer words) or "loss" (answer-token loss, any task)."""
     from transformers import TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
     from dvclive import Live
@@ -154,12 +176,14 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     from recpipe.evaluate import metrics_for, score_frame
     from recpipe.model import load
 
-    set_seed(seed)
     dtype = pick_dtype(params.dtype)
     ds_config = deepspeed_config(params.deepspeed)
     if ds_config:
         single_process_env()
     model, tokenizer = load(model_p.name, model_p.sha256)
+    # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
+    # and LoRA's initial weights must not depend on whether the model was cached already.
+    set_seed(seed)
     model = add_lora(model, lora)
     shots = pl.read_parquet(train_path)
     rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length)
@@ -200,12 +224,17 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     seconds = time.time() - start
     tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs
     valid = pl.read_parquet(valid_path)
-    p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)
+    if valid_metric == "auc":
+        p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)
+        validation = {"valid_auc": metrics_for(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
+    else:
+        loss = mean_answer_loss(model, tokenizer, valid["prompt"].to_list(), valid["answer"].to_list(), params.max_length, params.eval_batch_size)
+        validation = {"valid_loss": round(loss, 5)}
     metrics = {
         "train_loss": round(result.training_loss, 5),
         "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(tokens / seconds, 1),
-        "valid_auc": metrics_for(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"],
+        **validation,
         "dtype": str(dtype).removeprefix("torch."),
     }
     # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save

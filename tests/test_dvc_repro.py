@@ -10,6 +10,8 @@ import yaml
 
 import polars as pl
 
+from recpipe.params import P5Params
+
 from conftest import make_tiny_model, params_dict, source
 from test_formats import bx_source, bx_zip
 
@@ -37,6 +39,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     params["lora"] = {"rank": 2, "alpha": 4}
     params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
     params["evaluate"] = {"batch_size": 8, "dtype": "float32"}
+    params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)
@@ -62,6 +65,30 @@ def test_dvc_repro_tiny(archives, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"download@bookcrossing", "ingest@bookcrossing", "textualize@bookcrossing"}, out
     assert (tmp_path / "data/text/bookcrossing/items.parquet").is_file()
+    # The P5 families are opt-in: listing a dataset under p5.datasets adds its own stages, and only
+    # they run. Their metrics are one file per family.
+    params["p5"] |= {
+        "datasets": ["ml-100k"], "negatives": 5, "k": 16, "valid_size": 4, "test_cases": 2, "beams": 4, "top_k": 2,
+        "max_new_tokens": 4, "eval_batch_size": 4, "train": {**params["p5"]["train"], "epochs": 1, "batch_size": 4, "dtype": "float32", "max_length": 256},
+        "sasrec": {**params["p5"]["sasrec"], "epochs": 2, "hidden": 16, "max_len": 10},
+    }  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run([*DVC, "repro"], tmp_path).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    p5_stages = {f"{s}@ml-100k" for s in ("families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report")}
+    assert ran == p5_stages, out
+    families = {p.stem for p in (tmp_path / "reports/p5/ml-100k/families").glob("*.json")}
+    assert families == {"rating", "sequential", "direct"}  # ML-100K has no review text
+    shown = run([*DVC, "metrics", "show"], tmp_path).stdout
+    assert "reports/p5/ml-100k/families/sequential.json" in shown and "unseen.hr@1" in shown
+    report = (tmp_path / "reports/p5/ml-100k/report.md").read_text()
+    assert "SASRec" in report and "unseen" in report
+    # A baseline param reruns the baselines and the P5 report only.
+    params["p5"]["sasrec"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run([*DVC, "repro"], tmp_path).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"baselines@ml-100k", "p5_report@ml-100k"}, out
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -89,3 +89,25 @@ def test_template_file_missing_a_part_names_file_and_place(tmp_path):
 def test_explanation_helpers():
     assert first_sentence("Great lipstick. Lasts all day!") == "Great lipstick."
     assert feature_hint("The color lasts all day.") == "color"  # the first of the longest content words
+
+
+def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(amazon, tmp_path):  # noqa: F811
+    from recpipe.families import families
+    from recpipe.params import P5Params
+
+    inter, items, users = amazon
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "text").mkdir()
+    items.write_parquet(tmp_path / "text" / "items.parquet")
+    users.write_parquet(tmp_path / "text" / "users.parquet")
+    inter.write_parquet(tmp_path / "tables" / "interactions.parquet")
+    p5 = P5Params(negatives=10, item_ids=True)
+    samples = families(tmp_path / "tables", tmp_path / "text", tmp_path / "out", "amazon-x", p5, 0, 5)
+    names = pl.read_parquet(tmp_path / "out" / "names.parquet")
+    assert names.height == items.height and names["name"].str.contains(r"^\d+$").all()  # ids as written
+    assert pl.read_parquet(tmp_path / "out" / "samples.parquet").equals(samples)
+    # Every user with a single rating: no history to learn a next item from.
+    inter.group_by("user_id").head(1).write_parquet(tmp_path / "tables" / "interactions.parquet")
+    with pytest.raises(RecpipeError, match="families: sequential has no .* samples on amazon-x: .* histories are too short"):
+        families(tmp_path / "tables", tmp_path / "text", tmp_path / "out2", "amazon-x", P5Params(families=["sequential"], negatives=10), 0, 5)
+    assert not (tmp_path / "out2").exists()

@@ -35,6 +35,24 @@ def test_constrained_beam_search_never_writes_a_non_item(tiny, built):  # noqa: 
     assert 0 <= validity < 1
 
 
+def test_one_trie_per_prompt_ranks_only_its_own_candidates(tiny, built):  # noqa: F811
+    model, tok = load(str(tiny))
+    # Lengths differ, so batches are reordered by length: each prompt must still get its own trie.
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (300, 20, 150, 60))]
+    own = [{1: NAMES[1], 4: NAMES[4]}, {2: NAMES[2], 5: NAMES[5]}, NAMES, {4: NAMES[4], 5: NAMES[5]}]
+    tries = [ItemTrie(names, tok) for names in own]
+    ranked, validity = constrained_topk(model, tok, prompts, tries, k=2, beams=2, batch_size=3)
+    assert validity == 1.0
+    # Two names, two beams: both, not the first one twice (a finished beam's copies crowd nothing out).
+    assert sorted(ranked[0]) == [1, 4] and sorted(ranked[1]) == [2, 5] and sorted(ranked[3]) == [4, 5]
+    assert ranked[2] and set(ranked[2]) <= set(NAMES)
+    # History exclusion happens before the cut to k.
+    ranked, _ = constrained_topk(model, tok, prompts, tries, k=1, beams=2, batch_size=3, exclude=[{1}, set(), set(), {4, 5}])
+    assert ranked[0] == [4] and ranked[3] == []
+    with pytest.raises(RecpipeError, match="2 tries for 4 prompts"):
+        constrained_topk(model, tok, prompts, tries[:2], k=2, beams=2)
+
+
 def test_beam_smaller_than_k_is_an_error(tiny):  # noqa: F811
     model, tok = load(str(tiny))
     with pytest.raises(RecpipeError, match="beam size 3 is smaller than k=5"):

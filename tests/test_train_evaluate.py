@@ -116,3 +116,29 @@ def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
         assert torch.allclose(our_grads[name], grad, atol=1e-6, rtol=1e-4), name
     assert shared_prefix_length(torch.tensor([[1, 2, 3], [1, 2, 4]]), 5) == 2
     assert shared_prefix_length(torch.tensor([[1, 2, 3], [1, 2, 3]]), 1) == 1
+
+
+def test_lora_start_does_not_depend_on_how_the_model_was_loaded(tiny, built, tmp_path, monkeypatch):  # noqa: F811
+    """A first load of a GGUF model builds the dequantized model, which draws random numbers; the
+    run must still match one that found the model cached (seeded after loading)."""
+    import recpipe.model
+    from safetensors.torch import load_file
+
+    root, _ = built
+    real_load = recpipe.model.load
+
+    def run(name, load):
+        monkeypatch.setattr(recpipe.model, "load", load)
+        train(
+            root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
+            ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32"),
+            seed=0, live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / "ckpt",
+        )  # fmt: skip
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    def load_drawing_random_numbers(*args, **kwargs):
+        torch.rand(1000)  # what building a model from its config does
+        return real_load(*args, **kwargs)
+
+    cached, first = run("cached", real_load), run("first", load_drawing_random_numbers)
+    assert cached.keys() == first.keys() and all(torch.equal(cached[k], first[k]) for k in cached)

@@ -1,0 +1,308 @@
+"""Score a causal LM (base or LoRA-tuned) on the test rows of the P5 families, seen and unseen
+templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
+
+    kind     how the answer is produced                  metrics (names in the result)
+    rating   greedy text, first number (parse_rating)    rmse, mae, clamped, unparsable, unparsable_rate
+    yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
+    item     trie-constrained beam search (ranking)      hr@k, ndcg@k (k in 1, 5, 10 up to k), validity
+    text     greedy text                                 bleu, rouge1, rouge2, rougeL
+
+Every group also has n (its test prompts) and n_<kind> for each kind it holds: a family mixes
+kinds (rating has number and yes/no templates, review text and rating, direct item and yes/no),
+and each kind's metric names are its own. BLEU (sacrebleu's corpus BLEU-4) and ROUGE F (rouge-score,
+stemmed, averaged over prompts) are in percent, as P5 and RecSysLLM print them; the rest are
+fractions or rating units. Everything is rounded to 4 decimals.
+
+Ranking excludes the user's history: items in it are dropped from each ranked list before it is
+cut to k (the report's baselines do the same), so beams should exceed k.
+
+Entry points: evaluate_families (frames in memory) and evaluate_p5 (the p5_evaluate stage's files);
+predict (answers, one row per prompt) and family_metrics (from those rows) are their two halves."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from recpipe import RecpipeError, log
+from recpipe.families import FAMILIES, KINDS, leave_one_out
+from recpipe.io import atomic_dir, write_json, write_parquet
+from recpipe.params import P5Params
+from recpipe.ranking import ItemTrie, _encode_left_padded, constrained_beams, hit_and_ndcg, top_items
+
+_WORDS = {w: float(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+# The first number in the answer, written in digits or as a word ("4/5" and "4 out of 5" read 4).
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?|-?\.\d+)|\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
+
+
+def first_number(text: str) -> float | None:
+    """The first number in `text`, as it is written (no clamping); None if there is none."""
+    match = _NUMBER.search(text or "")
+    if not match:
+        return None
+    return float(match.group(1)) if match.group(1) else _WORDS[match.group(2).lower()]
+
+
+def parse_rating(text: str, low: float, high: float) -> float | None:
+    """The rating an answer gives: its first number ("5", "5.0", " 4 stars", "4/5", "Rating: 3.5",
+    "five"), clamped to [low, high] as P5 clips its predictions; None when the answer holds no
+    number. A clamped answer is still scored (rating_metrics counts how many were clamped)."""
+    value = first_number(text)
+    return None if value is None else min(max(value, low), high)
+
+
+def rating_metrics(predictions: list[str], targets: list[float], low: float = 1, high: float = 5) -> dict:
+    """RMSE and MAE over the answers that hold a number (clamped to [low, high]); answers without
+    one are not dropped silently: `unparsable` counts them and `unparsable_rate` is their share of
+    all answers. rmse and mae are None when no answer holds a number."""
+    errors, unparsable, clamped = [], 0, 0
+    for text, target in zip(predictions, targets, strict=True):
+        raw = first_number(text)
+        if raw is None:
+            unparsable += 1
+            continue
+        clamped += not low <= raw <= high
+        errors.append(parse_rating(text, low, high) - float(target))
+    n = len(predictions)
+    return {
+        "rmse": round(math.sqrt(sum(e * e for e in errors) / len(errors)), 4) if errors else None,
+        "mae": round(sum(abs(e) for e in errors) / len(errors), 4) if errors else None,
+        "clamped": clamped,
+        "unparsable": unparsable,
+        "unparsable_rate": round(unparsable / n, 4) if n else None,
+    }
+
+
+def parse_yes_no(text: str) -> str | None:
+    """"yes" or "no" from the answer's first word (lowercased, punctuation stripped), else None."""
+    words = (text or "").split()
+    word = words[0].strip(string.punctuation).lower() if words else ""
+    return word if word in ("yes", "no") else None
+
+
+def yes_no_metrics(predictions: list[str], targets: list[str]) -> dict:
+    """Accuracy over every answer: one that is neither yes nor no is wrong, and counted."""
+    answers = [parse_yes_no(p) for p in predictions]
+    right = sum(a == t.strip().lower() for a, t in zip(answers, targets, strict=True))
+    unparsable = answers.count(None)
+    n = len(answers)
+    return {
+        "yes_no_accuracy": round(right / n, 4) if n else None,
+        "yes_no_unparsable": unparsable,
+        "yes_no_unparsable_rate": round(unparsable / n, 4) if n else None,
+    }
+
+
+def text_metrics(predictions: list[str], references: list[str]) -> dict:
+    """Corpus BLEU-4 (sacrebleu, its default 13a tokenization) and the mean ROUGE-1/2/L F-measure
+    (rouge-score, Porter-stemmed), all in percent."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise RecpipeError(f"{len(predictions)} predictions for {len(references)} references")
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    sums = dict.fromkeys(kinds, 0.0)
+    for pred, ref in zip(predictions, references):
+        scores = scorer.score(ref, pred)  # (target, prediction)
+        for kind in kinds:
+            sums[kind] += scores[kind].fmeasure
+    n = max(len(predictions), 1)
+    out = {"bleu": round(sacrebleu.corpus_bleu(predictions, [references]).score, 4)}
+    return out | {kind: round(100 * sums[kind] / n, 4) for kind in kinds}
+
+
+def ranking_metrics(ranked: list[list[int]], targets: list[int], validity: list[float], ks: tuple[int, ...]) -> dict:
+    """HR@k and NDCG@k (recpipe.ranking.hit_and_ndcg) and the share of returned beams that named an
+    item (every prompt returns the same number of beams, so the mean of the per-prompt shares)."""
+    out = {name: round(value, 4) for name, value in hit_and_ndcg(ranked, targets, ks).items()}
+    return out | {"validity": round(sum(validity) / len(validity), 4)}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate") -> list[str]:
+    """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
+    decoded and stripped. Prompts are batched by token length and left-padded."""
+    model.eval()
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    answers = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
+                row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
+                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            bar.update(len(idx))
+    return answers
+
+
+def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTrie]:
+    """Per row: the trie over every item, or over the row's own candidates when it has them
+    (direct). Seen and unseen rows of a case share their candidates, so each trie is built once."""
+    everything = None
+    built: dict[tuple[int, ...], ItemTrie] = {}
+    tries = []
+    for candidates in rows["candidates"].to_list():
+        if candidates is None:
+            if everything is None:
+                everything = ItemTrie(names, tokenizer)
+            tries.append(everything)
+        else:
+            key = tuple(candidates)
+            if key not in built:
+                built[key] = ItemTrie({i: names[i] for i in key}, tokenizer)
+            tries.append(built[key])
+    return tries
+
+
+def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *, k: int, beams: int, batch_size: int) -> pl.DataFrame:
+    """Item rows with `ranked` (top-k item ids, history excluded), `validity` (share of the row's
+    beams that named an item) and `prediction` (the top item's name, "" if none remains)."""
+    if beams < k:
+        raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
+    missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
+    if missing:
+        raise RecpipeError(f"{len(missing)} candidate items have no name, e.g. {sorted(missing)[:3]}")
+    exclude = [history.get(u, set()) if history else set() for u in rows["user_id"].to_list()]
+    hidden = sum(t in ex for t, ex in zip(rows["item_id"].to_list(), exclude))
+    if hidden:
+        log.warning("p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height)
+    named = constrained_beams(model, tokenizer, rows["prompt"].to_list(), _tries(rows, names, tokenizer), beams, batch_size)
+    ranked = [top_items(n, k, ex) for n, ex in zip(named, exclude)]
+    return rows.with_columns(
+        ranked=pl.Series(ranked, dtype=pl.List(pl.Int64)),
+        validity=pl.Series([sum(map(bool, n)) / len(n) for n in named], dtype=pl.Float64),
+        prediction=pl.Series([names[r[0]] if r else "" for r in ranked], dtype=pl.String),
+    )
+
+
+COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target", "prediction", "ranked", "validity"]
+
+
+def predict(
+    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
+    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8,
+) -> pl.DataFrame:  # fmt: skip
+    """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
+    item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
+    if "split" in test.columns:
+        test = test.filter(pl.col("split") == "test")
+    if test.is_empty():
+        raise RecpipeError("p5eval: no test rows to score")
+    odd = set(test["kind"]) - set(KINDS.values())
+    if odd:
+        raise RecpipeError(f"p5eval: unknown kinds {sorted(odd)} (known: {sorted(set(KINDS.values()))})")
+    if "candidates" not in test.columns:
+        test = test.with_columns(candidates=pl.lit(None, pl.List(pl.Int64)))
+    test = test.with_row_index("_row")
+    items = test.filter(pl.col("kind") == "item")
+    texts = test.filter(pl.col("kind") != "item")
+    parts = []
+    if items.height:
+        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size))
+    if texts.height:
+        answers = generate(model, tokenizer, texts["prompt"].to_list(), max_new_tokens, batch_size)
+        parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
+    return pl.concat([p.select("_row", *COLUMNS) for p in parts]).sort("_row").drop("_row")
+
+
+def group_metrics(rows: pl.DataFrame, rating_range: tuple[float, float], ks: tuple[int, ...]) -> dict:
+    """One family's seen (or unseen) rows: n, and each kind's metrics with its n_<kind>."""
+    out: dict = {"n": rows.height}
+    for kind in ("rating", "yes_no", "item", "text"):
+        part = rows.filter(pl.col("kind") == kind)
+        if part.is_empty():
+            continue
+        preds, targets = part["prediction"].to_list(), part["target"].to_list()
+        out[f"n_{kind}"] = part.height
+        if kind == "rating":
+            out |= rating_metrics(preds, [float(t) for t in targets], *rating_range)
+        elif kind == "yes_no":
+            out |= yes_no_metrics(preds, targets)
+        elif kind == "item":
+            out |= ranking_metrics(part["ranked"].to_list(), part["item_id"].to_list(), part["validity"].to_list(), ks)
+        else:
+            out |= text_metrics(preds, targets)
+    return out
+
+
+def cutoffs(k: int) -> tuple[int, ...]:
+    """The k of HR@k and NDCG@k: 1, 5 and 10 as far as the ranked lists reach, and k itself."""
+    return tuple(sorted({x for x in (1, 5, 10) if x <= k} | {k}))
+
+
+def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] = (1, 5), ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """{family: {"seen": metrics, "unseen": metrics}} from predict's frame (or its saved parquet)."""
+    present = set(predictions["family"])
+    unknown = present - set(FAMILIES)
+    if unknown:
+        raise RecpipeError(f"p5eval: unknown families {sorted(unknown)}")
+    out = {}
+    for family in (f for f in FAMILIES if f in present):
+        rows = predictions.filter(pl.col("family") == family)
+        out[family] = {name: group_metrics(rows.filter(pl.col("seen") == seen), rating_range, ks) for name, seen in (("seen", True), ("unseen", False))}
+    return out
+
+
+def evaluate_families(
+    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
+    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, rating_range: tuple[float, float] = (1, 5),
+    predictions_path: str | Path | None = None,
+) -> dict:  # fmt: skip
+    """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
+    docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
+    -> items excluded from that user's rankings. predictions_path: where to save predict's frame.
+    (predict and family_metrics are the two halves, for the frame in memory.)"""
+    started = time.perf_counter()
+    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metrics = family_metrics(predictions, rating_range, cutoffs(k))
+    for family, groups in metrics.items():
+        log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
+    if predictions_path is not None:
+        write_parquet(predictions, predictions_path)
+    log.info("p5eval: %d prompts scored in %.1f s", predictions.height, time.perf_counter() - started)
+    return metrics
+
+
+def histories(interactions: pl.DataFrame) -> dict[int, set[int]]:
+    """Per user, the items excluded from their rankings: every rated item before the test item of
+    the leave-one-out split (the rule of recpipe.baselines.histories, which the report sets beside)."""
+    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
+    return {u: set(items) for u, items in loo.filter(pl.col("split") != "test").group_by("user_id").agg("item_id").iter_rows()}
+
+
+def evaluate_p5(
+    test_path, names_path, interactions_path, eval_dir, metrics_dir, model, tokenizer, p5: P5Params, rating_range: tuple[float, float],
+) -> dict:  # fmt: skip
+    """The p5_evaluate stage: eval_dir/predictions.parquet (predict's frame) and one
+    metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}."""
+    names_frame = pl.read_parquet(names_path)
+    names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
+    history = histories(pl.read_parquet(interactions_path))
+    with atomic_dir(eval_dir) as tmp:
+        metrics = evaluate_families(
+            pl.read_parquet(test_path), model, tokenizer, names, history, k=p5.top_k, beams=p5.beams,
+            max_new_tokens=p5.max_new_tokens, batch_size=p5.eval_batch_size, rating_range=rating_range,
+            predictions_path=tmp / "predictions.parquet",
+        )  # fmt: skip
+    with atomic_dir(metrics_dir) as tmp:
+        for family, groups in metrics.items():
+            write_json(groups, tmp / f"{family}.json")
+    return metrics

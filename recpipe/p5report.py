@@ -1,0 +1,254 @@
+"""The P5 report: our metrics per task family, on seen and on unseen (zero-shot) prompt templates,
+laid out like RecSysLLM's tables (arXiv 2308.10837, Tables 2 and 4-7), beside the paper's rows when
+the dataset is one the paper reports on and beside our baselines (popularity, SASRec).
+
+Metric names are ours: rmse, mae, hr@k, ndcg@k, bleu (BLEU-4), bleu2 (BLEU-2, the paper's review
+table), rouge1, rouge2, rougeL. BLEU and ROUGE are percentages (0-100), as in the paper."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from recpipe import RecpipeError, log
+from recpipe.io import atomic_path
+
+REFERENCES = Path(__file__).parent / "references"
+
+# Each family's table columns, in the paper's order. The paper's review table has BLEU-2 and ours
+# BLEU-4: two columns, so the two are never read as one.
+COLUMNS = {
+    "rating": ("rmse", "mae"),
+    "sequential": ("hr@5", "ndcg@5", "hr@10", "ndcg@10"),
+    "explanation": ("bleu", "rouge1", "rouge2", "rougeL"),
+    "review": ("bleu2", "bleu", "rouge1", "rouge2", "rougeL"),
+    "direct": ("hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"),
+}
+TITLES = {
+    "rating": "Rating prediction",
+    "sequential": "Sequential recommendation",
+    "explanation": "Explanation generation",
+    "review": "Review summarization",
+    "direct": "Direct recommendation",
+}
+LABELS = {"rmse": "RMSE", "mae": "MAE", "bleu": "BLEU-4", "bleu2": "BLEU-2", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+PERCENT = {"bleu", "bleu2", "rouge1", "rouge2", "rougeL"}
+COUNTS = {"n", "unparsable"}
+DASH = "–"
+
+
+def load_references(path=None) -> dict:
+    """The published numbers (default: the packaged recpipe/references/p5.yaml)."""
+    path = Path(path) if path is not None else REFERENCES / "p5.yaml"
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found")
+    try:
+        ref = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("datasets"), dict):
+        raise RecpipeError(f"{path}: expected a mapping with a 'datasets' mapping (dataset -> family -> rows)")
+    return ref
+
+
+def _missing(value) -> bool:
+    # NaN is what an undefined metric becomes (e.g. RMSE when no answer parsed): no value.
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(metric: str, value) -> str:
+    if _missing(value):
+        return DASH
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if metric in COUNTS:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if metric in PERCENT else f"{value:.4f}"
+
+
+def _label(metric: str) -> str:
+    return LABELS.get(metric, metric.upper() if "@" in metric else metric)
+
+
+def _ranking_cases(group: dict | None) -> float:
+    # A family that mixes kinds (direct: ranking and yes/no prompts) counts its ranking cases in n_item.
+    n = (group or {}).get("n_item", (group or {}).get("n"))
+    return math.inf if _missing(n) else n
+
+
+def _protocol(ours: dict, users, sampled=None) -> list[str]:
+    counts = []
+    for family in COLUMNS:
+        if family in ours:
+            seen, unseen = (ours[family].get(kind) or {} for kind in ("seen", "unseen"))
+            counts.append(f"{family} {_cell('n', seen.get('n'))} / {_cell('n', unseen.get('n'))}")
+    lines = [
+        "## Protocol",
+        "",
+        (
+            "Sequential and direct recommendation hold out each user's last interaction (leave-one-out, in time order); "
+            "rating, explanation and review split all interactions by time. Items already in a user's history are never ranked. "
+            "Where a family's n is below its number of test cases, the cases scored are a subsample."
+        ),
+        "",
+        f"Test cases n (seen / unseen prompts): {'; '.join(counts) if counts else DASH}.",
+    ]
+    # The baselines rank every user's leave-one-out case, or the same sample the LLM was asked.
+    ranked = [f for f in ("sequential", "direct") if f in ours]
+    if isinstance(sampled, int) and isinstance(users, int) and ranked:
+        lines.append(
+            f"The baselines are scored on the same cases as recpipe: the {sampled} sampled sequential users (of {users} "
+            "with a leave-one-out test case; their scores over all users are in baselines.json as sequential_all_users) "
+            "and the same direct candidate lists."
+        )
+    elif isinstance(users, int) and ranked:
+        fewer = [f for f in ranked if any(_ranking_cases(ours[f].get(kind)) < users for kind in ("seen", "unseen"))]
+        lines.append(
+            f"{users} users have a leave-one-out test case, all of them ranked by the baselines; "
+            + (f"recpipe's {' and '.join(fewer)} rankings cover a subsample of them." if fewer else f"recpipe's {' and '.join(ranked)} rankings cover all of them.")
+        )
+    return lines
+
+
+def _paper_note(dataset: str, paper: dict | None, references: dict) -> str:
+    source = f"RecSysLLM (arXiv {references.get('arxiv', '2308.10837')})"
+    if paper is None:
+        known = ", ".join(references.get("datasets") or {}) or "none"
+        return (
+            f"{source} reports no numbers for {dataset} (only for {known}), so no paper rows are shown: "
+            "its numbers come from other models on other datasets and do not compare with these."
+        )
+    return (
+        f"Paper rows: {source}, copied as printed for this dataset. They come from other models (P5, RecSysLLM and "
+        "classic baselines) on P5's preparation of the data, with its own splits and sampling: they show the range "
+        "to expect, not a matched comparison. In the prompts column, seen = templates used in training, "
+        "unseen = zero-shot templates, n/a = no prompts."
+    )
+
+
+BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec"}
+
+
+def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict) -> list[str]:
+    hints = family == "explanation"
+    # (method, from, prompts, hints, values, note)
+    rows = [(r["method"], "paper", r.get("prompts", "n/a"), r.get("hints"), r, r.get("note")) for r in paper_rows]
+    for name, per_family in baselines.items():
+        if isinstance(per_family, dict) and isinstance(per_family.get(family), dict):
+            rows.append((BASELINE_NAMES.get(name, name), "this run", "n/a", None, per_family[family], None))
+    for kind in ("seen", "unseen"):
+        rows.append((f"recpipe ({kind} prompts)", "this run", kind, None, mine.get(kind) or {}, None))
+
+    columns = [c for c in COLUMNS[family] if any(not _missing(row[4].get(c)) for row in rows)]  # row[4]: values
+    table = references.get("tables", {}).get(family)
+    title = f"## {TITLES[family]}" + (f" (RecSysLLM {table})" if paper_rows and table else "")
+    lines = [title, ""]
+    if not columns:
+        lines += [f"No metric of this table ({', '.join(_label(c) for c in COLUMNS[family])}) has a value.", ""]
+    else:
+        head = ["method", "from", "prompts"] + (["hints"] if hints else []) + [_label(c) for c in columns]
+        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        notes = []
+        for method, source, prompts, hint, values, note in rows:
+            if note:
+                notes.append(note)
+                method = f"{method} [{len(notes)}]"
+            cells = [method, source, prompts] + ([{True: "with", False: "without"}.get(hint, DASH)] if hints else [])
+            lines.append("| " + " | ".join(cells + [_cell(c, values.get(c)) for c in columns]) + " |")
+        lines.append("")
+        lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
+        if notes:
+            lines.append("")
+    if family in ("explanation", "review"):
+        lines += ["BLEU and ROUGE are percentages.", ""]
+    if hints:
+        lines += ["recpipe's rows pool all of the family's templates; whether a template gives a hint (`{hint}`) is up to the templates file.", ""]
+    if family == "review" and paper_rows:
+        lines += ["The paper's review table reports BLEU-2; recpipe's BLEU is BLEU-4, so the two columns do not compare.", ""]
+    # Our metrics the paper's table has no column for (parse failures, yes/no accuracy, HR@1, ...).
+    # n and the per-kind counts (n_rating, n_item, ...) are bookkeeping, not results.
+    extra = [m for m in dict.fromkeys([*(mine.get("seen") or {}), *(mine.get("unseen") or {})]) if m not in columns and not (m == "n" or m.startswith("n_"))]
+    if extra:
+        seen, unseen = mine.get("seen") or {}, mine.get("unseen") or {}
+        lines += ["Also measured by recpipe (seen / unseen): " + "; ".join(f"{m} {_cell(m, seen.get(m))} / {_cell(m, unseen.get(m))}" for m in extra) + ".", ""]
+    return lines
+
+
+def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict) -> str:
+    """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}})."""
+    unknown = [f for f in ours if f not in COLUMNS]
+    if unknown:
+        raise RecpipeError(f"p5 report: unknown task families {unknown} (known: {list(COLUMNS)})")
+    if baselines is not None and not isinstance(baselines, dict):
+        raise RecpipeError(f"p5 report: baselines must map a baseline name to its per-family metrics, got {type(baselines).__name__}")
+    paper = (references.get("datasets") or {}).get(dataset)
+    lines = [*_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases")), "", _paper_note(dataset, paper, references), ""]
+    for family in COLUMNS:
+        if family in ours:
+            lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references)
+    return "\n".join(lines)
+
+
+def _read_json(path: Path, made_by: str) -> dict:
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found (the {made_by} stage writes it)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise RecpipeError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_family(where: str, metrics) -> dict:
+    if not isinstance(metrics, dict) or not set(metrics) <= {"seen", "unseen"} or not all(isinstance(v, dict) for v in metrics.values()):
+        raise RecpipeError(f'{where}: expected {{"seen": {{metric: value}}, "unseen": {{metric: value}}}}')
+    return metrics
+
+
+def read_ours(path: str | Path) -> dict:
+    """Our metrics: a directory of `<family>.json` files, or one JSON file keyed by family."""
+    path = Path(path)
+    if path.is_dir():
+        files = [path / f"{family}.json" for family in COLUMNS if (path / f"{family}.json").is_file()]
+        if not files:
+            raise RecpipeError(f"{path}: no metrics files (expected <family>.json, family one of {list(COLUMNS)})")
+        return {f.stem: _check_family(str(f), _read_json(f, "p5_evaluate")) for f in files}
+    return {family: _check_family(f"{path}: {family}", m) for family, m in _read_json(path, "p5_evaluate").items()}
+
+
+def _params(prefix: str, value) -> list[str]:
+    # Nested params (lora, p5.train, ...) become one dotted row each.
+    if isinstance(value, dict) and value:
+        return [row for k, v in value.items() for row in _params(f"{prefix}.{k}", v)]
+    text = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    text = text.replace("|", "\\|")  # a bar would end the table cell
+    return [f"| {prefix} | {text} |"]
+
+
+def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict) -> str:
+    """Read our per-family metrics and the baselines' (baselines_path may be None), write the markdown
+    report to out_path and return it. Atomic: on any error an old report stays as it was and no
+    temporary file is left."""
+    ours = read_ours(ours_path_or_dir)
+    baselines = _read_json(Path(baselines_path), "baselines") if baselines_path is not None else None
+    text = "\n".join([
+        f"# recpipe P5 report: {dataset}",
+        "",
+        p5_tables(dataset, ours, baselines, load_references()),
+        "## Params",
+        "",
+        "| param | value |",
+        "| --- | --- |",
+        *(row for k, v in params_summary.items() for row in _params(str(k), v)),
+        "",
+    ])
+    out = Path(out_path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    log.info("p5 report: wrote %s", out)
+    return text

@@ -1,0 +1,189 @@
+"""Non-LLM baselines: popularity and SASRec on the leave-one-out split, ranked and scored as the LLM is."""
+
+import random
+
+import polars as pl
+import pytest
+import torch
+
+from recpipe import RecpipeError
+from recpipe.baselines import (
+    SASRec,
+    SASRecParams,
+    as_params,
+    baselines,
+    histories,
+    popularity_scores,
+    rank_candidates,
+    topk,
+)
+from recpipe.families import build, load_templates
+
+N_USERS, N_ITEMS = 60, 40
+# Small and quick: the planted pattern needs no more (HR@5 = 1.0 on seeds 0, 1 and 2).
+FAST = {"max_len": 20, "hidden": 32, "blocks": 1, "heads": 1, "dropout": 0.1, "epochs": 10, "batch_size": 32, "lr": 2e-2}
+
+
+def planted(seed: int = 0, users: int = N_USERS, lengths: tuple[int, int] = (8, 16)) -> pl.DataFrame:
+    """Each user walks the items i, i+1, i+2, ... (mod N_ITEMS) from a random start, in time order;
+    the rows come shuffled, as in a ratings file."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(1, users + 1):
+        start, t = rng.randrange(N_ITEMS), 880_000_000 + rng.randrange(10_000)
+        for step in range(rng.randint(*lengths)):
+            rows.append((u, (start + step) % N_ITEMS + 1, float(rng.randint(1, 5)), t + 60 * step))
+    rng.shuffle(rows)
+    return pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
+
+
+def test_histories_follow_the_leave_one_out_split():
+    inter = pl.DataFrame(
+        {"user_id": [1, 1, 1, 2, 2, 3, 1], "item_id": [5, 6, 7, 8, 9, 4, 3], "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None], "timestamp": [30, 10, 20, 1, 2, 1, 40]}
+    )
+    history, target = histories(inter)
+    # User 1's unrated item 3 is no interaction here; user 3 has one item: no history, no test case.
+    assert history == {1: [6, 7], 2: [8]} and target == {1: 5, 2: 9}
+
+
+@pytest.fixture(scope="module")
+def walk():
+    """The planted data, its direct cases as recpipe.families.build writes them, and both baselines' scores."""
+    inter = planted()
+    items = pl.DataFrame({"item_id": range(1, N_ITEMS + 1), "name": [f"Item {i}" for i in range(1, N_ITEMS + 1)]})
+    users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
+    samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], negatives=9, seed=0)
+    return inter, samples, baselines(inter, samples, FAST, seed=0)
+
+
+def test_sasrec_beats_popularity_on_a_planted_sequence(walk):
+    _, _, result = walk
+    assert result["users"] == N_USERS and result["items"] == N_ITEMS
+    sasrec, popularity = result["sasrec"]["sequential"], result["popularity"]["sequential"]
+    # The next item is always the last one + 1: SASRec learns that; counts cannot (they only
+    # favour items near many walks, which the next item often is: 0.4 here).
+    assert sasrec["hr@5"] >= 0.9 and sasrec["hr@1"] >= 0.6, sasrec
+    assert popularity["hr@5"] <= 0.5, popularity
+    assert sasrec["hr@5"] >= popularity["hr@5"] + 0.4 and sasrec["ndcg@10"] >= popularity["ndcg@10"] + 0.4
+
+
+def test_sasrec_never_sees_later_items():
+    model = SASRec(N_ITEMS, SASRecParams(**FAST)).eval()
+    seq = torch.tensor([[0] * 12 + [5, 6, 7, 8, 9, 10, 11, 12]])
+    later = seq.clone()
+    later[0, -3:] = torch.tensor([30, 31, 32])  # only the last three items differ
+    with torch.no_grad():
+        a, b = model(seq), model(later)
+    assert torch.allclose(a[:, :-3], b[:, :-3], atol=1e-6) and not torch.allclose(a[:, -1], b[:, -1])
+
+
+def test_popularity_counts_and_tie_break():
+    counts = popularity_scores([[1, 2, 3], [2, 3], [3, 7], [7]])
+    assert counts == {1: 1, 2: 2, 3: 3, 7: 2}
+    items = [1, 2, 3, 4, 5, 6, 7]
+    row = torch.tensor([float(counts.get(i, 0)) for i in items])
+    # By count; equal counts go to the lower item_id (2 before 7, then 4, 5, 6 at zero).
+    assert topk(row.unsqueeze(0), items, 7, [()]) == [[3, 2, 7, 1, 4, 5, 6]]
+    # History items are never returned, even when k asks for more than is left.
+    assert topk(row.expand(2, -1), items, 10, [[3, 1], [2, 6, 7]]) == [[2, 7, 4, 5, 6], [3, 1, 4, 5]]
+
+
+def test_ranking_never_returns_a_history_item():
+    inter = planted(lengths=(20, 30))
+    history, _ = histories(inter)
+    users = sorted(history)
+    items = list(range(1, N_ITEMS + 1))
+    scores = torch.rand(len(users), len(items), generator=torch.Generator().manual_seed(0))
+    ranked = topk(scores, items, 10, [history[u] for u in users])
+    for u, top in zip(users, ranked):
+        assert len(top) == 10 and not set(top) & set(history[u])
+
+
+def test_same_seed_same_metrics():
+    inter = planted(seed=1)
+    fast = {**FAST, "epochs": 3}
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    first = baselines(inter, None, fast, seed=7)
+    assert baselines(inter, None, fast, seed=7) == first
+    # The caller's thread count and global RNG are left as they were.
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
+    assert baselines(inter, None, SASRecParams(**fast), seed=8)["popularity"] == first["popularity"]
+
+
+def _direct_rows(inter: pl.DataFrame, n_negatives: int, seed: int = 0) -> pl.DataFrame:
+    """Direct test rows as recpipe.families.build writes them: one seen and one unseen row per case,
+    plus rows the baselines must ignore (train split, a yes/no question, another family)."""
+    rng = random.Random(seed)
+    history, target = histories(inter)
+    rows = []
+    for u, item in target.items():
+        unseen = [i for i in range(1, N_ITEMS + 1) if i not in history[u] and i != item]
+        cands = rng.sample(unseen, n_negatives) + [item]
+        rng.shuffle(cands)
+        for seen in (True, False):
+            rows.append({"family": "direct", "kind": "item", "split": "test", "seen": seen, "user_id": u, "item_id": item, "candidates": cands})
+        rows.append({"family": "direct", "kind": "yes_no", "split": "test", "seen": True, "user_id": u, "item_id": cands[0], "candidates": cands})
+        rows.append({"family": "direct", "kind": "item", "split": "train", "seen": True, "user_id": u, "item_id": history[u][-1], "candidates": [1]})
+        rows.append({"family": "sequential", "kind": "item", "split": "test", "seen": True, "user_id": u, "item_id": item, "candidates": None})
+    return pl.DataFrame(rows, schema_overrides={"candidates": pl.List(pl.Int64)})
+
+
+def test_direct_ranks_only_the_candidates():
+    scores = torch.tensor([9.0, 1.0, 5.0, 5.0, 0.0])  # item 1 scores best but is no candidate
+    columns = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4}
+    assert rank_candidates(scores, columns, [5, 4, 2, 3], 10) == [3, 4, 2, 5]  # 3 and 4 tie: 3 first
+    assert rank_candidates(scores, columns, [2, 5], 1) == [2]
+    inter = planted()
+    result = baselines(inter, _direct_rows(inter, n_negatives=1), {**FAST, "epochs": 2}, seed=0)
+    assert result["direct_cases"] == N_USERS  # each case once; other rows ignored
+    for method in ("popularity", "sasrec"):
+        direct = result[method]["direct"]
+        assert direct["hr@5"] == direct["hr@10"] == 1.0, (method, direct)  # 2 candidates: the target is always in the top 5
+        assert 0 < direct["hr@1"] <= 1 and direct["ndcg@5"] >= 1 / 1.5849625 - 1e-5
+
+
+def test_direct_cases_from_the_families_stage(walk):
+    _, samples, result = walk
+    cases = samples.filter((pl.col("family") == "direct") & (pl.col("split") == "test") & (pl.col("kind") == "item"))
+    assert cases.height > cases["user_id"].n_unique() > 0  # some cases written with two templates
+    assert result["direct_cases"] == cases["user_id"].n_unique()
+    # 10 candidates, the next item of the walk among them: SASRec ranks it first for most users.
+    assert result["sasrec"]["direct"]["hr@1"] >= 0.8 > result["popularity"]["direct"]["hr@1"] + 0.3
+
+
+def test_direct_cases_must_match_the_split():
+    inter = planted()
+    rows = _direct_rows(inter, n_negatives=3)
+    wrong = rows.with_columns(candidates=pl.lit([999], dtype=pl.List(pl.Int64)))
+    with pytest.raises(RecpipeError, match="is not among its candidates"):
+        baselines(inter, wrong, {**FAST, "epochs": 1}, seed=0)
+    with pytest.raises(RecpipeError, match="the cases come from another split"):
+        baselines(inter, rows.with_columns(item_id=pl.col("item_id") % N_ITEMS + 1), {**FAST, "epochs": 1}, seed=0)
+
+
+def test_too_few_interactions_is_an_error():
+    two_each = planted(lengths=(2, 2))
+    with pytest.raises(RecpipeError, match="no user has 3 or more rated items"):
+        baselines(two_each, None, FAST, seed=0)
+    with pytest.raises(RecpipeError, match="no user has 3 or more rated items"):
+        baselines(two_each.head(0), None, FAST, seed=0)
+
+
+def test_params_are_checked():
+    assert as_params(None) == SASRecParams() and as_params({"epochs": 3}).epochs == 3
+    with pytest.raises(RecpipeError, match=r"unknown sasrec params \['epoch'\]"):
+        as_params({"epoch": 3})
+    with pytest.raises(RecpipeError, match="not divisible by heads"):
+        SASRecParams(hidden=64, heads=3)
+
+
+def test_sequential_scored_on_the_llms_sampled_users(walk):
+    inter, samples, full = walk
+    asked = [1, 2, 3, 5, 8]
+    sub = baselines(inter, samples, FAST, seed=0, sequential_users=asked)
+    assert sub["sequential_cases"] == len(asked)
+    for method in ("popularity", "sasrec"):
+        assert sub[method]["sequential_all_users"] == full[method]["sequential"]
+        assert sub[method]["direct"] == full[method]["direct"]
+    # hr@10 of 5 users is a multiple of 1/5
+    assert all(round(sub[m]["sequential"]["hr@10"] * 5, 6).is_integer() for m in ("popularity", "sasrec"))

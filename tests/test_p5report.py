@@ -1,0 +1,159 @@
+import json
+
+import pytest
+
+from recpipe import RecpipeError
+from recpipe.p5report import COLUMNS, load_references, p5_tables, write_p5_report
+
+OURS = {
+    "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01}, "unseen": {"n": 400, "rmse": 1.3}},
+    "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025}, "unseen": {"n": 300, "hr@5": 0.02}},
+    "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
+}
+# as recpipe.baselines writes it: per-method metrics, plus counts
+BASELINES = {"popularity": {"sequential": {"hr@5": 0.011, "ndcg@5": 0.007}, "direct": {"hr@1": 0.02}}, "sasrec": {"sequential": {"hr@10": 0.04}}, "users": 1000, "items": 50}
+
+
+def row(text, start):
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_references_hold_the_papers_tables():
+    ref = load_references()
+    assert ref["arxiv"] == "2308.10837"
+    assert set(ref["datasets"]) == {"amazon-sports", "amazon-beauty", "amazon-toys"}
+    sizes = {"rating": 6, "sequential": 11, "explanation": 10, "review": 4, "direct": 7}
+    for dataset, families in ref["datasets"].items():
+        assert {f: len(rows) for f, rows in families.items()} == sizes, dataset
+        for family, rows in families.items():
+            keys = [(r["method"], r["prompts"], r.get("hints")) for r in rows]
+            assert len(set(keys)) == len(keys)  # each method once per prompts (and hints) block
+            for r in rows:
+                assert r["prompts"] in {"seen", "unseen", "n/a"}
+                assert set(r) - {"method", "prompts", "hints", "note"} == set(COLUMNS[family]) - ({"bleu"} if family == "review" else set())
+
+    def find(dataset, family, method, prompts, hints=None):
+        return next(r for r in ref["datasets"][dataset][family] if (r["method"], r["prompts"], r.get("hints")) == (method, prompts, hints))
+
+    assert find("amazon-beauty", "sequential", "P5", "seen")["hr@5"] == 0.0508
+    assert find("amazon-beauty", "sequential", "P5", "seen")["ndcg@5"] == 0.0379
+    assert find("amazon-sports", "rating", "MF", "n/a")["rmse"] == 1.0234
+    assert find("amazon-toys", "direct", "RecSysLLM", "unseen")["ndcg@10"] == 0.1028
+    assert find("amazon-sports", "explanation", "RecSysLLM", "unseen", True)["bleu"] == 3.9842
+    assert find("amazon-sports", "explanation", "P5", "seen", False)["rouge1"] == 14.1589
+    assert find("amazon-toys", "review", "T0", "n/a")["bleu2"] == 2.2296
+    assert find("amazon-beauty", "direct", "RecSysLLM", "unseen")["hr@1"] == 0.6072  # as printed, with a note
+    assert "0.0607" in find("amazon-beauty", "direct", "RecSysLLM", "unseen")["note"]
+    assert not any(r["prompts"] == "unseen" for r in ref["datasets"]["amazon-beauty"]["review"])
+
+
+def test_beauty_tables_show_the_papers_rows_and_ours():
+    text = p5_tables("amazon-beauty", OURS, BASELINES, load_references())
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## Protocol",
+        "## Rating prediction (RecSysLLM Table 2)",
+        "## Sequential recommendation (RecSysLLM Table 4)",
+        "## Explanation generation (RecSysLLM Table 5)",
+    ]
+    assert row(text, "| method | from | prompts | HR@5 |") == "| method | from | prompts | HR@5 | NDCG@5 | HR@10 | NDCG@10 |"
+    assert row(text, "| P5 | paper | seen | 0.0508") == "| P5 | paper | seen | 0.0508 | 0.0379 | 0.0664 | 0.0429 |"
+    assert row(text, "| P5 | paper | unseen | 0.0493") == "| P5 | paper | unseen | 0.0493 | 0.0367 | 0.0645 | 0.0416 |"
+    assert row(text, "| MF | paper | n/a |") == "| MF | paper | n/a | 1.1973 | 0.9461 |"
+    assert row(text, "| recpipe (seen prompts) | this run | seen | 1.2346") == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 |"
+    assert "| Popularity | this run | n/a | 0.0110 | 0.0070 | – | – |" in text
+    assert "| SASRec | this run | n/a | – | – | 0.0400 | – |" in text
+    # explanation: the two hint blocks kept apart, percentages with 2 decimals
+    assert "| RecSysLLM | paper | unseen | with | 5.00 | 27.39 | 6.73 | 22.74 |" in text
+    assert "| P5 | paper | seen | without | 0.97 | 16.45 | 1.89 | 11.88 |" in text
+    assert "| recpipe (seen prompts) | this run | seen | – | 1.23 | 20.50 | 3.00 | 15.00 |" in text
+    assert "rating 400 / 400; sequential 300 / 300; explanation – / –" in text
+    assert "leave-one-out" in text and "unparsable_rate 0.0100 / –" in text
+    assert "1000 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's sequential rankings cover a subsample of them." in text
+    assert "| users |" not in text and "| items |" not in text
+
+
+def test_a_printed_oddity_is_shown_with_its_note():
+    ours = {"direct": {"seen": {"hr@1": 0.05}, "unseen": {}}}
+    text = p5_tables("amazon-beauty", ours, None, load_references())
+    assert "| RecSysLLM [1] | paper | unseen | 0.6072 |" in text
+    assert "[1] HR@1 printed as 0.6072" in text
+
+
+def test_subsampling_is_judged_on_the_ranking_cases():
+    # direct mixes ranking and yes/no prompts: n counts both, n_item the ranked cases
+    ours = {"direct": {"seen": {"n": 1200, "n_item": 600, "hr@1": 0.1}, "unseen": {"n": 600, "n_item": 600}}}
+    text = p5_tables("ml-100k", ours, {"users": 600}, load_references())
+    assert "600 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's direct rankings cover all of them." in text
+    text = p5_tables("ml-100k", ours, {"users": 943}, load_references())
+    assert "recpipe's direct rankings cover a subsample of them." in text
+    assert "n_item" not in text  # bookkeeping, not listed as a result
+
+
+def test_ml100k_has_no_paper_rows_and_says_so():
+    text = p5_tables("ml-100k", OURS, BASELINES, load_references())
+    assert "| paper |" not in text and "(RecSysLLM Table" not in text
+    assert "reports no numbers for ml-100k" in text
+    assert "| recpipe (unseen prompts) | this run | unseen | 0.0200 | – | – | – |" in text
+
+
+def test_missing_metrics_are_dashes_and_empty_columns_dropped():
+    ours = {"sequential": {"seen": {"hr@5": 0.5, "hr@10": None}, "unseen": {}}, "rating": {"seen": {}, "unseen": {}}}
+    text = p5_tables("ml-100k", ours, None, load_references())
+    assert row(text, "| method | from | prompts | HR@5") == "| method | from | prompts | HR@5 |"  # no value anywhere: no column
+    assert "| recpipe (unseen prompts) | this run | unseen | – |" in text
+    assert "No metric of this table (RMSE, MAE) has a value." in text
+    assert "sequential – / –" in text  # n missing
+
+
+def test_unknown_family_is_an_error():
+    with pytest.raises(RecpipeError, match="unknown task families"):
+        p5_tables("ml-100k", {"ranking": {"seen": {}}}, None, load_references())
+
+
+def write_inputs(root, ours=OURS):
+    metrics = root / "metrics"
+    metrics.mkdir()
+    for family, m in ours.items():
+        (metrics / f"{family}.json").write_text(json.dumps(m))
+    (root / "baselines.json").write_text(json.dumps(BASELINES))
+    return metrics, root / "baselines.json"
+
+
+def test_write_p5_report_writes_the_file(tmp_path):
+    metrics, baselines = write_inputs(tmp_path)
+    out = tmp_path / "reports" / "p5.md"
+    summary = {"model": "org/model", "lora": {"rank": 8}, "p5": {"families": ["rating", "sequential"], "train": {"epochs": 2}}}
+    text = write_p5_report("amazon-beauty", metrics, baselines, out, summary)
+    assert out.read_text() == text
+    assert text.startswith("# recpipe P5 report: amazon-beauty")
+    assert "| model | org/model |" in text and "| lora.rank | 8 |" in text
+    assert "| p5.families | rating, sequential |" in text and "| p5.train.epochs | 2 |" in text
+    assert "| Popularity | this run | n/a | 0.0110 | 0.0070 |" in text
+    assert [p.name for p in out.parent.iterdir()] == ["p5.md"]
+
+
+def test_write_p5_report_names_a_bad_metrics_file_and_leaves_nothing(tmp_path):
+    metrics, baselines = write_inputs(tmp_path)
+    (metrics / "sequential.json").write_text("{not json")
+    out = tmp_path / "reports" / "p5.md"
+    out.parent.mkdir()
+    out.write_text("old report")
+    with pytest.raises(RecpipeError, match=r"sequential\.json: not valid JSON"):
+        write_p5_report("amazon-beauty", metrics, baselines, out, {})
+    assert out.read_text() == "old report"
+    assert [p.name for p in out.parent.iterdir()] == ["p5.md"]  # no temporary file left
+
+
+def test_write_p5_report_rejects_a_wrong_shape_a_missing_file_and_an_empty_dir(tmp_path):
+    metrics, baselines = write_inputs(tmp_path)
+    (metrics / "rating.json").write_text(json.dumps({"seen": [1, 2]}))
+    with pytest.raises(RecpipeError, match=r"rating\.json: expected"):
+        write_p5_report("ml-100k", metrics, baselines, tmp_path / "p5.md", {})
+    (metrics / "rating.json").write_text(json.dumps({"seen": {}}))
+    with pytest.raises(RecpipeError, match=r"nope\.json: not found \(the baselines stage writes it\)"):
+        write_p5_report("ml-100k", metrics, tmp_path / "nope.json", tmp_path / "p5.md", {})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecpipeError, match="no metrics files"):
+        write_p5_report("ml-100k", empty, None, tmp_path / "p5.md", {})
+    assert not (tmp_path / "p5.md").exists()
