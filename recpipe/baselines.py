@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from recpipe import RecpipeError, log
-from recpipe.families import leave_one_out
+from recpipe.families import loo_histories
 from recpipe.ranking import hit_and_ndcg
 
 KS = (1, 5, 10)
@@ -98,11 +98,7 @@ def histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[in
     missing = {"user_id", "item_id", "rating", "timestamp"} - set(interactions.columns)
     if missing:
         raise RecpipeError(f"baselines: the interactions table lacks the columns {sorted(missing)}")
-    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
-    history = dict(loo.filter(pl.col("split") != "test").group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
-    tests = loo.filter(pl.col("split") == "test", pl.col("n") >= 2).select("user_id", "item_id").iter_rows()
-    target = dict(tests)
-    return {u: history[u] for u in target}, target
+    return loo_histories(interactions)
 
 
 def popularity_scores(train_sequences: Iterable[Iterable[int]]) -> dict[int, int]:

@@ -119,6 +119,16 @@ def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]
     return {item: str(1000 + rank) for rank, item in enumerate(perm)}
 
 
+def loo_histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Per user with a leave-one-out test case (2+ rated items): the history (every rated item
+    before the test item, in order) and the test item. The LLM's rankings and the baselines both
+    exclude this history."""
+    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
+    history = dict(loo.filter(pl.col("split") != "test").group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
+    target = dict(loo.filter(pl.col("split") == "test", pl.col("n") >= 2).select("user_id", "item_id").iter_rows())
+    return {u: history[u] for u in target}, target
+
+
 def build(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
     seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,

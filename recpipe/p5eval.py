@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from recpipe import RecpipeError, log
-from recpipe.families import FAMILIES, KINDS, leave_one_out
+from recpipe.families import FAMILIES, KINDS, loo_histories
 from recpipe.io import atomic_dir, write_json, write_parquet
 from recpipe.params import P5Params
 from recpipe.ranking import ItemTrie, _encode_left_padded, constrained_beams, hit_and_ndcg, top_items
@@ -283,9 +283,8 @@ def evaluate_families(
 
 def histories(interactions: pl.DataFrame) -> dict[int, set[int]]:
     """Per user, the items excluded from their rankings: every rated item before the test item of
-    the leave-one-out split (the rule of recpipe.baselines.histories, which the report sets beside)."""
-    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
-    return {u: set(items) for u, items in loo.filter(pl.col("split") != "test").group_by("user_id").agg("item_id").iter_rows()}
+    the leave-one-out split (recpipe.families.loo_histories, which the baselines use too)."""
+    return {u: set(items) for u, items in loo_histories(interactions)[0].items()}
 
 
 def evaluate_p5(
