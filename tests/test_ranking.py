@@ -4,7 +4,7 @@ import pytest
 
 from recpipe import RecpipeError
 from recpipe.model import load
-from recpipe.ranking import ItemTrie, constrained_topk, free_topk, hit_and_ndcg
+from recpipe.ranking import ItemTrie, constrained_beams, constrained_topk, free_topk, hit_and_ndcg
 
 from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 from test_text_instructions_sample import built  # noqa: F401
@@ -51,6 +51,16 @@ def test_one_trie_per_prompt_ranks_only_its_own_candidates(tiny, built):  # noqa
     assert ranked[0] == [4] and ranked[3] == []
     with pytest.raises(RecpipeError, match="2 tries for 4 prompts"):
         constrained_topk(model, tok, prompts, tries[:2], k=2, beams=2)
+
+
+def test_prompt_run_once_gives_what_generate_gives(tiny, built):  # noqa: F811
+    model, tok = load(str(tiny))
+    # Different lengths: left padding and position ids must match generate()'s own numbering.
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(5).to_list(), (300, 20, 150, 60, 2))]
+    trie = ItemTrie(NAMES, tok)
+    shared = constrained_beams(model, tok, prompts, trie, beams=4, batch_size=3, share_prompt=True)
+    plain = constrained_beams(model, tok, prompts, trie, beams=4, batch_size=3, share_prompt=False)
+    assert shared == plain
 
 
 def test_beam_smaller_than_k_is_an_error(tiny):  # noqa: F811
