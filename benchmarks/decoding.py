@@ -74,5 +74,6 @@ def main() -> None:
     (once, _, t_once), (per_beam, _, t_per_beam) = runs["trie-constrained, prompt run once"], runs["trie-constrained, prompt per beam"]
     print(f"prompt run once vs per beam: {t_per_beam / t_once:.2f}x faster; same items: {once == per_beam}")
 
+
 if __name__ == "__main__":
     main()
