@@ -7,6 +7,11 @@ interactions (recpipe.instructions.split, tie-aware). Then one leak guard over e
 (user, item) pair that any family tests is never a target in train or valid, and one it
 validates is never a train target.
 
+With `history_targets`, each prompt also records where its history items are (`spans`), so that
+training can learn every history item from the ones before it, not only the one target: ten
+item predictions from a sequential sample instead of one, for the same forward pass. A history
+item whose (user, item) pair any family validates or tests is left out of the spans.
+
 Items are written as their names by default. With `item_ids`, they are written as numbers from a
 seeded random permutation, so an id says nothing about when the item first appeared (P5's
 consecutive ids leak sequence order)."""
@@ -86,6 +91,22 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
     return data
 
 
+def render(template: str, fields: dict, history: list[tuple[int, str]] | None) -> tuple[str, list[list[int]]]:
+    """The prompt, and [start, end, item_id] for each history item's name in it (wherever
+    {history} appears). `history`: (item_id, name) pairs, which fields["history"] joins."""
+    if not history or "{history}" not in template:
+        return template.format(**fields), []
+    pieces = template.format(**{**fields, "history": "\x00"}).split("\x00")
+    text, spans = pieces[0], []
+    for piece in pieces[1:]:
+        for j, (item_id, name) in enumerate(history):
+            text += ", " if j else ""
+            spans.append([len(text), len(text) + len(name), item_id])
+            text += name
+        text += piece
+    return text, spans
+
+
 def first_sentence(text: str | None, max_words: int = 30) -> str | None:
     if not text:
         return None
@@ -133,9 +154,11 @@ def build(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
     seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,
     item_ids: bool = False, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), direct_train_share: float = 0.2,
+    history_targets: bool = False,
 ) -> pl.DataFrame:  # fmt: skip
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
-    prompt, target, candidates (direct), rating. Deterministic for a seed."""
+    prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
+    each trainable history item in train prompts; empty otherwise). Deterministic for a seed."""
     rng = random.Random(seed)
     names = item_names(items, item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
@@ -150,7 +173,7 @@ def build(
     rows: list[dict] = []
     cases = iter(range(1 << 62))  # one id per emitted case, shared by its seen and unseen rows
 
-    def emit(family: str, split: str, row: dict, fields: dict, candidates: list[int] | None = None) -> None:
+    def emit(family: str, split: str, row: dict, fields: dict, candidates: list[int] | None = None, history: list[int] | None = None) -> None:
         # Train and valid samples use one seen template each; test samples are written once with a
         # seen and once with an unseen template, to be scored apart.
         kinds = [("seen", True)] if split != "test" else [("seen", True), ("unseen", False)]
@@ -162,10 +185,11 @@ def build(
             if family == "direct" and "{answer}" in t["target"] and rng.random() < 0.5:
                 item_id = next(i for i in candidates if i != row["item_id"])  # a negative: the answer is no
                 f = {**fields, "item": names[item_id], "answer": "no"}
+            prompt, spans = render(t["prompt"], f, [(i, names[i]) for i in history] if history and history_targets and split == "train" else None)
             rows.append({
                 "case_id": case, "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "kind": KINDS[t["target"].strip()], "split": split,
                 "user_id": row["user_id"], "item_id": item_id, "rating": row.get("rating"),
-                "prompt": t["prompt"].format(**f), "target": t["target"].format(**f), "candidates": candidates,
+                "prompt": prompt, "target": t["target"].format(**f), "candidates": candidates, "spans": spans,
             })  # fmt: skip
 
     def base_fields(row: dict) -> dict:
@@ -186,7 +210,7 @@ def build(
             history = seqs[row["user_id"]][max(0, row["pos"] - history_len) : row["pos"]]
             fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
             if "sequential" in families:
-                emit("sequential", row["split"], row, fields)
+                emit("sequential", row["split"], row, fields, history=history)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
             if "direct" in families and (row["split"] != "train" or rng.random() < direct_train_share):
                 if row["user_id"] not in unseen:  # a user's negatives pool, built once per user
@@ -197,7 +221,7 @@ def build(
                     raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {negatives} negatives")
                 candidates = rng.sample(pool, negatives) + [row["item_id"]]
                 rng.shuffle(candidates)
-                emit("direct", row["split"], row, {**fields, "candidates": ", ".join(names[i] for i in candidates), "answer": "yes"}, candidates)
+                emit("direct", row["split"], row, {**fields, "candidates": ", ".join(names[i] for i in candidates), "answer": "yes"}, candidates, history)
     if NEEDS_REVIEWS & set(families):
         for row in by_time.filter(pl.col("review").is_not_null()).iter_rows(named=True):
             fields = base_fields(row)
@@ -209,8 +233,13 @@ def build(
     out = pl.DataFrame(rows, schema={
         "case_id": pl.Int64, "family": pl.String, "template": pl.String, "seen": pl.Boolean, "kind": pl.String, "split": pl.String, "user_id": pl.Int64,
         "item_id": pl.Int64, "rating": pl.Float64, "prompt": pl.String, "target": pl.String, "candidates": pl.List(pl.Int64),
+        "spans": pl.List(pl.List(pl.Int64)),
     })  # fmt: skip
-    return drop_leaks(out, "families")
+    out = drop_leaks(out, "families")
+    held_out = set(out.filter(pl.col("split") != "train").select("user_id", "item_id").iter_rows())
+    return out.with_columns(spans=pl.Series([
+        [s for s in spans if (user, s[2]) not in held_out] for user, spans in out.select("user_id", "spans").iter_rows()
+    ], dtype=pl.List(pl.List(pl.Int64))))  # fmt: skip
 
 
 def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float) -> pl.DataFrame:
@@ -223,7 +252,7 @@ def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, 
     samples = build(
         interactions, items, users, load_templates(p5.templates, chosen), chosen, seed=seed,
         history_len=p5.history_len, negatives=p5.negatives, like_threshold=p5.like_threshold,
-        max_rating=max_rating, item_ids=p5.item_ids, direct_train_share=p5.direct_train_share,
+        max_rating=max_rating, item_ids=p5.item_ids, direct_train_share=p5.direct_train_share, history_targets=p5.history_targets,
     )  # fmt: skip
     for family in chosen:
         split_names = set(samples.filter(pl.col("family") == family)["split"])

@@ -4,7 +4,9 @@ templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
     kind     how the answer is produced                  metrics (names in the result)
     rating   greedy text, first number (parse_rating)    rmse, mae, clamped, unparsable, unparsable_rate
     yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
-    item     trie-constrained beam search (ranking)      hr@k, ndcg@k (k in 1, 5, 10 up to k), validity
+    item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity
+             for a candidate list, every candidate scored
+             (direct_ranking="likelihood")
     text     greedy text                                 bleu, rouge1, rouge2, rougeL
 
 Every group also has n (its test prompts) and n_<kind> for each kind it holds: a family mixes
@@ -36,7 +38,7 @@ from recpipe import RecpipeError, log
 from recpipe.families import FAMILIES, KINDS, loo_histories
 from recpipe.io import atomic_dir, write_json, write_parquet
 from recpipe.params import P5Params
-from recpipe.ranking import ItemTrie, _encode_left_padded, constrained_beams, hit_and_ndcg, top_items
+from recpipe.ranking import ItemTrie, _encode_left_padded, constrained_beams, hit_and_ndcg, likelihood_ranking, top_items
 
 _WORDS = {w: float(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 # The first number in the answer, written in digits or as a word ("4/5" and "4 out of 5" read 4).
@@ -172,11 +174,18 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
     return tries
 
 
-def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *, k: int, beams: int, batch_size: int) -> pl.DataFrame:
+def rank(
+    rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
+    k: int, beams: int, batch_size: int, direct_ranking: str = "likelihood",
+) -> pl.DataFrame:  # fmt: skip
     """Item rows with `ranked` (top-k item ids, history excluded), `validity` (share of the row's
-    beams that named an item) and `prediction` (the top item's name, "" if none remains)."""
+    beams that named an item; 1 for rows ranked by likelihood, which only score real items) and
+    `prediction` (the top item's name, "" if none remains). direct_ranking: "likelihood" scores
+    every candidate of rows that have a candidate list; "beam" runs beam search on them too."""
     if beams < k:
         raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
+    if direct_ranking not in ("likelihood", "beam"):
+        raise RecpipeError(f"p5.direct_ranking must be 'likelihood' or 'beam', got {direct_ranking!r}")
     missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
     if missing:
         raise RecpipeError(f"{len(missing)} candidate items have no name, e.g. {sorted(missing)[:3]}")
@@ -184,11 +193,24 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     hidden = sum(t in ex for t, ex in zip(rows["item_id"].to_list(), exclude))
     if hidden:
         log.warning("p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height)
-    named = constrained_beams(model, tokenizer, rows["prompt"].to_list(), _tries(rows, names, tokenizer), beams, batch_size)
-    ranked = [top_items(n, k, ex) for n, ex in zip(named, exclude)]
+    candidates = rows["candidates"].to_list()
+    scored = [i for i, c in enumerate(candidates) if c is not None] if direct_ranking == "likelihood" else []
+    searched = sorted(set(range(rows.height)) - set(scored))
+    ranked: list[list[int]] = [[] for _ in range(rows.height)]
+    validity = [1.0] * rows.height
+    if scored:
+        prompts = rows["prompt"].to_list()
+        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], [candidates[i] for i in scored], names)):
+            ranked[i] = [c for c in order if c not in exclude[i]][:k]
+    if searched:
+        part = rows[searched]
+        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), _tries(part, names, tokenizer), beams, batch_size)
+        for i, n in zip(searched, named):
+            ranked[i] = top_items(n, k, exclude[i])
+            validity[i] = sum(map(bool, n)) / len(n)
     return rows.with_columns(
         ranked=pl.Series(ranked, dtype=pl.List(pl.Int64)),
-        validity=pl.Series([sum(map(bool, n)) / len(n) for n in named], dtype=pl.Float64),
+        validity=pl.Series(validity, dtype=pl.Float64),
         prediction=pl.Series([names[r[0]] if r else "" for r in ranked], dtype=pl.String),
     )
 
@@ -198,7 +220,7 @@ COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target",
 
 def predict(
     test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8,
+    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, direct_ranking: str = "likelihood",
 ) -> pl.DataFrame:  # fmt: skip
     """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
     item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
@@ -216,7 +238,7 @@ def predict(
     texts = test.filter(pl.col("kind") != "item")
     parts = []
     if items.height:
-        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size))
+        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size, direct_ranking=direct_ranking))
     if texts.height:
         answers = generate(model, tokenizer, texts["prompt"].to_list(), max_new_tokens, batch_size)
         parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
@@ -264,14 +286,14 @@ def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] 
 def evaluate_families(
     test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
     k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, rating_range: tuple[float, float] = (1, 5),
-    predictions_path: str | Path | None = None,
+    predictions_path: str | Path | None = None, direct_ranking: str = "likelihood",
 ) -> dict:  # fmt: skip
     """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
     docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
     -> items excluded from that user's rankings. predictions_path: where to save predict's frame.
     (predict and family_metrics are the two halves, for the frame in memory.)"""
     started = time.perf_counter()
-    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size, direct_ranking=direct_ranking)
     metrics = family_metrics(predictions, rating_range, cutoffs(k))
     for family, groups in metrics.items():
         log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
@@ -299,7 +321,7 @@ def evaluate_p5(
         metrics = evaluate_families(
             pl.read_parquet(test_path), model, tokenizer, names, history, k=p5.top_k, beams=p5.beams,
             max_new_tokens=p5.max_new_tokens, batch_size=p5.eval_batch_size, rating_range=rating_range,
-            predictions_path=tmp / "predictions.parquet",
+            predictions_path=tmp / "predictions.parquet", direct_ranking=p5.direct_ranking,
         )  # fmt: skip
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():

@@ -138,6 +138,15 @@ class P5TrainParams(TrainParams):
     lr: float = Field(5e-4, gt=0)
 
 
+class P5LoraParams(LoraParams):
+    """The multi-family model has far more to learn than TALLRec's yes/no (which items follow which,
+    for every item): a larger adapter, on every linear layer of the blocks."""
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class SasrecParams(Strict):
     max_len: int = Field(50, ge=2)
     hidden: int = Field(64, ge=8)
@@ -160,6 +169,12 @@ class P5Params(Strict):
     like_threshold: float = 3  # the yes/no templates: rating > threshold means yes
     negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
     direct_train_share: float = Field(0.2, gt=0, le=1)  # of train positions that also become direct samples
+    # Train on every history item of a prompt too (predicted from the items before it), not only on
+    # the target: recpipe.families, `spans`.
+    history_targets: bool = True
+    # How a direct prompt's candidates are ranked: "likelihood" scores every candidate's name
+    # (exact); "beam" is trie-constrained beam search over them (p5.beams).
+    direct_ranking: Literal["likelihood", "beam"] = "likelihood"
     # The training mixture: k samples over the families in proportion to these weights (a family
     # left out weighs 0); k None: every training sample (full data).
     weights: dict[Family, float] = {f: 1.0 for f in FAMILY_NAMES}
@@ -170,6 +185,7 @@ class P5Params(Strict):
     top_k: int = Field(10, ge=1)
     max_new_tokens: int = Field(32, ge=1)  # rating, yes/no and text answers
     eval_batch_size: int = Field(8, ge=1)
+    lora: P5LoraParams = P5LoraParams()  # its own adapter settings, not the TALLRec model's `lora`
     train: P5TrainParams = P5TrainParams()
     sasrec: SasrecParams = SasrecParams()
 

@@ -98,7 +98,7 @@ def p5_train(p: Params, dataset: str) -> None:
     shots = f"{P5_DATA}/{dataset}/shots"
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
-        _model(p), p.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", valid_metric="loss",
+        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", valid_metric="loss",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}",
     )  # fmt: skip
 
@@ -134,7 +134,7 @@ def baselines(p: Params, dataset: str) -> None:
 def p5_report(p: Params, dataset: str) -> None:
     from recpipe.p5report import write_p5_report
 
-    summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "lora": p.lora.model_dump(), "p5": p.p5.model_dump(exclude={"datasets"})}
+    summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
     write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary)
 

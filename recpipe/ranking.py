@@ -1,9 +1,12 @@
 """Generative recommendation: the model writes an item's name, and beam search is constrained by a
-trie of every item's tokens so that it can only write real items. Also the free (unconstrained)
-way, matched to items after the fact, and the ranking metrics HR@k and NDCG@k."""
+trie of every item's tokens so that it can only write real items. For a short candidate list
+(direct recommendation), every candidate can instead be scored exactly (likelihood_ranking). Also
+the free (unconstrained) way, matched to items after the fact, and the ranking metrics HR@k and
+NDCG@k."""
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 
@@ -122,6 +125,63 @@ def constrained_beams(
                     named[i].append(tries[i].items(tuple(seq[:stop])))
             bar.update(len(idx))
     return named
+
+
+def candidate_block_mask(past: int, lengths: list[int], dtype: torch.dtype, device) -> torch.Tensor:
+    """The additive attention mask for candidates laid end to end after a cached prompt: each
+    token sees the whole prompt and the tokens before it in its own candidate, nothing of the
+    other candidates. Shape (1, 1, total, past + total)."""
+    total = sum(lengths)
+    block = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+    index = torch.arange(total, device=device)
+    sees = (block[:, None] == block[None, :]) & (index[:, None] >= index[None, :])
+    sees = torch.cat([torch.ones(total, past, dtype=torch.bool, device=device), sees], dim=1)
+    mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+@torch.no_grad()
+def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates") -> list[list[int]]:
+    """Each prompt's candidates, best first, by the mean log-probability per token of writing the
+    candidate's name and then EOS after the prompt: the score beam search ranks finished items by,
+    computed for every candidate instead of those the beams kept (ties: lower item id first).
+
+    The prompt runs through the model once. Then `chunk` candidates at a time are laid end to end
+    in one row after it, each numbered from the prompt's end and masked from the others
+    (candidate_block_mask): one pass scores them all, and the prompt's keys and values are not
+    copied for each candidate. Names are tokenized on their own, as in training and in ItemTrie."""
+    model.eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    end = tokenizer.eos_token_id
+    tokens: dict[int, list[int]] = {}
+    ranked = []
+    for prompt, cands in tqdm(list(zip(prompts, candidates, strict=True)), desc=desc, unit="prompt", file=sys.stderr):
+        for c in cands:
+            if c not in tokens:
+                tokens[c] = tokenizer(names[c], add_special_tokens=False).input_ids + [end]
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        past = ids.shape[1] - 1
+        cache = DynamicCache()
+        if past:
+            model(input_ids=ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+        scores: list[float] = []
+        for start in range(0, len(cands), chunk):
+            # Each candidate: the prompt's last token, then the name and EOS it must predict.
+            seqs = [[int(ids[0, -1])] + tokens[c] for c in cands[start : start + chunk]]
+            lengths = [len(q) for q in seqs]
+            x = torch.tensor([t for q in seqs for t in q], device=device)[None]
+            positions = torch.cat([torch.arange(past, past + n, device=device) for n in lengths])[None]
+            mask = candidate_block_mask(past, lengths, dtype, device)
+            # A copy of the one-row prompt cache (the pass appends the chunk's keys and values to it).
+            logp = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=copy.deepcopy(cache), use_cache=True).logits[0].float().log_softmax(-1)
+            offset = 0
+            for q in seqs:
+                picked = logp[offset : offset + len(q) - 1].gather(-1, torch.tensor(q[1:], device=device)[:, None])
+                scores.append(picked.mean().item())
+                offset += len(q)
+        ranked.append([c for _, c in sorted(zip(scores, cands), key=lambda sc: (-sc[0], sc[1]))])
+    return ranked
 
 
 def top_items(named: list[list[int]], k: int, exclude: set[int] | None = None) -> list[int]:

@@ -33,15 +33,23 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int) -> list[dict]:
+def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int, spans: list[list[list[int]]] | None = None) -> list[dict]:
     """Token ids of prompt + answer + EOS; labels mask the prompt. Long prompts lose their start,
-    never the question at their end."""
+    never the question at their end. `spans`: per prompt, [start, end, ...] character ranges of
+    the prompt whose tokens are targets too (recpipe.families: history items)."""
     rows = []
-    for prompt, answer in zip(prompts, answers):
-        p = tokenizer(prompt).input_ids
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        ranges = spans[i] if spans is not None and spans[i] is not None else []
+        enc = tokenizer(prompt, return_offsets_mapping=bool(ranges))
+        p = enc.input_ids
+        labels = [IGNORE] * len(p)
+        if ranges:
+            for j, (start, end) in enumerate(enc.offset_mapping):
+                if any(start < r[1] and r[0] < end for r in ranges):
+                    labels[j] = p[j]
         a = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        p = p[-(max_length - len(a)) :]
-        rows.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a})
+        keep = max(max_length - len(a), 1)
+        rows.append({"input_ids": p[-keep:] + a, "labels": labels[-keep:] + a})
     return rows
 
 
@@ -71,12 +79,13 @@ def shared_prefix_length(input_ids: torch.Tensor, limit: int) -> int:
 
 
 def answer_loss(model, batch: dict[str, torch.Tensor]):
-    """Summed cross-entropy over the answer tokens, their count, and the model's output.
+    """Summed cross-entropy over the labelled tokens (the answer, and any prompt tokens `encode`
+    marked), their count, and the model's output.
 
     Two savings, the same loss up to float rounding:
     - The output layer (576 x 49,152 for SmolLM2-135M) is a fifth of the model's arithmetic, and
       the cross-entropy over every position's 49,152 logits is a large memory-bound pass; but
-      only the few answer positions have labels, so only their logits are computed.
+      only the labelled positions need logits, so only theirs are computed.
     - Every prompt of a batch may start with the same instruction (about a quarter of a TALLRec
       prompt's tokens): its keys and values are computed once, with gradients, and every row
       attends to that copy. LoRA dropout then draws one mask for that shared part."""
@@ -186,8 +195,9 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     set_seed(seed)
     model = add_lora(model, lora)
     shots = pl.read_parquet(train_path)
-    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length)
-    key = run_key(model_p, lora, params, seed, shots["prompt"].to_list(), shots["answer"].to_list())
+    spans = shots["spans"].to_list() if "spans" in shots.columns else None  # P5 samples: history items as targets
+    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length, spans)
+    key = run_key(model_p, lora, params, seed, shots["prompt"].to_list(), shots["answer"].to_list(), spans)
     ckpt_dir = Path(checkpoints) / key
     args = TrainingArguments(
         output_dir=str(ckpt_dir),

@@ -111,3 +111,24 @@ def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(ama
     with pytest.raises(RecpipeError, match="families: sequential has no .* samples on amazon-x: .* histories are too short"):
         families(tmp_path / "tables", tmp_path / "text", tmp_path / "out2", "amazon-x", P5Params(families=["sequential"], negatives=10), 0, 5)
     assert not (tmp_path / "out2").exists()
+
+
+def test_history_spans_mark_only_trainable_history_items(amazon):
+    from recpipe.families import item_names
+
+    samples = make(amazon, ["rating", "sequential", "direct"], history_targets=True)
+    names = item_names(amazon[1], False, 0)
+    held_out = set(samples.filter(pl.col("split") != "train").select("user_id", "item_id").iter_rows())
+    train = samples.filter(pl.col("split") == "train")
+    assert train.filter(pl.col("family") == "sequential")["spans"].list.len().sum() > 0
+    assert train.filter(pl.col("family") == "rating")["spans"].list.len().sum() == 0  # no history in its prompts
+    dropped = 0
+    for row in train.filter(pl.col("family") != "rating").iter_rows(named=True):
+        for start, end, item in row["spans"]:
+            assert row["prompt"][start:end] == names[item]  # the span is exactly the item's name
+            assert (row["user_id"], item) not in held_out  # nothing validated or tested becomes a target
+        marked = {item for _, _, item in row["spans"]}
+        dropped += sum(names[i] in row["prompt"] and i not in marked for i in {i for u, i in held_out if u == row["user_id"]})
+    assert dropped > 0  # the fixture has history items that other families test: the guard did work
+    assert samples.filter(pl.col("split") != "train")["spans"].list.len().sum() == 0
+    assert make(amazon, ["sequential"], history_targets=False)["spans"].list.len().sum() == 0

@@ -153,3 +153,23 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
             assert set(row["ranked"]) <= set(row["candidates"]) and len(row["ranked"]) == 5
     assert predictions.filter(pl.col("kind") != "item")["ranked"].is_null().all()
     assert family_metrics(predictions, ks=(1, 5)) == metrics  # the saved frame gives the same numbers
+
+
+def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # noqa: F811
+    from recpipe.families import item_names
+    from recpipe.p5eval import rank
+    from recpipe.ranking import likelihood_ranking
+
+    model, tok = load(str(tiny))
+    names = item_names(amazon[1], False, 0)
+    rows = make(amazon, ["direct"]).filter((pl.col("split") == "test") & (pl.col("kind") == "item")).head(4)
+    exact = rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="likelihood")
+    beams = rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="beam")
+    scored = likelihood_ranking(model, tok, rows["prompt"].to_list(), rows["candidates"].to_list(), names)
+    assert exact["ranked"].to_list() == [s[:3] for s in scored] and exact["validity"].to_list() == [1.0] * 4
+    for out in (exact, beams):
+        for ranked, candidates in zip(out["ranked"].to_list(), rows["candidates"].to_list()):
+            assert len(ranked) == 3 and set(ranked) <= set(candidates)
+    assert all(0 < v <= 1 for v in beams["validity"].to_list())
+    with pytest.raises(RecpipeError, match="direct_ranking must be 'likelihood' or 'beam'"):
+        rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="exact")

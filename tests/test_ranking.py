@@ -77,3 +77,24 @@ def test_hit_rate_and_ndcg():
     assert m["ndcg@3"] == round((1 / 1.5849625 + 1 / 2 + 1) / 3, 5)
     with pytest.raises(RecpipeError):
         hit_and_ndcg([[1]], [1, 2])
+
+
+def test_likelihood_ranking_scores_every_candidate_exactly(tiny, built):  # noqa: F811
+    import torch
+
+    from recpipe.ranking import likelihood_ranking
+
+    model, tok = load(str(tiny))
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(3).to_list(), (200, 30, 1))]  # the last: no prompt cache
+    candidates = [[1, 2, 4, 5], [5, 4], [3, 1, 2, 4, 5]]
+    ranked = likelihood_ranking(model, tok, prompts, candidates, NAMES, chunk=3)  # chunks of 3: several per prompt
+
+    def mean_log_prob(prompt: str, item: int) -> float:  # one candidate, the whole sequence, no cache
+        p = tok(prompt).input_ids
+        a = tok(NAMES[item], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = model(torch.tensor([p + a])).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
+        return logp.gather(-1, torch.tensor(a)[:, None]).mean().item()
+
+    for prompt, cands, got in zip(prompts, candidates, ranked):
+        assert got == sorted(cands, key=lambda i: (-round(mean_log_prob(prompt, i), 5), i))

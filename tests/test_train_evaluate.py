@@ -30,6 +30,22 @@ def test_labels_cover_only_the_answer(tiny):
     assert batch["input_ids"].shape == (2, 32) and batch["attention_mask"][0].sum() == len(rows[0]["input_ids"])
 
 
+def test_history_spans_label_their_tokens_too(tiny):
+    _, tok = load(str(tiny))
+    prompt = "Seen: Heat (1995), Dr. No (1962). Next one: "
+    spans = [[6, 17, 2], [19, 32, 4]]  # the two names, [start, end, item]
+    assert [prompt[a:b] for a, b, _ in spans] == ["Heat (1995)", "Dr. No (1962)"]
+    row = encode([prompt], ["Casino (1995)"], tok, 256, [spans])[0]
+    answer = tok("Casino (1995)", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    labeled = [t for t, label in zip(row["input_ids"][: -len(answer)], row["labels"][: -len(answer)]) if label != IGNORE]
+    text = tok.decode(labeled)
+    assert "Heat (1995)" in text and "Dr. No (1962)" in text and "Seen" not in text and "Next" not in text
+    assert row["labels"][-len(answer) :] == answer
+    plain = encode([prompt], ["Casino (1995)"], tok, 256)[0]
+    assert plain["input_ids"] == row["input_ids"] and set(plain["labels"][: -len(answer)]) == {IGNORE}
+    assert encode([prompt], ["Casino (1995)"], tok, 256, [[]])[0] == plain  # no spans: the answer only
+
+
 def test_left_padded_batches_score_like_one_at_a_time(tiny, built):  # noqa: F811
     model, tok = load(str(tiny))
     yes, no = answer_token_ids(tok, "Yes.", "No.")
