@@ -162,9 +162,7 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
                 tokens[c] = tokenizer(names[c], add_special_tokens=False).input_ids + [end]
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         past = ids.shape[1] - 1
-        cache = DynamicCache()
-        if past:
-            model(input_ids=ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+        cache = prompt_cache(model, ids, torch.ones_like(ids), beams=1) if past else DynamicCache()
         scores: list[float] = []
         for start in range(0, len(cands), chunk):
             # Each candidate: the prompt's last token, then the name and EOS it must predict.
