@@ -10,7 +10,9 @@ validates is never a train target.
 With `history_targets`, each prompt also records where its history items are (`spans`), so that
 training can learn every history item from the ones before it, not only the one target: ten
 item predictions from a sequential sample instead of one, for the same forward pass. A history
-item whose (user, item) pair any family validates or tests is left out of the spans.
+item whose (user, item) pair any family validates or tests is left out of the spans. With
+`sequential_stride` = history_len, sequential training windows tile each user's history (the
+last one ends at the last training item), so an epoch learns every training interaction once.
 
 Items are written as their names by default. With `item_ids`, they are written as numbers from a
 seeded random permutation, so an id says nothing about when the item first appeared (P5's
@@ -154,7 +156,7 @@ def build(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
     seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,
     item_ids: bool = False, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), direct_train_share: float = 0.2,
-    history_targets: bool = False,
+    history_targets: bool = False, sequential_stride: int = 1,
 ) -> pl.DataFrame:  # fmt: skip
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
@@ -209,7 +211,7 @@ def build(
         for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
             history = seqs[row["user_id"]][max(0, row["pos"] - history_len) : row["pos"]]
             fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
-            if "sequential" in families:
+            if "sequential" in families and (row["split"] != "train" or (row["n"] - 3 - row["pos"]) % sequential_stride == 0):
                 emit("sequential", row["split"], row, fields, history=history)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
             if "direct" in families and (row["split"] != "train" or rng.random() < direct_train_share):
@@ -253,6 +255,7 @@ def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, 
         interactions, items, users, load_templates(p5.templates, chosen), chosen, seed=seed,
         history_len=p5.history_len, negatives=p5.negatives, like_threshold=p5.like_threshold,
         max_rating=max_rating, item_ids=p5.item_ids, direct_train_share=p5.direct_train_share, history_targets=p5.history_targets,
+        sequential_stride=p5.sequential_stride,
     )  # fmt: skip
     for family in chosen:
         split_names = set(samples.filter(pl.col("family") == family)["split"])

@@ -5,8 +5,10 @@ templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
     rating   greedy text, first number (parse_rating)    rmse, mae, clamped, unparsable, unparsable_rate
     yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
     item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity
-             for a candidate list, every candidate scored
-             (direct_ranking="likelihood")
+             every candidate scored: a direct prompt's
+             list (direct_ranking="likelihood"), or every
+             item outside the user's history
+             (sequential_ranking="likelihood")
     text     greedy text                                 bleu, rouge1, rouge2, rougeL
 
 Every group also has n (its test prompts) and n_<kind> for each kind it holds: a family mixes
@@ -176,16 +178,19 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
 
 def rank(
     rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int, beams: int, batch_size: int, direct_ranking: str = "likelihood",
+    k: int, beams: int, batch_size: int, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
 ) -> pl.DataFrame:  # fmt: skip
     """Item rows with `ranked` (top-k item ids, history excluded), `validity` (share of the row's
     beams that named an item; 1 for rows ranked by likelihood, which only score real items) and
     `prediction` (the top item's name, "" if none remains). direct_ranking: "likelihood" scores
-    every candidate of rows that have a candidate list; "beam" runs beam search on them too."""
+    every candidate of rows that have a candidate list; "beam" runs beam search on them too.
+    sequential_ranking: "beam" searches all items for rows without a list; "likelihood" scores
+    every item outside the user's history (exact, and about 1,600 candidates a prompt on ML-100K)."""
     if beams < k:
         raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
-    if direct_ranking not in ("likelihood", "beam"):
-        raise RecpipeError(f"p5.direct_ranking must be 'likelihood' or 'beam', got {direct_ranking!r}")
+    for what, value in (("direct_ranking", direct_ranking), ("sequential_ranking", sequential_ranking)):
+        if value not in ("likelihood", "beam"):
+            raise RecpipeError(f"p5.{what} must be 'likelihood' or 'beam', got {value!r}")
     missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
     if missing:
         raise RecpipeError(f"{len(missing)} candidate items have no name, e.g. {sorted(missing)[:3]}")
@@ -193,14 +198,16 @@ def rank(
     hidden = sum(t in ex for t, ex in zip(rows["item_id"].to_list(), exclude))
     if hidden:
         log.warning("p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height)
-    candidates = rows["candidates"].to_list()
-    scored = [i for i, c in enumerate(candidates) if c is not None] if direct_ranking == "likelihood" else []
+    listed = rows["candidates"].to_list()
+    scored = [i for i, c in enumerate(listed) if (direct_ranking if c is not None else sequential_ranking) == "likelihood"]
     searched = sorted(set(range(rows.height)) - set(scored))
     ranked: list[list[int]] = [[] for _ in range(rows.height)]
     validity = [1.0] * rows.height
     if scored:
+        everything = sorted(names)
+        candidates = [listed[i] if listed[i] is not None else [c for c in everything if c not in exclude[i]] for i in scored]
         prompts = rows["prompt"].to_list()
-        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], [candidates[i] for i in scored], names)):
+        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], candidates, names)):
             ranked[i] = [c for c in order if c not in exclude[i]][:k]
     if searched:
         part = rows[searched]
@@ -220,7 +227,7 @@ COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target",
 
 def predict(
     test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, direct_ranking: str = "likelihood",
+    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
 ) -> pl.DataFrame:  # fmt: skip
     """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
     item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
@@ -238,7 +245,7 @@ def predict(
     texts = test.filter(pl.col("kind") != "item")
     parts = []
     if items.height:
-        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size, direct_ranking=direct_ranking))
+        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size, direct_ranking=direct_ranking, sequential_ranking=sequential_ranking))
     if texts.height:
         answers = generate(model, tokenizer, texts["prompt"].to_list(), max_new_tokens, batch_size)
         parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
@@ -286,14 +293,14 @@ def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] 
 def evaluate_families(
     test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
     k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, rating_range: tuple[float, float] = (1, 5),
-    predictions_path: str | Path | None = None, direct_ranking: str = "likelihood",
+    predictions_path: str | Path | None = None, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
 ) -> dict:  # fmt: skip
     """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
     docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
     -> items excluded from that user's rankings. predictions_path: where to save predict's frame.
     (predict and family_metrics are the two halves, for the frame in memory.)"""
     started = time.perf_counter()
-    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size, direct_ranking=direct_ranking)
+    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size, direct_ranking=direct_ranking, sequential_ranking=sequential_ranking)
     metrics = family_metrics(predictions, rating_range, cutoffs(k))
     for family, groups in metrics.items():
         log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
@@ -321,7 +328,7 @@ def evaluate_p5(
         metrics = evaluate_families(
             pl.read_parquet(test_path), model, tokenizer, names, history, k=p5.top_k, beams=p5.beams,
             max_new_tokens=p5.max_new_tokens, batch_size=p5.eval_batch_size, rating_range=rating_range,
-            predictions_path=tmp / "predictions.parquet", direct_ranking=p5.direct_ranking,
+            predictions_path=tmp / "predictions.parquet", direct_ranking=p5.direct_ranking, sequential_ranking=p5.sequential_ranking,
         )  # fmt: skip
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():

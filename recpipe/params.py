@@ -118,6 +118,8 @@ class TrainParams(Strict):
     weight_decay: float = Field(0.0, ge=0)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     eval_batch_size: int = Field(16, ge=1)
+    # A checkpoint every save_steps optimizer steps, from which a stopped run resumes (None: each epoch).
+    save_steps: int | None = Field(None, ge=1)
     # None: the plain Trainer. zero2 / zero3: recpipe/configs/deepspeed/<name>.json; or a json path.
     deepspeed: str | None = None
 
@@ -144,6 +146,7 @@ class P5LoraParams(LoraParams):
 
     rank: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)  # 0.05 made a training step 2x slower on the CPU (benchmarks/lora_speed.py)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -166,6 +169,10 @@ class P5Params(Strict):
     templates: str = Field("p5", pattern=r"^[\w.-]+$")  # recpipe/templates/<name>.yaml
     item_ids: bool = False  # write items as ids from a seeded permutation instead of their names
     history_len: int = Field(10, ge=1)
+    # Sequential training samples every `sequential_stride` positions of a user's history (counted
+    # back from the last training item); with history_targets and a stride of history_len, an
+    # epoch learns each training interaction once instead of sampling overlapping windows.
+    sequential_stride: int = Field(1, ge=1)
     like_threshold: float = 3  # the yes/no templates: rating > threshold means yes
     negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
     direct_train_share: float = Field(0.2, gt=0, le=1)  # of train positions that also become direct samples
@@ -175,6 +182,9 @@ class P5Params(Strict):
     # How a direct prompt's candidates are ranked: "likelihood" scores every candidate's name
     # (exact); "beam" is trie-constrained beam search over them (p5.beams).
     direct_ranking: Literal["likelihood", "beam"] = "likelihood"
+    # Sequential prompts: "beam" is trie-constrained beam search over every item; "likelihood"
+    # scores every item outside the user's history (exact, but about 1,600 names a prompt).
+    sequential_ranking: Literal["likelihood", "beam"] = "beam"
     # The training mixture: k samples over the families in proportion to these weights (a family
     # left out weighs 0); k None: every training sample (full data).
     weights: dict[Family, float] = {f: 1.0 for f in FAMILY_NAMES}

@@ -209,7 +209,8 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
         weight_decay=params.weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="epoch",
+        save_strategy="steps" if params.save_steps else "epoch",
+        save_steps=params.save_steps or 500,  # unused with save_strategy "epoch"
         save_total_limit=1,
         train_sampling_strategy="group_by_length",
         seed=seed,
@@ -226,13 +227,15 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     main_process = int(os.environ.get("RANK", "0")) == 0
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
     trainer = answer_loss_trainer()(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
-    resume = any(ckpt_dir.glob("checkpoint-*"))
-    if resume:
-        log.info("train: resuming from %s", ckpt_dir)
+    saved = sorted(int(p.name.removeprefix("checkpoint-")) for p in ckpt_dir.glob("checkpoint-*"))
+    if saved:
+        log.info("train: resuming from %s, step %d", ckpt_dir, saved[-1])
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=bool(saved) or None)
     seconds = time.time() - start
-    tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs
+    # Tokens/s of this process only: a resumed run did the first steps elsewhere.
+    done = 1 - (saved[-1] if saved else 0) / max(trainer.state.global_step, 1)
+    tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs * done
     valid = pl.read_parquet(valid_path)
     if valid_metric == "auc":
         p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)

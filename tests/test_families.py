@@ -132,3 +132,19 @@ def test_history_spans_mark_only_trainable_history_items(amazon):
     assert dropped > 0  # the fixture has history items that other families test: the guard did work
     assert samples.filter(pl.col("split") != "train")["spans"].list.len().sum() == 0
     assert make(amazon, ["sequential"], history_targets=False)["spans"].list.len().sum() == 0
+
+
+def test_sequential_stride_tiles_each_history_once(amazon):
+    from collections import Counter
+
+    from recpipe.families import leave_one_out
+
+    samples = make(amazon, ["sequential"], history_len=3, history_targets=True, sequential_stride=4)
+    train = samples.filter(pl.col("split") == "train")
+    learned = Counter((row["user_id"], item) for row in train.iter_rows(named=True) for item in [s[2] for s in row["spans"]] + [row["item_id"]])
+    assert set(learned.values()) == {1}  # windows of 3 history items + the target, stride 4: no overlap
+    loo = leave_one_out(amazon[0].filter(pl.col("rating").is_not_null())).filter(pl.col("split") == "train")
+    every = set(loo.select("user_id", "item_id").iter_rows())
+    firsts = set(loo.filter(pl.col("pos") == 0).select("user_id", "item_id").iter_rows())
+    assert every - firsts <= set(learned) <= every  # only a user's very first item may go unlearned
+    assert train.height < make(amazon, ["sequential"], history_len=3, history_targets=True)["split"].eq("train").sum()

@@ -173,3 +173,22 @@ def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # no
     assert all(0 < v <= 1 for v in beams["validity"].to_list())
     with pytest.raises(RecpipeError, match="direct_ranking must be 'likelihood' or 'beam'"):
         rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="exact")
+
+
+def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny):  # noqa: F811
+    from recpipe.families import item_names
+    from recpipe.p5eval import rank
+    from recpipe.ranking import likelihood_ranking
+
+    model, tok = load(str(tiny))
+    names = item_names(amazon[1], False, 0)
+    history = histories(amazon[0])
+    rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
+    out = rank(rows, model, tok, names, history, k=5, beams=5, batch_size=2, sequential_ranking="likelihood")
+    for row, ranked in zip(rows.iter_rows(named=True), out["ranked"].to_list()):
+        unrated = [i for i in sorted(names) if i not in history[row["user_id"]]]
+        assert ranked == likelihood_ranking(model, tok, [row["prompt"]], [unrated], names)[0][:5]
+        assert not set(ranked) & history[row["user_id"]]
+    assert out["validity"].to_list() == [1.0] * 3
+    with pytest.raises(RecpipeError, match="sequential_ranking must be 'likelihood' or 'beam'"):
+        rank(rows, model, tok, names, history, k=5, beams=5, batch_size=2, sequential_ranking="exact")

@@ -158,3 +158,41 @@ def test_lora_start_does_not_depend_on_how_the_model_was_loaded(tiny, built, tmp
 
     cached, first = run("cached", real_load), run("first", load_drawing_random_numbers)
     assert cached.keys() == first.keys() and all(torch.equal(cached[k], first[k]) for k in cached)
+
+
+def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """save_steps: a run killed after step 3 continues from checkpoint-2 and ends with the adapter
+    an unbroken run gives."""
+    import recpipe.train
+    from safetensors.torch import load_file
+
+    root, _ = built
+    real_trainer = recpipe.train.answer_loss_trainer
+
+    def run(name):
+        train(
+            root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
+            ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
+            TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32", save_steps=2), seed=0, live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / f"ckpt-{name}",
+        )  # fmt: skip
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    def stopping_trainer():
+        class Stopping(real_trainer()):
+            def training_step(self, *args, **kwargs):
+                if self.state.global_step == 3:
+                    raise KeyboardInterrupt  # the session ends mid-run
+                return super().training_step(*args, **kwargs)
+
+        return Stopping
+
+    unbroken = run("unbroken")
+    monkeypatch.setattr(recpipe.train, "answer_loss_trainer", stopping_trainer)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed")
+    assert [p.name for p in (tmp_path / "ckpt-resumed").glob("*/checkpoint-*")] == ["checkpoint-2"]
+    monkeypatch.setattr(recpipe.train, "answer_loss_trainer", real_trainer)
+    with caplog.at_level("INFO", logger="recpipe"):
+        resumed = run("resumed")
+    assert "resuming from" in caplog.text and "step 2" in caplog.text
+    assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)
