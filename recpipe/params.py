@@ -170,8 +170,8 @@ class P5Params(Strict):
     item_ids: bool = False  # write items as ids from a seeded permutation instead of their names
     history_len: int = Field(10, ge=1)
     # Sequential training samples every `sequential_stride` positions of a user's history (counted
-    # back from the last training item); with history_targets and a stride of history_len, an
-    # epoch learns each training interaction once instead of sampling overlapping windows.
+    # back from the last training item); with history_targets and a stride of history_len + 1, the
+    # windows (history and target) tile the history: an epoch learns each training interaction once.
     sequential_stride: int = Field(1, ge=1)
     like_threshold: float = 3  # the yes/no templates: rating > threshold means yes
     negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
