@@ -172,13 +172,18 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
             x = torch.tensor([t for q in seqs for t in q], device=device)[None]
             positions = torch.cat([torch.arange(past, past + n, device=device) for n in lengths])[None]
             mask = candidate_block_mask(past, lengths, dtype, device)
+            # Logits only where a token is predicted: not at a candidate's EOS, which predicts nothing
+            # (the output layer over the whole vocabulary is a large share of the pass).
+            starts = [sum(lengths[:j]) for j in range(len(lengths))]
+            keep = torch.tensor([s + t for s, n in zip(starts, lengths) for t in range(n - 1)], device=device)
             # A copy of the one-row prompt cache (the pass appends the chunk's keys and values to it).
-            logp = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=copy.deepcopy(cache), use_cache=True).logits[0].float().log_softmax(-1)
+            out = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=copy.deepcopy(cache), use_cache=True, logits_to_keep=keep)
+            logp = out.logits[0].float().log_softmax(-1)
             offset = 0
             for q in seqs:
                 picked = logp[offset : offset + len(q) - 1].gather(-1, torch.tensor(q[1:], device=device)[:, None])
                 scores.append(picked.mean().item())
-                offset += len(q)
+                offset += len(q) - 1
         ranked.append([c for _, c in sorted(zip(scores, cands), key=lambda sc: (-sc[0], sc[1]))])
     return ranked
 
