@@ -3,14 +3,14 @@ samples from a dataset's text tables, each rendered with seen and unseen prompt 
 
 Splits. Sequential and direct: leave-one-out per user in chronological order (the last item is
 test, the second-last valid, the rest train). Rating, explanation and review: by time over all
-interactions (recpipe.instructions.split, tie-aware). Then one leak guard over every family: a
-(user, item) pair that any family tests is never a target in train or valid, and one it
-validates is never a train target.
+interactions (recpipe.instructions.split, tie-aware). These are pools: the leak guard runs when
+the test and validation cases are drawn from them (recpipe.p5sample.p5_mixture), so that a (user,
+item) pair a drawn case asks about is never a training target, in any family.
 
 With `history_targets`, each prompt also records where its history items are (`spans`), so that
 training can learn every history item from the ones before it, not only the one target: ten
-item predictions from a sequential sample instead of one, for the same forward pass. A history
-item whose (user, item) pair any family validates or tests is left out of the spans. With
+item predictions from a sequential sample instead of one, for the same forward pass (the leak
+guard also takes held-out pairs out of the spans). With
 `sequential_stride` = history_len + 1, sequential training windows (history and target) tile
 each user's history, the last one ending at the last training item, so an epoch learns every
 training interaction once.
@@ -28,7 +28,6 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import RecpipeError, log
-from recpipe.instructions import drop_leaks
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.instructions import split as time_split
 from recpipe.params import FAMILY_NAMES, InstructionsParams, P5Params
@@ -161,7 +160,8 @@ def build(
 ) -> pl.DataFrame:  # fmt: skip
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
-    each trainable history item in train prompts; empty otherwise). Deterministic for a seed."""
+    each history item in train prompts; empty otherwise). Deterministic for a seed. No leak guard
+    yet: that is recpipe.p5sample.p5_mixture's, once it knows which cases are asked."""
     rng = random.Random(seed)
     names = item_names(items, item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
@@ -238,11 +238,7 @@ def build(
         "item_id": pl.Int64, "rating": pl.Float64, "prompt": pl.String, "target": pl.String, "candidates": pl.List(pl.Int64),
         "spans": pl.List(pl.List(pl.Int64)),
     })  # fmt: skip
-    out = drop_leaks(out, "families")
-    held_out = set(out.filter(pl.col("split") != "train").select("user_id", "item_id").iter_rows())
-    return out.with_columns(spans=pl.Series([
-        [s for s in spans if (user, s[2]) not in held_out] for user, spans in out.select("user_id", "spans").iter_rows()
-    ], dtype=pl.List(pl.List(pl.Int64))))  # fmt: skip
+    return out
 
 
 def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float) -> pl.DataFrame:

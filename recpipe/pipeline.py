@@ -87,7 +87,7 @@ def families(p: Params, dataset: str) -> None:
 
 
 def p5_sample(p: Params, dataset: str) -> None:
-    from recpipe.sample import p5_sample as _p5_sample
+    from recpipe.p5sample import p5_sample as _p5_sample
 
     _p5_sample(f"{P5_DATA}/{dataset}/families", f"{P5_DATA}/{dataset}/shots", p.p5, p.seed)
 

@@ -6,7 +6,7 @@ import pytest
 from recpipe import RecpipeError, params
 from recpipe.families import FAMILIES
 from recpipe.params import P5Params
-from recpipe.sample import p5_mixture, shares
+from recpipe.p5sample import p5_mixture, shares
 
 from conftest import params_dict, source
 from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
@@ -39,6 +39,28 @@ def test_mixture_follows_the_weights_and_never_trains_on_unseen_or_test(samples)
     assert not train.join(test.select("user_id", "item_id"), on=["user_id", "item_id"], how="semi").height
 
 
+@pytest.mark.parametrize("test_cases", [None, 3])
+def test_nothing_asked_is_learned_in_any_family(amazon, test_cases):  # noqa: F811
+    samples = make(amazon, list(FAMILIES), history_targets=True)
+    train, valid, test = p5_mixture(samples, P5Params(k=None, valid_size=20, test_cases=test_cases), seed=0)
+
+    def learned(frame):  # every (user, item) the loss covers: targets and history spans
+        return set(frame.select("user_id", "item_id").iter_rows()) | {(u, s[2]) for u, spans in frame.select("user_id", "spans").iter_rows() for s in spans}
+
+    asked_in_test = set(test.select("user_id", "item_id").iter_rows())
+    asked_in_valid = set(valid.select("user_id", "item_id").iter_rows())
+    assert not learned(train) & (asked_in_test | asked_in_valid)
+    assert not asked_in_valid & asked_in_test
+    # ... and only what is asked is held out: the rest of the test and validation pools still trains.
+    def pool(split):
+        return set(samples.filter(pl.col("split") == split).select("user_id", "item_id").iter_rows())
+
+    assert bool(learned(train) & (pool("test") - asked_in_test)) == (test_cases is not None)
+    assert learned(train) & (pool("valid") - asked_in_valid - asked_in_test)
+    left_out = samples.filter(pl.col("split") == "train").height - train.height
+    assert left_out > 0  # the fixture's families do ask about pairs other families train on
+
+
 def test_mixture_is_deterministic_and_depends_on_the_seed(samples):
     p = P5Params(k=30, test_cases=4)
     a, b = p5_mixture(samples, p, seed=1), p5_mixture(samples.sample(fraction=1.0, shuffle=True, seed=9), p, seed=1)
@@ -48,8 +70,10 @@ def test_mixture_is_deterministic_and_depends_on_the_seed(samples):
 
 
 def test_full_data_and_too_large_k(samples):
-    train, _, _ = p5_mixture(samples, P5Params(k=None, weights={"direct": 1}), seed=0)
-    assert train.height == samples.filter((pl.col("split") == "train") & (pl.col("family") == "direct")).height
+    train, valid, test = p5_mixture(samples, P5Params(k=None, weights={"direct": 1}), seed=0)
+    pool = samples.filter((pl.col("split") == "train") & (pl.col("family") == "direct"))
+    asked = pl.concat([valid.select("user_id", "item_id"), test.select("user_id", "item_id")])
+    assert train.height == pool.join(asked, on=["user_id", "item_id"], how="anti").height
     with pytest.raises(RecpipeError, match=r"p5.k=100000 \(rating: weight 1\) is \d+, larger than its pool"):
         p5_mixture(samples, P5Params(k=100_000, weights={"rating": 1}), seed=0)
     with pytest.raises(RecpipeError, match="no family with weight > 0"):
