@@ -25,13 +25,13 @@ def shares(total: int, weights: dict[str, float]) -> dict[str, int]:
     return out
 
 
-def hold_out(pool: pl.DataFrame, asked: pl.DataFrame, what: str) -> pl.DataFrame:
+def hold_out(pool: pl.DataFrame, asked: pl.DataFrame, what: str, by: str) -> pl.DataFrame:
     """`pool` without the samples whose target (user, item) `asked` asks about, and with those pairs
     taken out of every remaining sample's history spans (the loss then skips them there too)."""
     pairs = asked.select("user_id", "item_id").unique()
     kept = pool.join(pairs, on=["user_id", "item_id"], how="anti")
     if kept.height < pool.height:
-        log.info("p5 sample: %d %s samples left out: their target is asked by a drawn test or validation sample", pool.height - kept.height, what)
+        log.info("p5 sample: %d %s samples left out: a drawn %s asks about their target", pool.height - kept.height, what, by)
     held = set(pairs.iter_rows())
     spans = [[s for s in row_spans if (user, s[2]) not in held] for user, row_spans in kept.select("user_id", "spans").iter_rows()]
     return kept.with_columns(spans=pl.Series(spans, dtype=pl.List(pl.List(pl.Int64))))
@@ -60,9 +60,9 @@ def p5_mixture(samples: pl.DataFrame, params: P5Params, seed: int) -> tuple[pl.D
         cases = test.select("family", "case_id").unique().sort("family", "case_id")
         kept = pl.concat([c.sample(min(params.test_cases, c.height), seed=seed) for _, c in cases.group_by("family", maintain_order=True)])
         test = test.join(kept, on=["family", "case_id"], how="semi")
-    valid_pool = hold_out(samples.filter((pl.col("split") == "valid") & pl.col("family").is_in(list(weights))), test, "validation")
+    valid_pool = hold_out(samples.filter((pl.col("split") == "valid") & pl.col("family").is_in(list(weights))), test, "validation", "test case")
     valid = draw(valid_pool, min(params.valid_size, valid_pool.height), seed, "p5.valid_size", P5_KEY)
-    train_pool = hold_out(samples.filter((pl.col("split") == "train") & pl.col("family").is_in(list(weights))), pl.concat([test, valid]), "training")
+    train_pool = hold_out(samples.filter((pl.col("split") == "train") & pl.col("family").is_in(list(weights))), pl.concat([test, valid]), "training", "test case or validation sample")
     if params.k is None:
         train = train_pool.sort(P5_KEY).sample(fraction=1.0, seed=seed, shuffle=True)
     else:
