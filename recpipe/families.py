@@ -10,10 +10,9 @@ item) pair a drawn case asks about is never a training target, in any family.
 With `history_targets`, each prompt also records where its history items are (`spans`), so that
 training can learn every history item from the ones before it, not only the one target: ten
 item predictions from a sequential sample instead of one, for the same forward pass (the leak
-guard also takes held-out pairs out of the spans). With
-`sequential_stride` = history_len + 1, sequential training windows (history and target) tile
-each user's history, the last one ending at the last training item, so an epoch learns every
-training interaction once.
+guard also takes held-out pairs out of the spans). With `sequential_stride` = history_len + 1,
+sequential training windows (history and target) tile each user's history, the last one ending
+at the last training item, so an epoch learns every training interaction once.
 
 Items are written as their names by default. With `item_ids`, they are written as numbers from a
 seeded random permutation, so an id says nothing about when the item first appeared (P5's
