@@ -132,6 +132,35 @@ def _paper_note(dataset: str, paper: dict | None, references: dict) -> str:
 BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec"}
 
 
+def hit_rate_interval(hr: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a hit rate measured on n cases (scipy's binomtest): on 100
+    cases, HR@10 0.04 spans about 0.02-0.10, so small differences between rows are not results."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(hr * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return ci.low, ci.high
+
+
+def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines: dict) -> list[str]:
+    """HR at the table's largest k, with its 95% interval, for each of this run's rows."""
+    hits = [c for c in columns if c.startswith("hr@")]
+    if not hits:
+        return []
+    metric = max(hits, key=lambda c: int(c.split("@")[1]))
+    baseline_cases = baselines.get(f"{family}_cases") or baselines.get("users")  # None: every user was ranked
+    parts = []
+    for method, source, prompts, _, values, _ in rows:
+        n = _ranking_cases(values) if prompts in ("seen", "unseen") else baseline_cases
+        hr = values.get(metric)
+        if source != "this run" or _missing(hr) or not isinstance(n, int) or n <= 0:
+            continue
+        low, high = hit_rate_interval(hr, n)
+        parts.append(f"{method} {hr:.4f} [{low:.4f}, {high:.4f}] (n {n})")
+    if not parts:
+        return []
+    return [f"{_label(metric)} with its 95% interval (Wilson score, over the row's n ranking cases): " + "; ".join(parts) + ".", ""]
+
+
 def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict) -> list[str]:
     hints = family == "explanation"
     # (method, from, prompts, hints, values, note)
@@ -162,6 +191,7 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
         lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
         if notes:
             lines.append("")
+        lines += _interval_line(family, columns, rows, baselines)
     if family in ("explanation", "review"):
         lines += ["BLEU and ROUGE are percentages.", ""]
     if hints:

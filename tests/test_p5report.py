@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -157,3 +158,21 @@ def test_write_p5_report_rejects_a_wrong_shape_a_missing_file_and_an_empty_dir(t
     with pytest.raises(RecpipeError, match="no metrics files"):
         write_p5_report("ml-100k", empty, None, tmp_path / "p5.md", {})
     assert not (tmp_path / "p5.md").exists()
+
+
+def test_hit_rates_come_with_their_wilson_interval():
+    from recpipe.p5report import hit_rate_interval
+
+    def wilson(k, n, z=1.959964):  # the closed form, written out
+        p = k / n
+        mid, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (mid - half) / (1 + z * z / n), (mid + half) / (1 + z * z / n)
+
+    for hr, n in ((0.04, 100), (0.2069, 58), (0.0, 100), (1.0, 20)):
+        assert hit_rate_interval(hr, n) == pytest.approx(wilson(round(hr * n), n), abs=1e-6)
+    text = p5_tables("ml-100k", OURS, BASELINES, load_references())
+    low, high = wilson(40, 1000)  # SASRec: HR@10 0.04 over all 1000 users
+    line = row(text, "HR@10 with its 95% interval")
+    assert f"SASRec 0.0400 [{low:.4f}, {high:.4f}] (n 1000)" in line
+    assert "recpipe (seen prompts) 0.0500 [" in line and "(n 300)" in line
+    assert "Popularity" not in line and "unseen" not in line  # no HR@10 in those rows
