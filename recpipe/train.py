@@ -175,6 +175,22 @@ def run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint written to the end, and its step. The Trainer writes trainer_state.json
+    last, so a run stopped in the middle of a save leaves a newer folder without it (or with it cut
+    short): such a folder is removed, and the run resumes from the one before it."""
+    found = None
+    folders = [p for p in Path(ckpt_dir).glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]
+    for path in sorted(folders, key=lambda p: int(p.name.removeprefix("checkpoint-"))):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found = path, int(path.name.removeprefix("checkpoint-"))
+        except (OSError, ValueError):
+            log.warning("train: %s was not written to the end (stopped while saving): removing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
 def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec", valid_metric: str = "auc") -> dict:
     """LoRA-tune on train_path's prompt/answer pairs and save the adapter. valid_metric: "auc"
     (TALLRec: P(yes) from the template's answer words) or "loss" (answer-token loss, any task)."""
@@ -227,14 +243,14 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     main_process = int(os.environ.get("RANK", "0")) == 0
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
     trainer = answer_loss_trainer()(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks)
-    saved = sorted(int(p.name.removeprefix("checkpoint-")) for p in ckpt_dir.glob("checkpoint-*"))
-    if saved:
-        log.info("train: resuming from %s, step %d", ckpt_dir, saved[-1])
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        log.info("train: resuming from %s, step %d", resume[0], resume[1])
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=bool(saved) or None)
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     seconds = time.time() - start
     # Tokens/s of this process only: a resumed run did the first steps elsewhere.
-    done = 1 - (saved[-1] if saved else 0) / max(trainer.state.global_step, 1)
+    done = 1 - (resume[1] if resume else 0) / max(trainer.state.global_step, 1)
     tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs * done
     valid = pl.read_parquet(valid_path)
     if valid_metric == "auc":

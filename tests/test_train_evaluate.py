@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 
@@ -190,9 +192,15 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
     monkeypatch.setattr(recpipe.train, "answer_loss_trainer", stopping_trainer)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
-    assert [p.name for p in (tmp_path / "ckpt-resumed").glob("*/checkpoint-*")] == ["checkpoint-2"]
+    saved = list((tmp_path / "ckpt-resumed").glob("*/checkpoint-*"))
+    assert [p.name for p in saved] == ["checkpoint-2"]
+    # A stop in the middle of the next save: checkpoint-4 has its adapter but no trainer state yet.
+    partial = saved[0].with_name("checkpoint-4")
+    partial.mkdir()
+    shutil.copy(saved[0] / "adapter_model.safetensors", partial)
     monkeypatch.setattr(recpipe.train, "answer_loss_trainer", real_trainer)
     with caplog.at_level("INFO", logger="recpipe"):
         resumed = run("resumed")
-    assert "resuming from" in caplog.text and "step 2" in caplog.text
+    assert "checkpoint-4 was not written to the end" in caplog.text
+    assert "resuming from" in caplog.text and "checkpoint-2, step 2" in caplog.text
     assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)
