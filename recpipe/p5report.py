@@ -138,7 +138,7 @@ def hit_rate_interval(hr: float, n: int, confidence: float = 0.95) -> tuple[floa
     from scipy.stats import binomtest
 
     ci = binomtest(round(hr * n), n).proportion_ci(confidence_level=confidence, method="wilson")
-    return ci.low, ci.high
+    return float(ci.low), float(ci.high)
 
 
 def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines: dict) -> list[str]:
