@@ -51,10 +51,11 @@ def test_nothing_asked_is_learned_in_any_family(amazon, test_cases):  # noqa: F8
     asked_in_valid = set(valid.select("user_id", "item_id").iter_rows())
     assert not learned(train) & (asked_in_test | asked_in_valid)
     assert not asked_in_valid & asked_in_test
-    # ... and only what is asked is held out: the rest of the test and validation pools still trains.
+
     def pool(split):
         return set(samples.filter(pl.col("split") == split).select("user_id", "item_id").iter_rows())
 
+    # ... and only what is asked is held out: the rest of the test and validation pools still trains.
     assert bool(learned(train) & (pool("test") - asked_in_test)) == (test_cases is not None)
     assert learned(train) & (pool("valid") - asked_in_valid - asked_in_test)
     left_out = samples.filter(pl.col("split") == "train").height - train.height
