@@ -281,8 +281,9 @@ def _direct_cases(direct_cases: pl.DataFrame | None, target: dict[int, int]) -> 
     return cases if cases.height else None
 
 
-def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], history: dict[int, list[int]], target: dict[int, int], direct: pl.DataFrame | None, cases: Collection[int] | None = None) -> dict:
-    """HR/NDCG of one method; `score(users)` gives every item's score [len(users), len(items)]."""
+def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], history: dict[int, list[int]], target: dict[int, int], direct: pl.DataFrame | None, cases: Collection[int] | None = None) -> tuple[dict, list[tuple]]:
+    """HR/NDCG of one method, and its top-k for every case it was scored on as (family, user_id,
+    item_id, ranked) rows; `score(users)` gives every item's score [len(users), len(items)]."""
     k = max(KS)
     col = {item: j for j, item in enumerate(items)}
     users = list(target)
@@ -291,10 +292,11 @@ def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], hist
         chunk = users[start : start + CHUNK]
         ranked += topk(score(chunk), items, k, [history[u] for u in chunk])
     out = {"sequential": hit_and_ndcg(ranked, [target[u] for u in users], KS)}
+    keep = [i for i, u in enumerate(users) if cases is None or u in cases]
     if cases is not None:  # the LLM's sampled test users: its rows compare on exactly these
-        keep = [i for i, u in enumerate(users) if u in cases]
         out["sequential_all_users"] = out["sequential"]
         out["sequential"] = hit_and_ndcg([ranked[i] for i in keep], [target[users[i]] for i in keep], KS)
+    rows_out = [("sequential", users[i], target[users[i]], ranked[i]) for i in keep]
     if direct is not None:
         ranked = []
         for start in range(0, direct.height, CHUNK):
@@ -302,16 +304,20 @@ def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], hist
             scores = score(rows["user_id"].to_list())
             ranked += [rank_candidates(scores[r], col, cands, k) for r, cands in enumerate(rows["candidates"].to_list())]
         out["direct"] = hit_and_ndcg(ranked, direct["item_id"].to_list(), KS)
-    return out
+        rows_out += [("direct", u, i, r) for u, i, r in zip(direct["user_id"].to_list(), direct["item_id"].to_list(), ranked)]
+    return out, rows_out
 
 
-def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, params, seed: int, sequential_users: Collection[int] | None = None) -> dict:
-    """Popularity and SASRec scored on the leave-one-out test cases (see the module docstring):
-    {"popularity": {"sequential": {hr@1, ndcg@1, ...}, "direct": {...}}, "sasrec": {...},
-    "users": users with a test case, "items": items ranked}; "direct" and "direct_cases" (their
-    number) only when direct cases are given. `params`: SASRecParams, a mapping of its fields, or
-    None for the defaults. sequential_users: score "sequential" on these users' test cases only
-    (the ones the LLM was asked), with every user's result under "sequential_all_users"."""
+def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, params, seed: int, sequential_users: Collection[int] | None = None) -> tuple[dict, pl.DataFrame]:
+    """Popularity and SASRec scored on the leave-one-out test cases (see the module docstring).
+
+    Returns the metrics, {"popularity": {"sequential": {hr@1, ndcg@1, ...}, "direct": {...}},
+    "sasrec": {...}, "users": users with a test case, "items": items ranked} ("direct" and
+    "direct_cases", their number, only when direct cases are given), and each method's top-k for
+    every case it was scored on (method, family, user_id, item_id, ranked), for paired comparisons
+    with the LLM on the same cases. `params`: SASRecParams, a mapping of its fields, or None for the
+    defaults. sequential_users: score "sequential" on these users' test cases only (the ones the LLM
+    was asked), with every user's result under "sequential_all_users"."""
     p = as_params(params)
     history, target = histories(interactions)
     if not any(len(h) >= 2 for h in history.values()):
@@ -330,7 +336,9 @@ def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, par
     counts = popularity_scores(history.values())
     popular = torch.zeros(len(items), dtype=torch.float64)
     popular[[col[i] for i in counts]] = torch.tensor(list(counts.values()), dtype=torch.float64)
-    result = {"popularity": _evaluate(lambda users: popular.expand(len(users), -1), items, history, target, direct, sequential_users)}
+    result, cases = {}, []
+    result["popularity"], rows = _evaluate(lambda users: popular.expand(len(users), -1), items, history, target, direct, sequential_users)
+    cases += [("popularity", *row) for row in rows]
 
     model = train_sasrec(list(history.values()), items, p, seed)
 
@@ -340,11 +348,13 @@ def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, par
         return model.scores(seqs)
 
     with _threads(p.threads):
-        result["sasrec"] = _evaluate(sasrec_scores, items, history, target, direct, sequential_users)
+        result["sasrec"], rows = _evaluate(sasrec_scores, items, history, target, direct, sequential_users)
+    cases += [("sasrec", *row) for row in rows]
     result["users"], result["items"] = len(target), len(items)
     if sequential_users is not None:
         result["sequential_cases"] = len(set(sequential_users) & set(target))
     if direct is not None:
         result["direct_cases"] = direct.height
     log.info("baselines: sequential hr@10 popularity %.4f, sasrec %.4f", result["popularity"]["sequential"]["hr@10"], result["sasrec"]["sequential"]["hr@10"])
-    return result
+    schema = {"method": pl.String, "family": pl.String, "user_id": pl.Int64, "item_id": pl.Int64, "ranked": pl.List(pl.Int64)}
+    return result, pl.DataFrame(cases, schema=schema, orient="row")

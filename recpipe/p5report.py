@@ -161,7 +161,39 @@ def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines
     return [f"{_label(metric)} with its 95% interval (Wilson score, over the row's n ranking cases): " + "; ".join(parts) + ".", ""]
 
 
-def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict) -> list[str]:
+def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
+    """Per ranking family, recpipe (seen and unseen prompts apart) against each baseline on the
+    cases both ranked: how many cases only the one or only the other hits in its top k, and the
+    exact McNemar test's p (a two-sided binomial test on those cases). `ours`: p5_evaluate's
+    predictions; `baselines`: the baselines stage's (polars frames). Pairing the cases tells apart
+    differences that two overlapping intervals cannot."""
+    import polars as pl
+    from scipy.stats import binomtest
+
+    def hits(frame):
+        return frame.with_columns(hit=pl.col("ranked").list.head(k).list.contains(pl.col("item_id"))).select("family", "user_id", "item_id", "hit", *[c for c in ("seen", "method") if c in frame.columns])
+
+    ours, baselines = hits(ours.filter(pl.col("kind") == "item")), hits(baselines)
+    lines = {}
+    for family in ("sequential", "direct"):
+        parts = []
+        for seen in (True, False):
+            mine = ours.filter((pl.col("family") == family) & (pl.col("seen") == seen)).drop("seen")
+            for method in sorted(set(baselines.filter(pl.col("family") == family)["method"])):
+                theirs = baselines.filter((pl.col("family") == family) & (pl.col("method") == method)).drop("method")
+                both = mine.join(theirs, on=["family", "user_id", "item_id"], suffix="_b")
+                if not both.height:
+                    continue
+                only_ours, only_theirs = int((both["hit"] & ~both["hit_b"]).sum()), int((~both["hit"] & both["hit_b"]).sum())
+                p = binomtest(only_ours, only_ours + only_theirs).pvalue if only_ours + only_theirs else 1.0
+                kind = "seen" if seen else "unseen"
+                parts.append(f"recpipe ({kind} prompts) {only_ours} vs {BASELINE_NAMES.get(method, method)} {only_theirs}, p {p:.3f} (n {both.height})")
+        if parts:
+            lines[family] = f"Paired on the same cases, HR@{k} (cases only one of the two hits, exact McNemar p): " + "; ".join(parts) + "."
+    return lines
+
+
+def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict, paired: str | None = None) -> list[str]:
     hints = family == "explanation"
     # (method, from, prompts, hints, values, note)
     rows = [(r["method"], "paper", r.get("prompts", "n/a"), r.get("hints"), r, r.get("note")) for r in paper_rows]
@@ -192,6 +224,7 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
         if notes:
             lines.append("")
         lines += _interval_line(family, columns, rows, baselines)
+        lines += [paired, ""] if paired else []
     if family in ("explanation", "review"):
         lines += ["BLEU and ROUGE are percentages.", ""]
     if hints:
@@ -207,8 +240,9 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
     return lines
 
 
-def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict) -> str:
-    """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}})."""
+def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None) -> str:
+    """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}}),
+    with paired_tests' line for that family under it when given."""
     unknown = [f for f in ours if f not in COLUMNS]
     if unknown:
         raise RecpipeError(f"p5 report: unknown task families {unknown} (known: {list(COLUMNS)})")
@@ -218,7 +252,7 @@ def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict
     lines = [*_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases")), "", _paper_note(dataset, paper, references), ""]
     for family in COLUMNS:
         if family in ours:
-            lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references)
+            lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references, (paired or {}).get(family))
     return "\n".join(lines)
 
 
@@ -260,16 +294,25 @@ def _params(prefix: str, value) -> list[str]:
     return [f"| {prefix} | {text} |"]
 
 
-def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict) -> str:
+def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None) -> str:
     """Read our per-family metrics and the baselines' (baselines_path may be None), write the markdown
-    report to out_path and return it. Atomic: on any error an old report stays as it was and no
-    temporary file is left."""
+    report to out_path and return it. predictions: {"recpipe": p5_evaluate's predictions.parquet,
+    "baselines": the baselines stage's}, for the paired tests (None: none). Atomic: on any error an
+    old report stays as it was and no temporary file is left."""
+    import polars as pl
+
     ours = read_ours(ours_path_or_dir)
     baselines = _read_json(Path(baselines_path), "baselines") if baselines_path is not None else None
+    paired = None
+    if predictions:
+        for name, path in predictions.items():
+            if not Path(path).is_file():
+                raise RecpipeError(f"p5 report: {path} not found (the {name} predictions; run the stage that makes them)")
+        paired = paired_tests(pl.read_parquet(predictions["recpipe"]), pl.read_parquet(predictions["baselines"]))
     text = "\n".join([
         f"# recpipe P5 report: {dataset}",
         "",
-        p5_tables(dataset, ours, baselines, load_references()),
+        p5_tables(dataset, ours, baselines, load_references(), paired),
         "## Params",
         "",
         "| param | value |",

@@ -123,12 +123,15 @@ def baselines(p: Params, dataset: str) -> None:
     import polars as pl
 
     from recpipe.baselines import baselines as _baselines
-    from recpipe.io import write_json
+    from recpipe.io import atomic_dir, write_json, write_parquet
 
     interactions = pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
     test = pl.read_parquet(f"{P5_DATA}/{dataset}/shots/test.parquet")
     asked = set(test.filter(pl.col("family") == "sequential")["user_id"].to_list()) or None
-    write_json(_baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked), f"{P5_REPORTS}/{dataset}/baselines.json")
+    metrics, cases = _baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked)
+    with atomic_dir(f"{P5_DATA}/{dataset}/baselines") as tmp:
+        write_parquet(cases, tmp / "predictions.parquet")
+    write_json(metrics, f"{P5_REPORTS}/{dataset}/baselines.json")
 
 
 def p5_report(p: Params, dataset: str) -> None:
@@ -136,7 +139,8 @@ def p5_report(p: Params, dataset: str) -> None:
 
     summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
-    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary)
+    predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
+    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions)
 
 
 STEPS = {

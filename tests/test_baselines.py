@@ -53,7 +53,7 @@ def walk():
     items = pl.DataFrame({"item_id": range(1, N_ITEMS + 1), "name": [f"Item {i}" for i in range(1, N_ITEMS + 1)]})
     users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
     samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], negatives=9, seed=0)
-    return inter, samples, baselines(inter, samples, FAST, seed=0)
+    return inter, samples, baselines(inter, samples, FAST, seed=0)[0]
 
 
 def test_sasrec_beats_popularity_on_a_planted_sequence(walk):
@@ -103,11 +103,12 @@ def test_same_seed_same_metrics():
     inter = planted(seed=1)
     fast = {**FAST, "epochs": 3}
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    first = baselines(inter, None, fast, seed=7)
-    assert baselines(inter, None, fast, seed=7) == first
+    first, cases = baselines(inter, None, fast, seed=7)
+    again = baselines(inter, None, fast, seed=7)
+    assert again[0] == first and again[1].equals(cases)
     # The caller's thread count and global RNG are left as they were.
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
-    assert baselines(inter, None, SASRecParams(**fast), seed=8)["popularity"] == first["popularity"]
+    assert baselines(inter, None, SASRecParams(**fast), seed=8)[0]["popularity"] == first["popularity"]
 
 
 def _direct_rows(inter: pl.DataFrame, n_negatives: int, seed: int = 0) -> pl.DataFrame:
@@ -134,7 +135,7 @@ def test_direct_ranks_only_the_candidates():
     assert rank_candidates(scores, columns, [5, 4, 2, 3], 10) == [3, 4, 2, 5]  # 3 and 4 tie: 3 first
     assert rank_candidates(scores, columns, [2, 5], 1) == [2]
     inter = planted()
-    result = baselines(inter, _direct_rows(inter, n_negatives=1), {**FAST, "epochs": 2}, seed=0)
+    result = baselines(inter, _direct_rows(inter, n_negatives=1), {**FAST, "epochs": 2}, seed=0)[0]
     assert result["direct_cases"] == N_USERS  # each case once; other rows ignored
     for method in ("popularity", "sasrec"):
         direct = result[method]["direct"]
@@ -180,10 +181,16 @@ def test_params_are_checked():
 def test_sequential_scored_on_the_llms_sampled_users(walk):
     inter, samples, full = walk
     asked = [1, 2, 3, 5, 8]
-    sub = baselines(inter, samples, FAST, seed=0, sequential_users=asked)
+    sub, cases = baselines(inter, samples, FAST, seed=0, sequential_users=asked)
     assert sub["sequential_cases"] == len(asked)
     for method in ("popularity", "sasrec"):
         assert sub[method]["sequential_all_users"] == full[method]["sequential"]
         assert sub[method]["direct"] == full[method]["direct"]
+    # Each method's top-k per scored case: the metrics follow from them (the report's paired tests use them).
+    from recpipe.ranking import hit_and_ndcg
+
+    for (method, family), rows in cases.group_by("method", "family", maintain_order=True):
+        assert hit_and_ndcg(rows["ranked"].to_list(), rows["item_id"].to_list(), (1, 5, 10)) == sub[method][family]
+    assert set(cases.filter(pl.col("family") == "sequential")["user_id"]) == set(asked) & set(cases["user_id"])
     # hr@10 of 5 users is a multiple of 1/5
     assert all(round(sub[m]["sequential"]["hr@10"] * 5, 6).is_integer() for m in ("popularity", "sasrec"))

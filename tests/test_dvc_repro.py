@@ -83,6 +83,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     assert "reports/p5/ml-100k/families/sequential.json" in shown and "unseen.hr@1" in shown
     report = (tmp_path / "reports/p5/ml-100k/report.md").read_text()
     assert "SASRec" in report and "unseen" in report
+    assert "Paired on the same cases, HR@10" in report  # from both stages' per-case predictions
     # A baseline param reruns the baselines and the P5 report only.
     params["p5"]["sasrec"]["epochs"] = 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

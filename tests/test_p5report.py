@@ -153,6 +153,8 @@ def test_write_p5_report_rejects_a_wrong_shape_a_missing_file_and_an_empty_dir(t
     (metrics / "rating.json").write_text(json.dumps({"seen": {}}))
     with pytest.raises(RecpipeError, match=r"nope\.json: not found \(the baselines stage writes it\)"):
         write_p5_report("ml-100k", metrics, tmp_path / "nope.json", tmp_path / "p5.md", {})
+    with pytest.raises(RecpipeError, match=r"gone\.parquet not found \(the recpipe predictions"):
+        write_p5_report("ml-100k", metrics, baselines, tmp_path / "p5.md", {}, {"recpipe": tmp_path / "gone.parquet", "baselines": tmp_path / "gone.parquet"})
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RecpipeError, match="no metrics files"):
@@ -176,3 +178,25 @@ def test_hit_rates_come_with_their_wilson_interval():
     assert f"SASRec 0.0400 [{low:.4f}, {high:.4f}] (n 1000)" in line
     assert "recpipe (seen prompts) 0.0500 [" in line and "(n 300)" in line
     assert "Popularity" not in line and "unseen" not in line  # no HR@10 in those rows
+
+
+def test_paired_tests_count_the_cases_only_one_method_hits():
+    import polars as pl
+
+    from recpipe.p5report import paired_tests
+
+    # Sequential, seen prompts: recpipe hits users 1-3, popularity users 3-9 (ranked lists of 10 or fewer).
+    ours = pl.DataFrame({
+        "family": ["sequential"] * 10 + ["rating"], "seen": [True] * 11, "kind": ["item"] * 10 + ["rating"],
+        "user_id": list(range(1, 11)) + [1], "item_id": [100] * 10 + [5],
+        "ranked": [[100] if u <= 3 else [7] for u in range(1, 11)] + [None],
+    })  # fmt: skip
+    base = pl.DataFrame({
+        "method": ["popularity"] * 12, "family": ["sequential"] * 12, "user_id": list(range(1, 13)), "item_id": [100] * 12,
+        "ranked": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100] if u <= 2 else ([100] if u <= 9 else [8]) for u in range(1, 13)],
+    })  # fmt: skip
+    lines = paired_tests(ours, base)
+    # Only recpipe: users 1 and 2 (popularity has them 11th); only popularity: users 4-9. Users 11-12 were not asked of recpipe.
+    p = 2 * sum(math.comb(8, i) for i in range(3)) / 2**8  # the exact two-sided binomial test, 2 of 8
+    assert lines == {"sequential": f"Paired on the same cases, HR@10 (cases only one of the two hits, exact McNemar p): recpipe (seen prompts) 2 vs Popularity 6, p {p:.3f} (n 10)."}
+    assert "Paired on the same cases" in p5_tables("ml-100k", OURS, BASELINES, load_references(), lines)
