@@ -1,9 +1,8 @@
 """Generative recommendation: the model writes an item's name, and beam search is constrained by a
 trie of every item's tokens so that it can only write real items. Instead, every candidate can
 be scored exactly (likelihood_ranking): a direct prompt's list, or every item a user has not
-rated for a sequential prompt (recpipe.p5eval.rank). Also
-the free (unconstrained) way, matched to items after the fact, and the ranking metrics HR@k and
-NDCG@k."""
+rated for a sequential prompt (recpipe.p5eval.rank). Also the free (unconstrained) way, matched
+to items after the fact, and the ranking metrics HR@k and NDCG@k."""
 
 from __future__ import annotations
 
