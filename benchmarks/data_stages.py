@@ -23,9 +23,9 @@ import pandas as pd
 import polars as pl
 
 from recpipe import params
-from recpipe.instructions import REQUIRED, instructions
+from recpipe.data.textualize import article_first, textualize
+from recpipe.tallrec.instructions import REQUIRED, instructions
 from recpipe.templates import load_template, render
-from recpipe.textualize import article_first, textualize
 
 TABLES = Path("data/tables/ml-100k")
 

@@ -20,9 +20,9 @@ import time
 import polars as pl
 
 from recpipe import params
-from recpipe.model import load
-from recpipe.ranking import ItemTrie, constrained_topk, free_topk, hit_and_ndcg
-from recpipe.train import pick_dtype
+from recpipe.metrics import hit_and_ndcg
+from recpipe.model.decoding import ItemTrie, constrained_topk, free_topk
+from recpipe.model.load import load, pick_dtype
 
 TEXT = "data/text/ml-100k"
 

@@ -20,9 +20,9 @@ import time
 import polars as pl
 
 from recpipe import params
-from recpipe.model import load
-from recpipe.ranking import ItemTrie, constrained_topk, hit_and_ndcg, likelihood_ranking
-from recpipe.train import pick_dtype
+from recpipe.metrics import hit_and_ndcg
+from recpipe.model.decoding import ItemTrie, constrained_topk, likelihood_ranking
+from recpipe.model.load import load, pick_dtype
 
 TEXT = "data/text/ml-100k"
 

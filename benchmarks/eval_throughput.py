@@ -1,6 +1,6 @@
 """Evaluation throughput: recpipe's batched scoring against one prompt at a time.
 
-recpipe.evaluate.score sorts prompts by length, left-pads each batch to its own longest prompt
+recpipe.tallrec.evaluate.score sorts prompts by length, left-pads each batch to its own longest prompt
 and asks the model for the last position's logits only. The naive way runs each prompt alone and
 takes the full logits. Both score the same test prompts with the same model; the script prints
 prompts/s of each, the ratio, and how far their P(yes) values differ. With --dtypes it also runs
@@ -21,8 +21,8 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from recpipe import params
-from recpipe.evaluate import score
-from recpipe.model import answer_token_ids, load
+from recpipe.model.load import answer_token_ids, load
+from recpipe.tallrec.evaluate import score
 from recpipe.templates import load_template
 
 

@@ -17,9 +17,9 @@ import time
 import torch
 
 from recpipe import params
-from recpipe.model import load
+from recpipe.model.load import load, pick_dtype
+from recpipe.model.train import IGNORE, add_lora, answer_loss
 from recpipe.params import LoraParams
-from recpipe.train import IGNORE, add_lora, answer_loss, pick_dtype
 
 
 def seconds_per_step(name: str, sha256, lora: LoraParams, batch: dict, dtype: torch.dtype, steps: int) -> float:

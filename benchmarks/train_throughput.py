@@ -1,8 +1,8 @@
 """Training throughput: recpipe's training against a fixed-length padded HF Trainer.
 
 recpipe pads each batch only to its own longest row and groups rows of similar length
-(recpipe.train.encode + PadCollator + group_by_length), and runs the output layer and the loss
-only at answer positions (recpipe.train.answer_loss_trainer). The naive way pads every row to
+(recpipe.model.train.encode + PadCollator + group_by_length), and runs the output layer and the loss
+only at answer positions (recpipe.model.train.answer_loss_trainer). The naive way pads every row to
 max_length (512) and takes the model's own loss over every position, as many fine-tuning scripts
 do. A middle row shows the grouping alone. Both sides take the same LoRA config, batch
 size and number of optimizer steps over the same K-shot rows (data/sample/train.parquet) with
@@ -22,8 +22,14 @@ import polars as pl
 import torch
 
 from recpipe import params
-from recpipe.model import load
-from recpipe.train import IGNORE, PadCollator, add_lora, answer_loss_trainer, encode
+from recpipe.model.load import load
+from recpipe.model.train import (
+    IGNORE,
+    PadCollator,
+    add_lora,
+    answer_loss_trainer,
+    encode,
+)
 
 
 class FixedPadCollator(PadCollator):

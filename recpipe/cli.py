@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from recpipe import RecpipeError, params, pipeline, setup_logging
+from recpipe import RecpipeError, pipeline, setup_logging
 
 app = typer.Typer(help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.", no_args_is_help=True)
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file to read.")
@@ -19,7 +19,7 @@ DATASET = typer.Option(None, "--dataset", "-d", help="Only this dataset (default
 def _run(steps: list[str], params_path: Path, dataset: str | None = None) -> None:
     setup_logging()
     try:
-        p = params.load(params_path)
+        p = pipeline.load_params(params_path)
         if dataset is not None and dataset not in p.datasets:
             raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")
         for step in steps:
@@ -102,7 +102,7 @@ def run(params_path: Path = PARAMS) -> None:
 def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`.")) -> None:
     """Print statistics of a dataset's ingested tables and of the instruction splits."""
     try:
-        name = dataset or params.load(params_path).dataset
+        name = dataset or pipeline.load_params(params_path).dataset
     except RecpipeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -116,7 +116,7 @@ def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "
     typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
                f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
     typer.echo("rating distribution: " + ", ".join(f"{'implicit' if r is None else format(r, 'g')}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
-    if Path(pipeline.SAMPLES).exists() and name == params.load(params_path).dataset:
+    if Path(pipeline.SAMPLES).exists() and name == pipeline.load_params(params_path).dataset:
         s = pl.read_parquet(pipeline.SAMPLES)
         by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
         for split, n, pos, t0, t1 in by_split.sort("t0").rows():

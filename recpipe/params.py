@@ -177,7 +177,7 @@ class P5Params(Strict):
     negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
     direct_train_share: float = Field(0.2, gt=0, le=1)  # of train positions that also become direct samples
     # Train on every history item of a prompt too (predicted from the items before it), not only on
-    # the target: recpipe.families, `spans`.
+    # the target: recpipe.p5.families, `spans`.
     history_targets: bool = True
     # How a direct prompt's candidates are ranked: "likelihood" scores every candidate's name
     # (exact); "beam" is trie-constrained beam search over them (p5.beams).

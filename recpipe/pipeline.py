@@ -5,37 +5,44 @@ from __future__ import annotations
 import sys
 
 from recpipe import RecpipeError, params, setup_logging
-from recpipe.download import download as _download
-from recpipe.ingest import ingest as _ingest
-from recpipe.instructions import instructions as _instructions
 from recpipe.params import Params
-from recpipe.sample import sample as _sample
-from recpipe.textualize import textualize as _textualize
 
 RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"  # one folder per dataset in each
 SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
 
+load_params = params.load
+
 
 def download(p: Params, dataset: str) -> None:
+    from recpipe.data.download import download as _download
+
     _download(dataset, p.download.datasets[dataset], f"{RAW}/{dataset}")
 
 
 def ingest(p: Params, dataset: str) -> None:
+    from recpipe.data.ingest import ingest as _ingest
+
     _ingest(f"{RAW}/{dataset}", f"{TABLES}/{dataset}", p.download.datasets[dataset])
 
 
 def textualize(p: Params, dataset: str) -> None:
+    from recpipe.data.textualize import textualize as _textualize
+
     template = p.download.datasets[dataset].template or dataset
     _textualize(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", template=template, move_article=p.textualize.article_first)
 
 
 def instructions(p: Params) -> None:
+    from recpipe.tallrec.instructions import instructions as _instructions
+
     _instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)
 
 
 def sample(p: Params) -> None:
+    from recpipe.tallrec.sample import sample as _sample
+
     _sample(SAMPLES, SHOTS, p.sample, p.seed)
 
 
@@ -46,16 +53,17 @@ def _model(p: Params):
 
 
 def train(p: Params) -> None:
-    from recpipe.train import train as _train
+    from recpipe.model.train import train as _train
+    from recpipe.tallrec.evaluate import valid_auc
 
-    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, template=p.instructions.template)
+    validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
+    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, validate=validate)
 
 
 def evaluate(p: Params, tuned: bool = True) -> None:
     """Score the test split with the tuned adapter, or (tuned=False) with the untouched base model."""
-    from recpipe.evaluate import evaluate as _evaluate
-    from recpipe.model import load
-    from recpipe.train import pick_dtype
+    from recpipe.model.load import load, pick_dtype
+    from recpipe.tallrec.evaluate import evaluate as _evaluate
 
     model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
     if tuned:
@@ -71,7 +79,7 @@ def evaluate_base(p: Params) -> None:
 
 
 def report(p: Params) -> None:
-    from recpipe.report import report as _report
+    from recpipe.tallrec.report import report as _report
 
     _report("reports", LIVE, "reports/report.md", p)
 
@@ -80,25 +88,25 @@ def report(p: Params) -> None:
 
 
 def families(p: Params, dataset: str) -> None:
-    from recpipe.families import families as _families
+    from recpipe.p5.families import families as _families
 
     rating_max = p.download.datasets[dataset].rating_max
     _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max)
 
 
 def p5_sample(p: Params, dataset: str) -> None:
-    from recpipe.p5sample import p5_sample as _p5_sample
+    from recpipe.p5.sample import p5_sample as _p5_sample
 
     _p5_sample(f"{P5_DATA}/{dataset}/families", f"{P5_DATA}/{dataset}/shots", p.p5, p.seed)
 
 
 def p5_train(p: Params, dataset: str) -> None:
-    from recpipe.train import train as _train
+    from recpipe.model.train import train as _train
 
     shots = f"{P5_DATA}/{dataset}/shots"
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
-        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", valid_metric="loss",
+        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}",
     )  # fmt: skip
 
@@ -106,9 +114,8 @@ def p5_train(p: Params, dataset: str) -> None:
 def p5_evaluate(p: Params, dataset: str) -> None:
     from peft import PeftModel
 
-    from recpipe.model import load
-    from recpipe.p5eval import evaluate_p5
-    from recpipe.train import pick_dtype
+    from recpipe.model.load import load, pick_dtype
+    from recpipe.p5.evaluate import evaluate_p5
 
     model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
     model = PeftModel.from_pretrained(model, f"{P5_DATA}/{dataset}/adapter").merge_and_unload()
@@ -122,8 +129,8 @@ def p5_evaluate(p: Params, dataset: str) -> None:
 def baselines(p: Params, dataset: str) -> None:
     import polars as pl
 
-    from recpipe.baselines import baselines as _baselines
     from recpipe.io import atomic_dir, write_json, write_parquet
+    from recpipe.p5.baselines import baselines as _baselines
 
     interactions = pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
     test = pl.read_parquet(f"{P5_DATA}/{dataset}/shots/test.parquet")
@@ -135,7 +142,7 @@ def baselines(p: Params, dataset: str) -> None:
 
 
 def p5_report(p: Params, dataset: str) -> None:
-    from recpipe.p5report import write_p5_report
+    from recpipe.p5.report import write_p5_report
 
     summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recpipe.formats import ML100K_GENRES
+from recpipe.data.formats import ML100K_GENRES
 from recpipe.io import sha256_file
 
 N_USERS, N_ITEMS, PER_USER = 30, 60, 25

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from recpipe import RecpipeError
-from recpipe.baselines import (
+from recpipe.data.splits import loo_histories
+from recpipe.p5.baselines import (
     SASRec,
     SASRecParams,
     as_params,
     baselines,
-    histories,
     popularity_scores,
     rank_candidates,
     topk,
 )
-from recpipe.families import build, load_templates
+from recpipe.p5.families import build, load_templates
 
 N_USERS, N_ITEMS = 60, 40
 # Small and quick: the planted pattern needs no more (HR@5 = 1.0 on seeds 0, 1 and 2).
@@ -41,14 +41,14 @@ def test_histories_follow_the_leave_one_out_split():
     inter = pl.DataFrame(
         {"user_id": [1, 1, 1, 2, 2, 3, 1], "item_id": [5, 6, 7, 8, 9, 4, 3], "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None], "timestamp": [30, 10, 20, 1, 2, 1, 40]}
     )
-    history, target = histories(inter)
+    history, target = loo_histories(inter)
     # User 1's unrated item 3 is no interaction here; user 3 has one item: no history, no test case.
     assert history == {1: [6, 7], 2: [8]} and target == {1: 5, 2: 9}
 
 
 @pytest.fixture(scope="module")
 def walk():
-    """The planted data, its direct cases as recpipe.families.build writes them, and both baselines' scores."""
+    """The planted data, its direct cases as recpipe.p5.families.build writes them, and both baselines' scores."""
     inter = planted()
     items = pl.DataFrame({"item_id": range(1, N_ITEMS + 1), "name": [f"Item {i}" for i in range(1, N_ITEMS + 1)]})
     users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
@@ -90,7 +90,7 @@ def test_popularity_counts_and_tie_break():
 
 def test_ranking_never_returns_a_history_item():
     inter = planted(lengths=(20, 30))
-    history, _ = histories(inter)
+    history, _ = loo_histories(inter)
     users = sorted(history)
     items = list(range(1, N_ITEMS + 1))
     scores = torch.rand(len(users), len(items), generator=torch.Generator().manual_seed(0))
@@ -112,10 +112,10 @@ def test_same_seed_same_metrics():
 
 
 def _direct_rows(inter: pl.DataFrame, n_negatives: int, seed: int = 0) -> pl.DataFrame:
-    """Direct test rows as recpipe.families.build writes them: one seen and one unseen row per case,
+    """Direct test rows as recpipe.p5.families.build writes them: one seen and one unseen row per case,
     plus rows the baselines must ignore (train split, a yes/no question, another family)."""
     rng = random.Random(seed)
-    history, target = histories(inter)
+    history, target = loo_histories(inter)
     rows = []
     for u, item in target.items():
         unseen = [i for i in range(1, N_ITEMS + 1) if i not in history[u] and i != item]
@@ -187,7 +187,7 @@ def test_sequential_scored_on_the_llms_sampled_users(walk):
         assert sub[method]["sequential_all_users"] == full[method]["sequential"]
         assert sub[method]["direct"] == full[method]["direct"]
     # Each method's top-k per scored case: the metrics follow from them (the report's paired tests use them).
-    from recpipe.ranking import hit_and_ndcg
+    from recpipe.metrics import hit_and_ndcg
 
     for (method, family), rows in cases.group_by("method", "family", maintain_order=True):
         assert hit_and_ndcg(rows["ranked"].to_list(), rows["item_id"].to_list(), (1, 5, 10)) == sub[method][family]

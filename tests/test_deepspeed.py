@@ -8,19 +8,18 @@ import subprocess
 import sys
 
 import pytest
+from test_text_instructions_sample import built  # noqa: F401
+from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 from recpipe import RecpipeError
-from recpipe.evaluate import score
-from recpipe.model import answer_token_ids, load
-from recpipe.train import deepspeed_config
-
-from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
-from test_text_instructions_sample import built  # noqa: F401
+from recpipe.model.load import answer_token_ids, load
+from recpipe.model.train import deepspeed_config
+from recpipe.tallrec.evaluate import score
 
 CHILD = """
 import json, sys
 from recpipe.params import LoraParams, ModelParams, TrainParams
-from recpipe.train import train
+from recpipe.model.train import train
 root, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 results = {}
 for stage in ("zero2", "zero3"):
@@ -67,7 +66,7 @@ def test_deepspeed_param_errors(tmp_path):
 LAUNCHED = """
 import json, os, sys
 from recpipe.params import LoraParams, ModelParams, TrainParams
-from recpipe.train import train
+from recpipe.model.train import train
 root, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 m = train(
     f"{root}/sample/train.parquet", f"{root}/sample/valid.parquet", f"{out}/adapter", f"{out}/train.json",

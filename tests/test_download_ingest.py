@@ -2,13 +2,12 @@ import zipfile
 
 import polars as pl
 import pytest
+from conftest import atomic_files, grouplens_files, make_ratings, source, write_zip
 
 from recpipe import RecpipeError
-from recpipe.download import download
-from recpipe.ingest import ingest
+from recpipe.data.download import download
+from recpipe.data.ingest import ingest
 from recpipe.params import DatasetParams, Source
-
-from conftest import atomic_files, grouplens_files, make_ratings, source, write_zip
 
 
 def fetch_dataset(sources, out):

@@ -6,14 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 import polars as pl
-
-from recpipe.params import P5Params
-
+import yaml
 from conftest import make_tiny_model, params_dict, source
 from test_formats import bx_source, bx_zip
+
+from recpipe.params import P5Params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,17 +2,23 @@
 
 import polars as pl
 import pytest
-
-from recpipe import RecpipeError
-from recpipe.families import FAMILIES, build, choose, feature_hint, first_sentence, load_templates
-
 from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_ingest
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
+
+from recpipe import RecpipeError
+from recpipe.p5.families import (
+    FAMILIES,
+    build,
+    choose,
+    feature_hint,
+    first_sentence,
+    load_templates,
+)
 
 
 @pytest.fixture(scope="module")
 def amazon(tmp_path_factory):
-    from recpipe.textualize import textualize
+    from recpipe.data.textualize import textualize
 
     d = tmp_path_factory.mktemp("amazon")
     tables = fetch_and_ingest(d, amazon_source(*amazon_files(d, *amazon_records())), template="amazon")
@@ -84,7 +90,7 @@ def test_explanation_helpers():
 
 
 def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(amazon, tmp_path):  # noqa: F811
-    from recpipe.families import families
+    from recpipe.p5.families import families
     from recpipe.params import P5Params
 
     inter, items, users = amazon
@@ -106,7 +112,7 @@ def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(ama
 
 
 def test_history_spans_mark_each_history_item_of_train_prompts(amazon):
-    from recpipe.families import item_names
+    from recpipe.p5.families import item_names
 
     samples = make(amazon, ["rating", "sequential", "direct"], history_targets=True)
     names = item_names(amazon[1], False, 0)
@@ -123,7 +129,7 @@ def test_history_spans_mark_each_history_item_of_train_prompts(amazon):
 def test_sequential_stride_tiles_each_history_once(amazon):
     from collections import Counter
 
-    from recpipe.families import leave_one_out
+    from recpipe.p5.families import leave_one_out
 
     samples = make(amazon, ["sequential"], history_len=3, history_targets=True, sequential_stride=4)
     train = samples.filter(pl.col("split") == "train")

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from recpipe import RecpipeError, pipeline
-from recpipe.download import download
-from recpipe.ingest import ingest, k_core
+from recpipe.data.download import download
+from recpipe.data.ingest import ingest, k_core
 from recpipe.params import parse
 
 N_USERS, N_ITEMS, PER_USER = 30, 50, 20
@@ -212,9 +212,9 @@ def test_bookcrossing_reader_handles_the_dumps_quirks(tmp_path):
 def test_bookcrossing_implicit_kept_is_never_a_dislike(tmp_path):
     kept = fetch_and_ingest(tmp_path, bx_source(bx_zip(tmp_path)), rating_max=10, implicit="keep")["interactions"]
     assert kept["rating"].null_count() > 0  # unrated, not rating 0
-    from recpipe.instructions import candidate_samples
+    from recpipe.tallrec.instructions import candidate_samples
 
-    hist = __import__("recpipe.textualize", fromlist=["histories"]).histories(kept)
+    hist = __import__("recpipe.data.splits", fromlist=["user_histories"]).user_histories(kept)
     samples = candidate_samples(hist, history_len=5, like_threshold=5)
     assert samples["rating"].null_count() == 0  # an implicit interaction is never a target
 

@@ -2,14 +2,13 @@
 
 import polars as pl
 import pytest
-
-from recpipe import RecpipeError, params
-from recpipe.families import FAMILIES
-from recpipe.params import P5Params
-from recpipe.p5sample import p5_mixture, shares
-
 from conftest import params_dict, source
 from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
+
+from recpipe import RecpipeError, params
+from recpipe.p5.families import FAMILIES
+from recpipe.p5.sample import p5_mixture, shares
+from recpipe.params import P5Params
 
 
 @pytest.fixture(scope="module")

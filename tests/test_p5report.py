@@ -4,14 +4,14 @@ import math
 import pytest
 
 from recpipe import RecpipeError
-from recpipe.p5report import COLUMNS, load_references, p5_tables, write_p5_report
+from recpipe.p5.report import COLUMNS, load_references, p5_tables, write_p5_report
 
 OURS = {
     "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01}, "unseen": {"n": 400, "rmse": 1.3}},
     "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025}, "unseen": {"n": 300, "hr@5": 0.02}},
     "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
 }
-# as recpipe.baselines writes it: per-method metrics, plus counts
+# as recpipe.p5.baselines writes it: per-method metrics, plus counts
 BASELINES = {"popularity": {"sequential": {"hr@5": 0.011, "ndcg@5": 0.007}, "direct": {"hr@1": 0.02}}, "sasrec": {"sequential": {"hr@10": 0.04}}, "users": 1000, "items": 50}
 
 
@@ -163,7 +163,7 @@ def test_write_p5_report_rejects_a_wrong_shape_a_missing_file_and_an_empty_dir(t
 
 
 def test_hit_rates_come_with_their_wilson_interval():
-    from recpipe.p5report import hit_rate_interval
+    from recpipe.metrics import hit_rate_interval
 
     def wilson(k, n, z=1.959964):  # the closed form, written out
         p = k / n
@@ -183,7 +183,7 @@ def test_hit_rates_come_with_their_wilson_interval():
 def test_paired_tests_count_the_cases_only_one_method_hits():
     import polars as pl
 
-    from recpipe.p5report import paired_tests
+    from recpipe.p5.report import paired_tests
 
     # Sequential, seen prompts: recpipe hits users 1-3, popularity users 3-9 (ranked lists of 10 or fewer).
     ours = pl.DataFrame({

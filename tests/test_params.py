@@ -1,8 +1,7 @@
 import pytest
+from conftest import params_dict, source
 
 from recpipe import RecpipeError, params
-
-from conftest import params_dict, source
 
 
 def test_defaults_load(archives):

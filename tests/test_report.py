@@ -1,12 +1,11 @@
 import json
 
 import pytest
+from conftest import params_dict, source
 
 from recpipe import RecpipeError
 from recpipe.params import parse
-from recpipe.report import report
-
-from conftest import params_dict, source
+from recpipe.tallrec.report import report
 
 
 def fake_inputs(root):

@@ -3,17 +3,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import params_dict, source
 
 from recpipe import RecpipeError
-from recpipe.download import download
-from recpipe.ingest import ingest
-from recpipe.instructions import instructions
+from recpipe.data.download import download
+from recpipe.data.ingest import ingest
+from recpipe.data.textualize import article_first, textualize
 from recpipe.params import parse
-from recpipe.sample import sample
+from recpipe.tallrec.instructions import instructions
+from recpipe.tallrec.sample import sample
 from recpipe.templates import load_template
-from recpipe.textualize import article_first, textualize
-
-from conftest import params_dict, source
 
 
 def run_data_stages(archive_path: Path, root: Path, **sections):
@@ -77,7 +76,7 @@ def test_no_test_target_is_a_training_target(built):
 
 
 def test_re_rated_pairs_are_dropped_from_training():
-    from recpipe.instructions import drop_leaks
+    from recpipe.tallrec.instructions import drop_leaks
 
     df = pl.DataFrame({"user_id": [1, 1, 2], "item_id": [7, 7, 8], "split": ["train", "test", "train"]})
     assert drop_leaks(df).sort("split").to_dicts() == [
@@ -114,7 +113,7 @@ def test_k_shot_balanced_and_k_too_large(built, archives, tmp_path):
 def test_template_missing_placeholder(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text('item: "{name}"\ninput: "{liked} {target}"\nprompt: "{instruction}{input}"\ninstruction: x\nanswer_yes: Y\nanswer_no: N\n')
-    from recpipe.instructions import REQUIRED
+    from recpipe.tallrec.instructions import REQUIRED
 
     with pytest.raises(RecpipeError, match=r"bad.yaml: 'input' lacks placeholders \['disliked'\]"):
         load_template(str(bad), REQUIRED)

@@ -2,15 +2,15 @@ import shutil
 
 import pytest
 import torch
-
-from recpipe import RecpipeError
-from recpipe.evaluate import common_prefix, metrics_for, score
-from recpipe.model import answer_token_ids, load, resolve
-from recpipe.params import LoraParams, ModelParams, TrainParams
-from recpipe.train import IGNORE, PadCollator, encode, train
-
 from conftest import make_tiny_model
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
+
+from recpipe import RecpipeError
+from recpipe.metrics import auc_metrics
+from recpipe.model.load import answer_token_ids, load, resolve
+from recpipe.model.train import IGNORE, PadCollator, encode, train
+from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.tallrec.evaluate import common_prefix, score, valid_auc
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
     metrics = train(
         root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
         ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
-        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt",
+        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16),
     )  # fmt: skip
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert 0 <= metrics["valid_auc"] <= 1 and metrics["train_loss"] > 0
@@ -72,7 +72,7 @@ def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
 
 
 def test_metrics():
-    m = metrics_for([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.6])
+    m = auc_metrics([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.6])
     assert m["auc"] == 0.75 and m["accuracy"] == 0.5 and m["predicted_positive_rate"] == 0.5
 
 
@@ -95,7 +95,7 @@ def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F
 
 
 def test_answer_only_loss_equals_the_models_own_loss(tiny):
-    from recpipe.train import answer_loss_trainer
+    from recpipe.model.train import answer_loss_trainer
 
     model, tok = load(str(tiny))
     rows = encode(["### Response:\n", "a much longer prompt " * 5 + "### Response:\n"], ["Yes.", "No."], tok, max_length=128)
@@ -108,7 +108,7 @@ def test_answer_only_loss_equals_the_models_own_loss(tiny):
 def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
     """The loss computes the instruction every row starts with once per batch: its loss and its
     LoRA gradients must match the model's own full pass (LoRA B is random so every path counts)."""
-    from recpipe.train import add_lora, answer_loss_trainer, shared_prefix_length
+    from recpipe.model.train import add_lora, answer_loss_trainer, shared_prefix_length
 
     model, tok = load(str(tiny))
     model = add_lora(model, LoraParams(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
@@ -139,14 +139,15 @@ def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
 def test_lora_start_does_not_depend_on_how_the_model_was_loaded(tiny, built, tmp_path, monkeypatch):  # noqa: F811
     """A first load of a GGUF model builds the dequantized model, which draws random numbers; the
     run must still match one that found the model cached (seeded after loading)."""
-    import recpipe.model
     from safetensors.torch import load_file
 
+    import recpipe.model.load
+
     root, _ = built
-    real_load = recpipe.model.load
+    real_load = recpipe.model.load.load
 
     def run(name, load):
-        monkeypatch.setattr(recpipe.model, "load", load)
+        monkeypatch.setattr(recpipe.model.load, "load", load)
         train(
             root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
             ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32"),
@@ -165,11 +166,12 @@ def test_lora_start_does_not_depend_on_how_the_model_was_loaded(tiny, built, tmp
 def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, monkeypatch, caplog):  # noqa: F811
     """save_steps: a run killed after step 3 continues from checkpoint-2 and ends with the adapter
     an unbroken run gives."""
-    import recpipe.train
     from safetensors.torch import load_file
 
+    import recpipe.model.train
+
     root, _ = built
-    real_trainer = recpipe.train.answer_loss_trainer
+    real_trainer = recpipe.model.train.answer_loss_trainer
 
     def run(name):
         train(
@@ -189,7 +191,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
         return Stopping
 
     unbroken = run("unbroken")
-    monkeypatch.setattr(recpipe.train, "answer_loss_trainer", stopping_trainer)
+    monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", stopping_trainer)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
     saved = list((tmp_path / "ckpt-resumed").glob("*/checkpoint-*"))
@@ -198,7 +200,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
     partial = saved[0].with_name("checkpoint-4")
     partial.mkdir()
     shutil.copy(saved[0] / "adapter_model.safetensors", partial)
-    monkeypatch.setattr(recpipe.train, "answer_loss_trainer", real_trainer)
+    monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", real_trainer)
     with caplog.at_level("INFO", logger="recpipe"):
         resumed = run("resumed")
     assert "checkpoint-4 was not written to the end" in caplog.text

@@ -3,8 +3,8 @@ samples from a dataset's text tables, each rendered with seen and unseen prompt 
 
 Splits. Sequential and direct: leave-one-out per user in chronological order (the last item is
 test, the second-last valid, the rest train). Rating, explanation and review: by time over all
-interactions (recpipe.instructions.split, tie-aware). These are pools: the leak guard runs when
-the test and validation cases are drawn from them (recpipe.p5sample.p5_mixture), so that a (user,
+interactions (recpipe.data.splits.split, tie-aware). These are pools: the leak guard runs when
+the test and validation cases are drawn from them (recpipe.p5.sample.p5_mixture), so that a (user,
 item) pair a drawn case asks about is never a training target, in any family.
 
 With `history_targets`, each prompt also records where its history items are (`spans`), so that
@@ -27,17 +27,16 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import RecpipeError, log
+from recpipe.data.splits import leave_one_out, split
 from recpipe.io import atomic_dir, write_parquet
-from recpipe.instructions import split as time_split
-from recpipe.params import FAMILY_NAMES, InstructionsParams, P5Params
+from recpipe.params import FAMILY_NAMES, P5Params
 from recpipe.templates import placeholders, read_template_file
-from recpipe.textualize import CHRONO_KEY
 
 FAMILIES = FAMILY_NAMES  # rating, sequential, explanation, review, direct
 NEEDS_REVIEWS = {"explanation", "review"}
 # What a family's prompts must mention, or the task cannot be solved from the prompt.
 NEEDED_IN_PROMPT = {"rating": {"user", "item"}, "sequential": {"history"}, "explanation": {"user", "item"}, "review": {"review"}, "direct": {"user"}}
-# What a template's target asks the model to write decides how it is scored (recpipe.p5eval).
+# What a template's target asks the model to write decides how it is scored (recpipe.p5.evaluate).
 KINDS = {"{rating}": "rating", "{answer}": "yes_no", "{item}": "item", "{summary}": "text", "{explanation}": "text"}
 _STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
 
@@ -122,15 +121,6 @@ def feature_hint(sentence: str) -> str:
     return max(words, key=len) if words else sentence.split()[0]
 
 
-def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
-    """Each user's interactions in chronological order (CHRONO_KEY) with pos and split."""
-    return (
-        interactions.sort(["user_id", *CHRONO_KEY])
-        .with_columns(pos=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
-        .with_columns(split=pl.when(pl.col("pos") == pl.col("n") - 1).then(pl.lit("test")).when(pl.col("pos") == pl.col("n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")))
-    )
-
-
 def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]:
     """How prompts write each item: its name, or (item_ids) a number from a seeded permutation."""
     names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
@@ -139,16 +129,6 @@ def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]
     perm = sorted(names)
     random.Random(f"item-ids-{seed}").shuffle(perm)
     return {item: str(1000 + rank) for rank, item in enumerate(perm)}
-
-
-def loo_histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Per user with a leave-one-out test case (2+ rated items): the history (every rated item
-    before the test item, in order) and the test item. The LLM's rankings and the baselines both
-    exclude this history."""
-    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
-    history = dict(loo.filter(pl.col("split") != "test").group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
-    target = dict(loo.filter(pl.col("split") == "test", pl.col("n") >= 2).select("user_id", "item_id").iter_rows())
-    return {u: history[u] for u in target}, target
 
 
 def build(
@@ -160,14 +140,14 @@ def build(
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
     each history item in train prompts; empty otherwise). Deterministic for a seed. No leak guard
-    yet: that is recpipe.p5sample.p5_mixture's, once it knows which cases are asked."""
+    yet: that is recpipe.p5.sample.p5_mixture's, once it knows which cases are asked."""
     rng = random.Random(seed)
     names = item_names(items, item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
     all_items = sorted(names)
     inter = interactions.filter(pl.col("rating").is_not_null())
     loo = leave_one_out(inter)
-    by_time = time_split(inter, InstructionsParams(split="temporal", pool_size=None, fractions=fractions))
+    by_time = split(inter, "temporal", None, fractions)
 
     def rating_text(r: float) -> str:
         return f"{r:g}"

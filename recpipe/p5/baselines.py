@@ -2,8 +2,8 @@
 is, so that a report can set them side by side: item popularity, and a small SASRec (Kang &
 McAuley 2018, self-attentive sequential recommendation).
 
-Data and split. The rated interactions (rating not null, as recpipe.families.build reads them) cut
-by the same leave-one-out split (recpipe.families.leave_one_out): each user's last item is the test
+Data and split. The rated interactions (rating not null, as recpipe.p5.families.build reads them) cut
+by the same leave-one-out split (recpipe.p5.families.leave_one_out): each user's last item is the test
 target and every item before it (the train and valid positions) is the user's history. Both
 baselines learn from these histories only: popularity counts them, and SASRec trains on them, that
 is on each user's sequence with the test item removed and the valid item kept. That is the
@@ -15,10 +15,10 @@ Scoring rules, the same for every method in the report, the LLM too:
   out of the ranking (they are never recommended again). Every user with a history (2+ rated
   items) has one test case, as in the LLM's sequential samples. A dataset where users re-rate an
   item would make such a test target unrankable; ML-100K has no repeats.
-- direct: exactly the given candidate list is ranked (recpipe.families.build draws the negatives
+- direct: exactly the given candidate list is ranked (recpipe.p5.families.build draws the negatives
   from the items the user never rated, so no history item is among them).
 - equal scores go to the lower item_id, so every ranking is deterministic.
-Metrics: recpipe.ranking.hit_and_ndcg, HR@1/5/10 and NDCG@1/5/10.
+Metrics: recpipe.metrics.hit_and_ndcg, HR@1/5/10 and NDCG@1/5/10.
 
 The item set is every item of the rated interactions, plus any item only named as a direct
 candidate (SASRec then learns it only as a sampled negative; its popularity is 0)."""
@@ -40,8 +40,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from recpipe import RecpipeError, log
-from recpipe.families import loo_histories
-from recpipe.ranking import hit_and_ndcg
+from recpipe.data.splits import loo_histories
+from recpipe.metrics import hit_and_ndcg
 
 KS = (1, 5, 10)
 CHUNK = 512  # users scored at once: bounds the [users, items] score matrix on large datasets
@@ -89,16 +89,6 @@ def as_params(params) -> SASRecParams:
     if unknown:
         raise RecpipeError(f"baselines: unknown sasrec params {unknown} (known: {sorted(known)})")
     return SASRecParams(**params)
-
-
-def histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Per user, from the leave-one-out split of the rated interactions: the history (every item
-    before the test item, in order) and the test item. Users with a single rated item have no
-    history and no test case."""
-    missing = {"user_id", "item_id", "rating", "timestamp"} - set(interactions.columns)
-    if missing:
-        raise RecpipeError(f"baselines: the interactions table lacks the columns {sorted(missing)}")
-    return loo_histories(interactions)
 
 
 def popularity_scores(train_sequences: Iterable[Iterable[int]]) -> dict[int, int]:
@@ -264,7 +254,7 @@ def _direct_cases(direct_cases: pl.DataFrame | None, target: dict[int, int]) -> 
     if missing:
         raise RecpipeError(f"baselines: the direct cases lack the columns {sorted(missing)}")
     cases = direct_cases
-    # recpipe.families.build's output can be passed as it is: its direct test rows that ask for an item.
+    # recpipe.p5.families.build's output can be passed as it is: its direct test rows that ask for an item.
     for column, value in (("family", "direct"), ("kind", "item"), ("split", "test")):
         if column in cases.columns:
             cases = cases.filter(pl.col(column) == value)
@@ -319,7 +309,7 @@ def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, par
     defaults. sequential_users: score "sequential" on these users' test cases only (the ones the LLM
     was asked), with every user's result under "sequential_all_users"."""
     p = as_params(params)
-    history, target = histories(interactions)
+    history, target = loo_histories(interactions)
     if not any(len(h) >= 2 for h in history.values()):
         raise RecpipeError(
             f"baselines: too few interactions: no user has 3 or more rated items ({len(target)} users have 2), "

@@ -12,7 +12,7 @@ from recpipe import RecpipeError, log
 from recpipe.io import atomic_path
 from recpipe.params import Params
 
-REFERENCES = Path(__file__).parent / "references"
+REFERENCES = Path(__file__).parents[1] / "references"
 
 
 def _read(path: Path, made_by: str):

@@ -15,8 +15,9 @@ import yaml
 
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_path
+from recpipe.metrics import hit_rate_interval, mcnemar_p
 
-REFERENCES = Path(__file__).parent / "references"
+REFERENCES = Path(__file__).parents[1] / "references"
 
 # Each family's table columns, in the paper's order. The paper's review table has BLEU-2 and ours
 # BLEU-4: two columns, so the two are never read as one.
@@ -132,15 +133,6 @@ def _paper_note(dataset: str, paper: dict | None, references: dict) -> str:
 BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec"}
 
 
-def hit_rate_interval(hr: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a hit rate measured on n cases (scipy's binomtest): on 100
-    cases, HR@10 0.04 spans about 0.02-0.10, so small differences between rows are not results."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(round(hr * n), n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines: dict) -> list[str]:
     """HR at the table's largest k, with its 95% interval, for each of this run's rows."""
     hits = [c for c in columns if c.startswith("hr@")]
@@ -168,7 +160,6 @@ def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
     predictions; `baselines`: the baselines stage's (polars frames). Pairing the cases tells apart
     differences that two overlapping intervals cannot."""
     import polars as pl
-    from scipy.stats import binomtest
 
     def hits(frame):
         return frame.with_columns(hit=pl.col("ranked").list.head(k).list.contains(pl.col("item_id"))).select("family", "user_id", "item_id", "hit", *[c for c in ("seen", "method") if c in frame.columns])
@@ -185,7 +176,7 @@ def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
                 if not both.height:
                     continue
                 only_ours, only_theirs = int((both["hit"] & ~both["hit_b"]).sum()), int((~both["hit"] & both["hit_b"]).sum())
-                p = binomtest(only_ours, only_ours + only_theirs).pvalue if only_ours + only_theirs else 1.0
+                p = mcnemar_p(only_ours, only_theirs)
                 kind = "seen" if seen else "unseen"
                 parts.append(f"recpipe ({kind} prompts) {only_ours} vs {BASELINE_NAMES.get(method, method)} {only_theirs}, p {p:.3f} (n {both.height})")
         if parts:

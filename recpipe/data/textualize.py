@@ -8,17 +8,13 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import log
+from recpipe.data.splits import user_histories
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.templates import load_template, placeholders, render
 
 SPAN = pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64}))
 # "Usual Suspects, The" or "Blue Angel, The (Blaue Engel, Der)": the article moves to the front.
 _TRAILING_ARTICLE = re.compile(r"^(?P<base>.+?), (?P<article>The|A|An)(?P<rest>(?: \(.*\))?)$")
-
-# Every chronological order in recpipe uses this key. ML-100K has many same-second ratings, so the
-# item id breaks ties: it does not depend on which source's file order arrived.
-CHRONO_KEY = ["timestamp", "item_id"]
-
 
 def article_first(title: str) -> str:
     m = _TRAILING_ARTICLE.match(title)
@@ -67,25 +63,12 @@ def users_text(users: pl.DataFrame, tpl: dict) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"user_id": pl.Int64, "text": pl.String, "spans": SPAN})
 
 
-def histories(interactions: pl.DataFrame) -> pl.DataFrame:
-    """One row per user: items, ratings and timestamps in chronological order (CHRONO_KEY)."""
-    first_seen = interactions.select("user_id").unique(maintain_order=True).with_row_index("file_order")
-    return (
-        interactions.sort(["user_id", *CHRONO_KEY])
-        .group_by("user_id", maintain_order=True)
-        .agg("item_id", "rating", "timestamp")
-        .join(first_seen, on="user_id")
-        .with_columns(pl.col("file_order").cast(pl.Int64))
-        .sort("user_id")
-    )
-
-
 def textualize(tables_dir: str | Path, out_dir: str | Path, template: str = "ml-100k", move_article: bool = True) -> None:
     tables = Path(tables_dir)
     tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
     items = items_text(pl.read_parquet(tables / "items.parquet"), tpl, move_article)
     users = users_text(pl.read_parquet(tables / "users.parquet"), tpl)
-    hist = histories(pl.read_parquet(tables / "interactions.parquet"))
+    hist = user_histories(pl.read_parquet(tables / "interactions.parquet"))
     with atomic_dir(out_dir) as tmp:
         write_parquet(items, tmp / "items.parquet")
         write_parquet(users, tmp / "users.parquet")

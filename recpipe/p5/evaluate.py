@@ -25,136 +25,29 @@ predict (answers, one row per prompt) and family_metrics (from those rows) are t
 
 from __future__ import annotations
 
-import math
-import re
-import string
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
-import torch
-from tqdm import tqdm
 
 from recpipe import RecpipeError, log
-from recpipe.families import FAMILIES, KINDS, loo_histories
+from recpipe.data.splits import loo_histories
 from recpipe.io import atomic_dir, write_json, write_parquet
+from recpipe.metrics import (
+    ranking_metrics,
+    rating_metrics,
+    text_metrics,
+    yes_no_metrics,
+)
+from recpipe.model.decoding import (
+    ItemTrie,
+    constrained_beams,
+    generate,
+    likelihood_ranking,
+    top_items,
+)
+from recpipe.p5.families import FAMILIES, KINDS
 from recpipe.params import P5Params
-from recpipe.ranking import ItemTrie, _encode_left_padded, constrained_beams, hit_and_ndcg, likelihood_ranking, top_items
-
-_WORDS = {w: float(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-# The first number in the answer, written in digits or as a word ("4/5" and "4 out of 5" read 4).
-_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?|-?\.\d+)|\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
-
-
-def first_number(text: str) -> float | None:
-    """The first number in `text`, as it is written (no clamping); None if there is none."""
-    match = _NUMBER.search(text or "")
-    if not match:
-        return None
-    return float(match.group(1)) if match.group(1) else _WORDS[match.group(2).lower()]
-
-
-def parse_rating(text: str, low: float, high: float) -> float | None:
-    """The rating an answer gives: its first number ("5", "5.0", " 4 stars", "4/5", "Rating: 3.5",
-    "five"), clamped to [low, high] as P5 clips its predictions; None when the answer holds no
-    number. A clamped answer is still scored (rating_metrics counts how many were clamped)."""
-    value = first_number(text)
-    return None if value is None else min(max(value, low), high)
-
-
-def rating_metrics(predictions: list[str], targets: list[float], low: float = 1, high: float = 5) -> dict:
-    """RMSE and MAE over the answers that hold a number (clamped to [low, high]); answers without
-    one are not dropped silently: `unparsable` counts them and `unparsable_rate` is their share of
-    all answers. rmse and mae are None when no answer holds a number."""
-    errors, unparsable, clamped = [], 0, 0
-    for text, target in zip(predictions, targets, strict=True):
-        raw = first_number(text)
-        if raw is None:
-            unparsable += 1
-            continue
-        clamped += not low <= raw <= high
-        errors.append(parse_rating(text, low, high) - float(target))
-    n = len(predictions)
-    return {
-        "rmse": round(math.sqrt(sum(e * e for e in errors) / len(errors)), 4) if errors else None,
-        "mae": round(sum(abs(e) for e in errors) / len(errors), 4) if errors else None,
-        "clamped": clamped,
-        "unparsable": unparsable,
-        "unparsable_rate": round(unparsable / n, 4) if n else None,
-    }
-
-
-def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" from the answer's first word (lowercased, punctuation stripped), else None."""
-    words = (text or "").split()
-    word = words[0].strip(string.punctuation).lower() if words else ""
-    return word if word in ("yes", "no") else None
-
-
-def yes_no_metrics(predictions: list[str], targets: list[str]) -> dict:
-    """Accuracy over every answer: one that is neither yes nor no is wrong, and counted."""
-    answers = [parse_yes_no(p) for p in predictions]
-    right = sum(a == t.strip().lower() for a, t in zip(answers, targets, strict=True))
-    unparsable = answers.count(None)
-    n = len(answers)
-    return {
-        "yes_no_accuracy": round(right / n, 4) if n else None,
-        "yes_no_unparsable": unparsable,
-        "yes_no_unparsable_rate": round(unparsable / n, 4) if n else None,
-    }
-
-
-def text_metrics(predictions: list[str], references: list[str]) -> dict:
-    """Corpus BLEU-4 (sacrebleu, its default 13a tokenization) and the mean ROUGE-1/2/L F-measure
-    (rouge-score, Porter-stemmed), all in percent."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    if len(predictions) != len(references):
-        raise RecpipeError(f"{len(predictions)} predictions for {len(references)} references")
-    kinds = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
-    sums = dict.fromkeys(kinds, 0.0)
-    for pred, ref in zip(predictions, references):
-        scores = scorer.score(ref, pred)  # (target, prediction)
-        for kind in kinds:
-            sums[kind] += scores[kind].fmeasure
-    n = max(len(predictions), 1)
-    out = {"bleu": round(sacrebleu.corpus_bleu(predictions, [references]).score, 4)}
-    return out | {kind: round(100 * sums[kind] / n, 4) for kind in kinds}
-
-
-def ranking_metrics(ranked: list[list[int]], targets: list[int], validity: list[float], ks: tuple[int, ...]) -> dict:
-    """HR@k and NDCG@k (recpipe.ranking.hit_and_ndcg) and the share of returned beams that named an
-    item (every prompt returns the same number of beams, so the mean of the per-prompt shares)."""
-    out = {name: round(value, 4) for name, value in hit_and_ndcg(ranked, targets, ks).items()}
-    return out | {"validity": round(sum(validity) / len(validity), 4)}
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate") -> list[str]:
-    """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
-    decoded and stripped. Prompts are batched by token length and left-padded."""
-    model.eval()
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    answers = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-            for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
-                row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
-                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-            bar.update(len(idx))
-    return answers
 
 
 def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTrie]:
@@ -310,12 +203,6 @@ def evaluate_families(
     return metrics
 
 
-def histories(interactions: pl.DataFrame) -> dict[int, set[int]]:
-    """Per user, the items excluded from their rankings: every rated item before the test item of
-    the leave-one-out split (recpipe.families.loo_histories, which the baselines use too)."""
-    return {u: set(items) for u, items in loo_histories(interactions)[0].items()}
-
-
 def evaluate_p5(
     test_path, names_path, interactions_path, eval_dir, metrics_dir, model, tokenizer, p5: P5Params, rating_range: tuple[float, float],
 ) -> dict:  # fmt: skip
@@ -323,7 +210,7 @@ def evaluate_p5(
     metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}."""
     names_frame = pl.read_parquet(names_path)
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
-    history = histories(pl.read_parquet(interactions_path))
+    history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path))[0].items()}
     with atomic_dir(eval_dir) as tmp:
         metrics = evaluate_families(
             pl.read_parquet(test_path), model, tokenizer, names, history, k=p5.top_k, beams=p5.beams,

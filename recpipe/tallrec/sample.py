@@ -6,16 +6,10 @@ from pathlib import Path
 
 import polars as pl
 
-from recpipe import RecpipeError, log
+from recpipe import log
+from recpipe.data.splits import draw
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.params import SampleParams
-
-
-def draw(pool: pl.DataFrame, n: int, seed: int, what: str, key: str | list[str] = "sample_id") -> pl.DataFrame:
-    if n > pool.height:
-        raise RecpipeError(f"{what} is {n}, larger than its pool of {pool.height} samples")
-    # Sort first so the draw depends only on the pool's content, not its row order.
-    return pool.sort(key).sample(n, seed=seed, shuffle=True)
 
 
 def k_shot(train: pl.DataFrame, params: SampleParams, seed: int) -> pl.DataFrame:

@@ -10,9 +10,10 @@ import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
 from recpipe import RecpipeError, log
-from recpipe.formats import COLUMNS, FAMILY, READERS
+from recpipe.data.formats import COLUMNS, FAMILY, READERS
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.params import DatasetParams
+
 
 def _cast(df: pl.DataFrame, column: str, dtype, path: Path) -> pl.DataFrame:
     """Cast a string column, failing with the file, column, count and examples of bad values."""

@@ -1,13 +1,12 @@
 """Generative recommendation: the model writes an item's name, and beam search is constrained by a
 trie of every item's tokens so that it can only write real items. Instead, every candidate can
 be scored exactly (likelihood_ranking): a direct prompt's list, or every item a user has not
-rated for a sequential prompt (recpipe.p5eval.rank). Also the free (unconstrained) way, matched
+rated for a sequential prompt (recpipe.p5.evaluate.rank). Also the free (unconstrained) way, matched
 to items after the fact, and the ranking metrics HR@k and NDCG@k."""
 
 from __future__ import annotations
 
 import copy
-import math
 import sys
 
 import pygtrie
@@ -246,19 +245,26 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
     return ranked, valid / max(total, 1)
 
 
-def hit_and_ndcg(ranked: list[list[int]], targets: list[int], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """HR@k: the share of prompts whose target is in the top k. NDCG@k: 1/log2(rank + 1) of the
-    target's 1-based rank when it is in the top k, else 0 (one relevant item per prompt)."""
-    if len(ranked) != len(targets) or not targets:
-        raise RecpipeError(f"{len(ranked)} ranked lists for {len(targets)} targets")
-    out = {}
-    for k in ks:
-        hits, gains = 0, 0.0
-        for items, target in zip(ranked, targets):
-            top = items[:k]
-            if target in top:
-                hits += 1
-                gains += 1 / math.log2(top.index(target) + 2)
-        out[f"hr@{k}"] = round(hits / len(targets), 5)
-        out[f"ndcg@{k}"] = round(gains / len(targets), 5)
-    return out
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate") -> list[str]:
+    """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
+    decoded and stripped. Prompts are batched by token length and left-padded."""
+    model.eval()
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    answers = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
+                row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
+                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            bar.update(len(idx))
+    return answers

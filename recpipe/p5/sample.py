@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import RecpipeError, log
+from recpipe.data.splits import draw
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.params import P5Params
-from recpipe.sample import draw
 
 P5_KEY = ["family", "case_id", "template"]  # unique per P5 sample: a stable order to draw from
 

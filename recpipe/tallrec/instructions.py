@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recpipe import RecpipeError, log
+from recpipe import log
+from recpipe.data.splits import drop_leaks, split
 from recpipe.io import write_parquet
 from recpipe.params import InstructionsParams
 from recpipe.templates import load_template, render
@@ -29,50 +30,6 @@ def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: floa
         .drop("hist_items", "hist_ratings")
         .filter(pl.col("rating").is_not_null())  # an implicit (unrated) event is history, never a target
     )
-
-
-def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
-    a = round(n * fractions[0])
-    return a, a + round(n * fractions[1])
-
-
-def split(samples: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
-    """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
-
-    temporal: global time order (timestamp, user_id, item_id); a cut never falls inside a run of
-      equal timestamps, so every test sample is strictly later than every train sample.
-    paper: TALLRec's code: users in order of first appearance in the ratings file, each user's
-      samples in time order, the last 10,000 cut 8:1:1 as they stand.
-    """
-    if params.split == "temporal" and samples["timestamp"].null_count():
-        raise RecpipeError("instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper")
-    key = ["timestamp", "user_id", "item_id"] if params.split == "temporal" else ["file_order", "pos"]
-    ordered = samples.sort(key)
-    if params.pool_size is not None:
-        ordered = ordered.tail(params.pool_size)
-    n = ordered.height
-    a, b = _cut(n, params.fractions)
-    if params.split == "temporal":
-        ts = ordered["timestamp"].to_list()
-        while 0 < a < n and ts[a] == ts[a - 1]:
-            a += 1
-        b = max(a, b)
-        while 0 < b < n and ts[b] == ts[b - 1]:
-            b += 1
-    names = ["train"] * a + ["valid"] * (b - a) + ["test"] * (n - b)
-    return ordered.with_columns(split=pl.Series(names, dtype=pl.String))
-
-
-def drop_leaks(samples: pl.DataFrame, stage: str = "instructions") -> pl.DataFrame:
-    """No (user, item) that a later split asks about may be a target of an earlier split."""
-    kept = samples
-    for later, earlier in (("test", ["train", "valid"]), ("valid", ["train"])):
-        asked = kept.filter(pl.col("split") == later).select("user_id", "item_id")
-        leaking = kept.filter(pl.col("split").is_in(earlier)).join(asked, on=["user_id", "item_id"], how="semi")
-        if leaking.height:
-            log.warning("%s: dropping %d %s samples whose target is asked in %s", stage, leaking.height, "/".join(earlier), later)
-            kept = kept.join(leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti")
-    return kept
 
 
 def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> pl.DataFrame:
@@ -102,7 +59,7 @@ def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> p
 
 def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
     tpl = load_template(params.template, REQUIRED)
-    samples = drop_leaks(split(candidate_samples(hist, params.history_len, params.like_threshold), params))
+    samples = drop_leaks(split(candidate_samples(hist, params.history_len, params.like_threshold), params.split, params.pool_size, params.fractions))
     names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
     samples = render_prompts(samples, names, tpl)
     return samples.select(

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from recpipe import log
 from recpipe.io import atomic_dir, atomic_path, write_json, write_parquet
-from recpipe.model import answer_token_ids
+from recpipe.metrics import auc_metrics
+from recpipe.model.load import answer_token_ids
 from recpipe.templates import load_template
 
 
@@ -74,17 +75,14 @@ def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, templa
     return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)
 
 
-def metrics_for(labels: list[int], p_yes: list[float]) -> dict:
-    from sklearn.metrics import accuracy_score, roc_auc_score
+def valid_auc(template: str, batch_size: int):
+    """The trainer's validator for TALLRec: AUC of P(yes) on the validation samples."""
 
-    predicted = [int(p >= 0.5) for p in p_yes]
-    return {
-        "auc": round(float(roc_auc_score(labels, p_yes)), 5) if len(set(labels)) == 2 else None,
-        "accuracy": round(float(accuracy_score(labels, predicted)), 5),
-        "predicted_positive_rate": round(sum(predicted) / len(predicted), 5),
-        "label_positive_rate": round(sum(labels) / len(labels), 5),
-        "n": len(labels),
-    }
+    def validate(model, tokenizer, valid: pl.DataFrame) -> dict:
+        p_yes = score_frame(model, tokenizer, valid, batch_size, template)
+        return {"valid_auc": auc_metrics(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
+
+    return validate
 
 
 def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str) -> dict:
@@ -93,7 +91,7 @@ def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, ba
     test = pl.read_parquet(samples_path).filter(pl.col("split") == "test")
     p_yes = score_frame(model, tokenizer, test, batch_size, template)
     labels = test["label"].cast(pl.Int64).to_list()
-    metrics = metrics_for(labels, p_yes)
+    metrics = auc_metrics(labels, p_yes)
     fpr, tpr, _ = roc_curve(labels, p_yes)
     with atomic_dir(out_dir) as tmp:
         write_parquet(test.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(p_yes)), tmp / "predictions.parquet")

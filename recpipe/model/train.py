@@ -8,7 +8,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -18,25 +20,14 @@ from recpipe.io import atomic_dir, write_json
 from recpipe.params import LoraParams, ModelParams, TrainParams
 
 IGNORE = -100  # label value the loss skips
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    """auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+# Scores the tuned model on the validation rows: (model, tokenizer, rows) -> metrics.
+Validator = Callable[[Any, Any, pl.DataFrame], dict]
 
 
 def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int, spans: list[list[list[int]]] | None = None) -> list[dict]:
     """Token ids of prompt + answer + EOS; labels mask the prompt. Long prompts lose their start,
     never the question at their end. `spans`: per prompt, [start, end, ...] character ranges of
-    the prompt whose tokens are targets too (recpipe.families: history items)."""
+    the prompt whose tokens are targets too (recpipe.p5.families: history items)."""
     rows = []
     for i, (prompt, answer) in enumerate(zip(prompts, answers)):
         ranges = spans[i] if spans is not None and spans[i] is not None else []
@@ -135,7 +126,7 @@ def mean_answer_loss(model, tokenizer, prompts: list[str], answers: list[str], m
     return total / max(count, 1)
 
 
-DEEPSPEED_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
+DEEPSPEED_CONFIGS = Path(__file__).parents[1] / "configs" / "deepspeed"
 
 
 def deepspeed_config(name: str | None) -> str | None:
@@ -191,15 +182,18 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
     return found
 
 
-def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int, live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", template: str = "tallrec", valid_metric: str = "auc") -> dict:
-    """LoRA-tune on train_path's prompt/answer pairs and save the adapter. valid_metric: "auc"
-    (TALLRec: P(yes) from the template's answer words) or "loss" (answer-token loss, any task)."""
+def train(
+    train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int,
+    live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", validate: Validator | None = None,
+) -> dict:  # fmt: skip
+    """LoRA-tune on train_path's prompt/answer pairs and save the adapter. `validate(model, tokenizer,
+    valid)` scores the tuned model on valid_path's rows and returns its metrics (TALLRec: valid_auc);
+    None: the mean answer-token loss (valid_loss), which fits any task."""
     from transformers import TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
-    from dvclive import Live
 
-    from recpipe.evaluate import metrics_for, score_frame
-    from recpipe.model import load
+    from dvclive import Live
+    from recpipe.model.load import load, pick_dtype
 
     dtype = pick_dtype(params.dtype)
     ds_config = deepspeed_config(params.deepspeed)
@@ -253,9 +247,8 @@ def train(train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, l
     done = 1 - (resume[1] if resume else 0) / max(trainer.state.global_step, 1)
     tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs * done
     valid = pl.read_parquet(valid_path)
-    if valid_metric == "auc":
-        p_yes = score_frame(model, tokenizer, valid, params.eval_batch_size, template)
-        validation = {"valid_auc": metrics_for(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
+    if validate is not None:
+        validation = validate(model, tokenizer, valid)
     else:
         loss = mean_answer_loss(model, tokenizer, valid["prompt"].to_list(), valid["answer"].to_list(), params.max_length, params.eval_batch_size)
         validation = {"valid_loss": round(loss, 5)}

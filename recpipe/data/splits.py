@@ -1,0 +1,99 @@
+"""The one chronological order and every split built on it: per-user histories, the temporal and
+paper splits of TALLRec's samples, leave-one-out for P5 and the baselines, and seeded draws."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from recpipe import RecpipeError, log
+
+# Every chronological order in recpipe uses this key. ML-100K has many same-second ratings, so the
+# item id breaks ties: it does not depend on which source's file order arrived.
+CHRONO_KEY = ["timestamp", "item_id"]
+
+
+def user_histories(interactions: pl.DataFrame) -> pl.DataFrame:
+    """One row per user: items, ratings and timestamps in chronological order (CHRONO_KEY)."""
+    first_seen = interactions.select("user_id").unique(maintain_order=True).with_row_index("file_order")
+    return (
+        interactions.sort(["user_id", *CHRONO_KEY])
+        .group_by("user_id", maintain_order=True)
+        .agg("item_id", "rating", "timestamp")
+        .join(first_seen, on="user_id")
+        .with_columns(pl.col("file_order").cast(pl.Int64))
+        .sort("user_id")
+    )
+
+
+def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    a = round(n * fractions[0])
+    return a, a + round(n * fractions[1])
+
+
+def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tuple[float, float, float]) -> pl.DataFrame:
+    """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
+
+    temporal: global time order (timestamp, user_id, item_id); a cut never falls inside a run of
+      equal timestamps, so every test sample is strictly later than every train sample.
+    paper: TALLRec's code: users in order of first appearance in the ratings file, each user's
+      samples in time order, the last 10,000 cut 8:1:1 as they stand.
+    """
+    if how == "temporal" and samples["timestamp"].null_count():
+        raise RecpipeError("instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper")
+    key = ["timestamp", "user_id", "item_id"] if how == "temporal" else ["file_order", "pos"]
+    ordered = samples.sort(key)
+    if pool_size is not None:
+        ordered = ordered.tail(pool_size)
+    n = ordered.height
+    a, b = _cut(n, fractions)
+    if how == "temporal":
+        ts = ordered["timestamp"].to_list()
+        while 0 < a < n and ts[a] == ts[a - 1]:
+            a += 1
+        b = max(a, b)
+        while 0 < b < n and ts[b] == ts[b - 1]:
+            b += 1
+    names = ["train"] * a + ["valid"] * (b - a) + ["test"] * (n - b)
+    return ordered.with_columns(split=pl.Series(names, dtype=pl.String))
+
+
+def drop_leaks(samples: pl.DataFrame, stage: str = "instructions") -> pl.DataFrame:
+    """No (user, item) that a later split asks about may be a target of an earlier split."""
+    kept = samples
+    for later, earlier in (("test", ["train", "valid"]), ("valid", ["train"])):
+        asked = kept.filter(pl.col("split") == later).select("user_id", "item_id")
+        leaking = kept.filter(pl.col("split").is_in(earlier)).join(asked, on=["user_id", "item_id"], how="semi")
+        if leaking.height:
+            log.warning("%s: dropping %d %s samples whose target is asked in %s", stage, leaking.height, "/".join(earlier), later)
+            kept = kept.join(leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti")
+    return kept
+
+
+def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Each user's interactions in chronological order (CHRONO_KEY) with pos and split."""
+    return (
+        interactions.sort(["user_id", *CHRONO_KEY])
+        .with_columns(pos=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
+        .with_columns(split=pl.when(pl.col("pos") == pl.col("n") - 1).then(pl.lit("test")).when(pl.col("pos") == pl.col("n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    )
+
+
+def loo_histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Per user with a leave-one-out test case (2+ rated items): the history (every rated item
+    before the test item, in order) and the test item. The LLM's rankings and the baselines both
+    exclude this history."""
+    missing = {"user_id", "item_id", "rating", "timestamp"} - set(interactions.columns)
+    if missing:
+        raise RecpipeError(f"the interactions table lacks the columns {sorted(missing)}")
+    loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
+    history = dict(loo.filter(pl.col("split") != "test").group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
+    target = dict(loo.filter(pl.col("split") == "test", pl.col("n") >= 2).select("user_id", "item_id").iter_rows())
+    return {u: history[u] for u in target}, target
+
+
+def draw(pool: pl.DataFrame, n: int, seed: int, what: str, key: str | list[str] = "sample_id") -> pl.DataFrame:
+    """n rows of `pool` drawn with the seed; `what` names the param asking for them in errors."""
+    if n > pool.height:
+        raise RecpipeError(f"{what} is {n}, larger than its pool of {pool.height} samples")
+    # Sort first so the draw depends only on the pool's content, not its row order.
+    return pool.sort(key).sample(n, seed=seed, shuffle=True)

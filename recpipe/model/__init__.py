@@ -1,0 +1,1 @@
+"""The language model: loading (dtype and device), LoRA training, decoding and scoring."""
