@@ -57,7 +57,7 @@ def train(p: Params) -> None:
     from recpipe.tallrec.evaluate import valid_auc
 
     validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
-    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, validate=validate)
+    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, validate=validate, run_path="reports/train_run.json")
 
 
 def evaluate(p: Params, tuned: bool = True) -> None:
@@ -106,7 +106,7 @@ def p5_train(p: Params, dataset: str) -> None:
     shots = f"{P5_DATA}/{dataset}/shots"
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
-        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}",
+        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}",
     )  # fmt: skip
 

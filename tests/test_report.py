@@ -15,6 +15,7 @@ def fake_inputs(root):
     (reports / "base.json").write_text(json.dumps({"auc": 0.4321, "accuracy": 0.36, "n": 999}))
     (reports / "tuned.json").write_text(json.dumps({"auc": 0.6012, "accuracy": 0.55, "n": 999}))
     (reports / "train.json").write_text(json.dumps({"train_loss": 0.31, "valid_auc": 0.58}))
+    (reports / "train_run.json").write_text(json.dumps({"train_seconds": 12.5, "dtype": "float32"}))
     for name in ("roc_base.csv", "roc_tuned.csv"):
         (reports / name).write_text("fpr,tpr\n0.0,0.0\n0.3,0.6\n1.0,1.0\n")
     (live / "loss.tsv").write_text("step\tloss\n0\t1.2\n1\t0.8\n2\t0.5\n")

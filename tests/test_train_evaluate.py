@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -63,9 +64,12 @@ def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
     metrics = train(
         root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
         ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
-        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16),
+        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16), run_path=tmp_path / "run.json",
     )  # fmt: skip
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    # The metrics file holds what `dvc metrics diff` should compare; timings and dtype go apart.
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {"train_loss", "valid_auc"}
+    assert set(json.loads((tmp_path / "run.json").read_text())) == {"train_seconds", "train_tokens_per_second", "dtype"}
     assert 0 <= metrics["valid_auc"] <= 1 and metrics["train_loss"] > 0
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())

@@ -184,11 +184,13 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
 
 def train(
     train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int,
-    live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", validate: Validator | None = None,
+    live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", validate: Validator | None = None, run_path=None,
 ) -> dict:  # fmt: skip
     """LoRA-tune on train_path's prompt/answer pairs and save the adapter. `validate(model, tokenizer,
     valid)` scores the tuned model on valid_path's rows and returns its metrics (TALLRec: valid_auc);
-    None: the mean answer-token loss (valid_loss), which fits any task."""
+    None: the mean answer-token loss (valid_loss), which fits any task. metrics_path gets the metrics
+    only (the losses and validation scores `dvc metrics diff` compares); run_path, if given, how the
+    run went (seconds, tokens/s, dtype), which differ from run to run and machine to machine."""
     from transformers import TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
 
@@ -252,13 +254,8 @@ def train(
     else:
         loss = mean_answer_loss(model, tokenizer, valid["prompt"].to_list(), valid["answer"].to_list(), params.max_length, params.eval_batch_size)
         validation = {"valid_loss": round(loss, 5)}
-    metrics = {
-        "train_loss": round(result.training_loss, 5),
-        "train_seconds": round(seconds, 1),
-        "train_tokens_per_second": round(tokens / seconds, 1),
-        **validation,
-        "dtype": str(dtype).removeprefix("torch."),
-    }
+    metrics = {"train_loss": round(result.training_loss, 5), **validation}
+    run = {"train_seconds": round(seconds, 1), "train_tokens_per_second": round(tokens / seconds, 1), "dtype": str(dtype).removeprefix("torch.")}
     # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save
     # needs them all), but only the first process writes files.
     staging = Path(out_dir).parent / f".{Path(out_dir).name}.staging"
@@ -273,6 +270,8 @@ def train(
             tokenizer.save_pretrained(tmp)
         shutil.rmtree(staging, ignore_errors=True)
         write_json(metrics, metrics_path)
+        if run_path is not None:
+            write_json(run, run_path)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: nothing left to resume
-        log.info("train: %s", metrics)
+        log.info("train: %s, %s", metrics, run)
     return metrics

@@ -127,7 +127,7 @@ def report(reports_dir: str | Path, live_dir: str | Path, out_path: str | Path, 
     reports, live, out = Path(reports_dir), Path(live_dir), Path(out_path)
     base = _read(reports / "base.json", "evaluate_base")
     tuned = _read(reports / "tuned.json", "evaluate")
-    trained = _read(reports / "train.json", "train")
+    trained = _read(reports / "train.json", "train") | _read(reports / "train_run.json", "train")
     curves = {"base model": _read(reports / "roc_base.csv", "evaluate_base"), "LoRA-tuned": _read(reports / "roc_tuned.csv", "evaluate")}
     loss = _read(live / "plots" / "metrics" / "loss.tsv", "train")
     lr = _read(live / "plots" / "metrics" / "learning_rate.tsv", "train")
