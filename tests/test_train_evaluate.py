@@ -210,3 +210,46 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
     assert "checkpoint-4 was not written to the end" in caplog.text
     assert "resuming from" in caplog.text and "checkpoint-2, step 2" in caplog.text
     assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)
+
+
+REPEAT = """
+import json, sys
+import polars as pl
+from recpipe.model.load import load
+from recpipe.model.train import train
+from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.tallrec.evaluate import score_frame
+root, model, out = sys.argv[1:4]
+train(
+    f"{root}/sample/train.parquet", f"{root}/sample/valid.parquet", f"{out}/adapter", f"{out}/train.json",
+    ModelParams(name=model), LoraParams(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "k_proj")),
+    TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32"), seed=0, live_dir=f"{out}/live", checkpoints=f"{out}/ckpt",
+)
+from peft import PeftModel
+base, tok = load(model)
+tuned = PeftModel.from_pretrained(base, f"{out}/adapter").merge_and_unload()
+test = pl.read_parquet(f"{root}/instructions/samples.parquet").filter(pl.col("split") == "test").head(24)
+print(json.dumps(score_frame(tuned, tok, test, 8)))
+"""
+
+
+def test_same_params_give_the_same_adapter_bytes_and_scores(tiny, built, tmp_path):  # noqa: F811
+    """Two runs in processes with different string hashing (PYTHONHASHSEED): the adapter folder is
+    byte for byte the same (DVC sees the same hash) and so are the test scores."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = built
+    runs = []
+    for hashseed in ("1", "2"):
+        out = tmp_path / hashseed
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        run = subprocess.run([sys.executable, "-c", REPEAT, str(root), str(tiny), str(out)], capture_output=True, text=True, env=env, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        files = {f.name: f.read_bytes() for f in sorted((out / "adapter").iterdir())}
+        runs.append((files, json.loads(run.stdout.strip().splitlines()[-1])))
+    (files_a, scores_a), (files_b, scores_b) = runs
+    assert files_a.keys() == files_b.keys() and "adapter_config.json" in files_a
+    assert all(files_a[name] == files_b[name] for name in files_a), [n for n in files_a if files_a[n] != files_b[n]]
+    assert scores_a == scores_b

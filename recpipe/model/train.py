@@ -161,6 +161,15 @@ def add_lora(model, lora: LoraParams):
     return get_peft_model(model, config)
 
 
+def canonical_json(path: Path) -> None:
+    """Rewrite a saved config with sorted keys and sorted name lists: peft keeps target_modules as a
+    set, whose order follows Python's per-process string hashing, so the same adapter would get
+    different bytes (and DVC would rerun every stage after it) from run to run."""
+    config = json.loads(path.read_text())
+    config = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in config.items()}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def run_key(*parts) -> str:
     """A short hash of everything that shapes a run: a checkpoint resumes only the same run."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -268,6 +277,7 @@ def train(
                 if f.name != "training_args.bin":  # a pickle of the run's settings, not the model
                     shutil.move(f, tmp / f.name)
             tokenizer.save_pretrained(tmp)
+            canonical_json(tmp / "adapter_config.json")
         shutil.rmtree(staging, ignore_errors=True)
         write_json(metrics, metrics_path)
         if run_path is not None:
