@@ -86,7 +86,7 @@ def _check_hub(name: str) -> None:
         raise RecpipeError(f"model.name {name!r}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)") from None
     except HfHubHTTPError as e:
         raise RecpipeError(f"model.name {name!r}: the Hugging Face Hub answered {_first_line(e)}") from None
-    except Exception as e:  # the network: no route, no DNS, a timeout, a proxy
+    except Exception as e:  # noqa: BLE001  the network (no route, no DNS, a timeout, a proxy): its error types vary with the HTTP client
         raise RecpipeError(f"model.name {name!r}: cannot reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}): run where it is reachable, {OTHERS}") from None
 
 
