@@ -1,4 +1,5 @@
-"""Atomic writes: every output is written to a temporary sibling and renamed into place."""
+"""Atomic writes: every output is written to a temporary sibling and renamed into place. And the
+one way mappings (JSON, YAML) are read back, with errors that name the file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
+
+from recpipe import RecpipeError
 
 try:
     import fcntl
@@ -112,3 +115,28 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
+    """A JSON (.json) or YAML file holding a mapping. A RecpipeError names the file when it is
+    missing (and the stage that writes it, given made_by), unparsable, or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found" + (f" (the {made_by} stage writes it)" if made_by else ""))
+    if path.suffix == ".json":
+        kind = "a JSON object"
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    else:
+        import yaml
+
+        kind = "a mapping"
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise RecpipeError(f"{path}: expected {kind}, got {type(data).__name__}")
+    return data
