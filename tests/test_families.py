@@ -6,6 +6,7 @@ from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
 
 from recpipe import RecpipeError
+from recpipe.params import P5Params
 from recpipe.p5.families import (
     FAMILIES,
     build,
@@ -27,9 +28,12 @@ def amazon(tmp_path_factory):
     return tables["interactions"], text["items"], text["users"]
 
 
-def make(tables, families, **kw):
+def make(tables, families, seed: int = 0, **p5):
+    """The families' samples with 10 negatives, every history position a sequential sample and no
+    history spans, unless p5 (P5Params fields) says otherwise."""
     inter, items, users = tables
-    return build(inter, items, users, load_templates("p5", families), families, negatives=10, **kw)
+    p5 = P5Params(**{"negatives": 10, "history_targets": False, "sequential_stride": 1, **p5})
+    return build(inter, items, users, load_templates("p5", families), families, p5, seed=seed, max_rating=5)
 
 
 def test_every_family_on_review_data(amazon):
