@@ -6,7 +6,6 @@ from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
 
 from recpipe import RecpipeError
-from recpipe.params import P5Params
 from recpipe.p5.families import (
     FAMILIES,
     build,
@@ -15,6 +14,7 @@ from recpipe.p5.families import (
     first_sentence,
     load_templates,
 )
+from recpipe.params import P5Params
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def amazon(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("amazon")
     tables = fetch_and_ingest(d, amazon_source(*amazon_files(d, *amazon_records())), template="amazon")
-    textualize(d / "tables", d / "text", template="amazon")
+    textualize(d / "tables", d / "text", template="amazon", move_article=True)
     text = {name: pl.read_parquet(d / "text" / f"{name}.parquet") for name in ("items", "users")}
     return tables["interactions"], text["items"], text["users"]
 

@@ -43,7 +43,7 @@ def test_rating_metrics_count_unparsable_and_clamped_answers():
     # parsable: 4 (error -1), 2 (0), 9 clamped to 5 (+1); "I like it" counted, not scored
     assert m["rmse"] == round(math.sqrt(2 / 3), 4) == 0.8165 and m["mae"] == 0.6667
     assert m["unparsable"] == 1 and m["unparsable_rate"] == 0.25 and m["clamped"] == 1
-    none = rating_metrics(["?", "good"], [1, 2])
+    none = rating_metrics(["?", "good"], [1, 2], 1, 5)
     assert none["rmse"] is None and none["mae"] is None and none["unparsable"] == 2 and none["unparsable_rate"] == 1.0
 
 
@@ -70,7 +70,7 @@ def test_seen_and_unseen_are_scored_apart():
     for seen, answers in ((True, ["4", "2", "yes"]), (False, ["5", "x", "no"])):
         for (kind, target), answer in zip([("rating", "4"), ("rating", "3"), ("yes_no", "yes")], answers):
             rows.append({"family": "rating", "template": "t", "seen": seen, "kind": kind, "user_id": 1, "item_id": 2, "target": target, "prediction": answer})
-    m = family_metrics(pl.DataFrame(rows))
+    m = family_metrics(pl.DataFrame(rows), (1, 5))
     seen, unseen = m["rating"]["seen"], m["rating"]["unseen"]
     assert (seen["n"], seen["n_rating"], seen["n_yes_no"]) == (3, 2, 1)
     assert seen["rmse"] == 0.7071 and seen["mae"] == 0.5 and seen["unparsable"] == 0 and seen["yes_no_accuracy"] == 1.0  # 4 vs 4, 2 vs 3
@@ -157,7 +157,7 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
         if row["family"] == "direct":  # 11 candidates, none in the history, 8 beams: 5 distinct items
             assert set(row["ranked"]) <= set(row["candidates"]) and len(row["ranked"]) == 5
     assert predictions.filter(pl.col("kind") != "item")["ranked"].is_null().all()
-    assert family_metrics(predictions, ks=(1, 5)) == metrics  # the saved frame gives the same numbers
+    assert family_metrics(predictions, (1, 5), ks=(1, 5)) == metrics  # the saved frame gives the same numbers
 
 
 def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # noqa: F811

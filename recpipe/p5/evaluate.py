@@ -161,7 +161,7 @@ def cutoffs(k: int) -> tuple[int, ...]:
     return tuple(sorted({x for x in (1, 5, 10) if x <= k} | {k}))
 
 
-def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] = (1, 5), ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float], ks: tuple[int, ...] = (1, 5, 10)) -> dict:
     """{family: {"seen": metrics, "unseen": metrics}} from predict's frame (or its saved parquet)."""
     present = set(predictions["family"])
     unknown = present - set(FAMILIES)

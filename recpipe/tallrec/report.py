@@ -106,7 +106,7 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         lines.append(f"| {label} | " + " | ".join(f"{a:.2f}" for a in aucs) + f" | {here} |")
     if p.sample.k not in reference["auc_by_k"]:
         lines.append(f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}.")
-    model = p.model.name if p.model else "n/a"
+    model = p.model.name
     lines += [
         "",
         "## Params",
