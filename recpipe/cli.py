@@ -129,6 +129,12 @@ def run(params_path: Path = PARAMS) -> None:
     _run(list(pipeline.STEPS), params_path)
 
 
+@app.command("params")
+def params_command() -> None:
+    """Print every key of params.yaml and datasets.yaml: dotted name, type, default and description."""
+    typer.echo(pipeline.params_reference())
+
+
 @app.command()
 def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`.")) -> None:
     """Print statistics of a dataset's ingested tables and of the instruction splits."""

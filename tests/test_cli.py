@@ -13,14 +13,17 @@ def test_help_lists_every_step():
 
 def test_bad_params_is_one_clear_line(tmp_path):
     bad = tmp_path / "params.yaml"
-    bad.write_text("seed: 0\nsampel: {k: 3}\ndownload: {datasets: {}}\n")
+    bad.write_text("seed: 0\nsampel: {k: 3}\n")
+    (tmp_path / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
     result = CliRunner().invoke(app, ["sample", "--params", str(bad)])
     assert result.exit_code == 1
     assert "sampel: unknown key (did you mean 'sample'?)" in result.output
 
 
 def write_params(path, **sections):
-    path.write_text(yaml.safe_dump(params_dict([source("grouplens", path.parent / "missing.zip")], **sections)))
+    data = params_dict([source("grouplens", path.parent / "missing.zip")], **sections)
+    (path.parent / "datasets.yaml").write_text(yaml.safe_dump(data.pop("registry")))
+    path.write_text(yaml.safe_dump(data))
     return path
 
 
@@ -45,7 +48,8 @@ def test_stats_bad_params_with_dataset_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "data" / "instructions").mkdir()
     (tmp_path / "data" / "instructions" / "samples.parquet").write_bytes(b"")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("seed: 0\nsampel: {k: 3}\ndownload: {datasets: {}}\n")
+    bad.write_text("seed: 0\nsampel: {k: 3}\n")
+    (tmp_path / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
     result = CliRunner().invoke(app, ["stats", "--params", str(bad), "--dataset", "ml-100k"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "error: " in result.output and "sampel: unknown key" in result.output
@@ -82,3 +86,31 @@ def test_p5_with_no_p5_datasets_says_how_to_turn_it_on(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["p5", "--params", str(params), "--dataset", "ml-100k"])
     assert result.exit_code == 0, result.output
     assert ran == ["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"]
+
+
+def test_params_prints_every_key_with_its_description():
+    from pydantic import BaseModel
+
+    from recpipe.params import DatasetParams, Params, RemoteFile, Source
+
+    out = CliRunner().invoke(app, ["params"]).output
+    rows = {line.split("|")[1].strip().strip("`"): line for line in out.splitlines() if line.startswith("| `")}
+
+    def check(model: type[BaseModel], prefix: str, defaults: BaseModel | None = None) -> None:
+        for name, field in type(defaults).model_fields.items() if defaults is not None else model.model_fields.items():
+            key = f"{prefix}.{name}" if prefix else name
+            value = getattr(defaults, name, None)
+            if field.exclude:
+                continue
+            if isinstance(value, BaseModel):  # a section: a heading with its description, a row per key
+                assert f"## params.yaml: {key}\n\n{' '.join(field.description.split())}\n" in out, key
+                check(type(value), key, value)
+                continue
+            assert key in rows, key
+            assert field.description in rows[key], key
+
+    check(Params, "", Params.model_construct())
+    check(DatasetParams, "<name>")
+    check(Source, "<name>.sources[]")
+    check(RemoteFile, "<name>.sources[].files.<role>")
+    assert "| `p5.k` | int or null | `10219` |" in out and "| `p5.train.batch_size` | int | `4` |" in out

@@ -123,7 +123,7 @@ def canonicalize(tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: 
     inter = typed["interactions"]
     implicit = inter.filter(pl.col("rating").is_null()).height
     if implicit and not keep_implicit:
-        log.info("ingest: dropped %d implicit interactions (no rating; download.datasets.<name>.implicit: drop)", implicit)
+        log.info("ingest: dropped %d implicit interactions (no rating; datasets.yaml: <name>.implicit: drop)", implicit)
         inter = inter.filter(pl.col("rating").is_not_null())
     if dataset.k_core:
         before = inter.height

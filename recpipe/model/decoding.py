@@ -266,7 +266,7 @@ def constrained_topk(
 
 
 @torch.no_grad()
-def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
+def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int, beams: int, max_new_tokens: int, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
     """Plain beam search, then each output matched to an item by its exact name. Returns the top-k
     items per prompt and the share of generated sequences that named a real item."""
     model.eval()
@@ -296,7 +296,7 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate") -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate") -> list[str]:
     """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
     decoded and stripped. Prompts are batched by token length and left-padded."""
     model.eval()

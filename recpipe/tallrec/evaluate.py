@@ -19,7 +19,7 @@ from recpipe.templates import load_template
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int = 16, desc: str = "score") -> list[float]:
+def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score") -> list[float]:
     """P(yes) = softmax over the yes/no logits at the position right after each prompt.
 
     Every prompt starts with the same instruction: its keys and values are computed once and
@@ -51,7 +51,7 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     return p_yes
 
 
-def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str = "tallrec") -> list[float]:
+def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str) -> list[float]:
     tpl = load_template(template, {})
     yes_id, no_id = answer_token_ids(tokenizer, tpl["answer_yes"], tpl["answer_no"])
     return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)

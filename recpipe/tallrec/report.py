@@ -102,7 +102,7 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
     if p.sample.k not in reference["auc_by_k"]:
         lines.append(f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}.")
     params = {
-        "model.name": f"`{p.model.name if p.model else 'n/a'}`",
+        "model.name": f"`{p.model.name}`",
         "instructions": f"template {p.instructions.template}, history {p.instructions.history_len}, liked if rating > {p.instructions.like_threshold:g}, split {p.instructions.split}",
         "sample": f"k {p.sample.k}, balanced {p.sample.balanced}, valid_size {p.sample.valid_size}, seed {p.seed}",
         "lora": f"rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)}",
