@@ -61,7 +61,8 @@ def tiny_model(built, tmp_path_factory):  # noqa: F811
 @pytest.mark.parametrize("script", sorted(TINY))
 def test_benchmark_runs_on_tiny_inputs(script, built, tiny_model, tmp_path):  # noqa: F811
     args, patterns = TINY[script]
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # read from the working directory, as in the repo
+    for name in ("params.yaml", "datasets.yaml"):  # read from the working directory, as in the repo
+        shutil.copy(REPO / name, tmp_path / name)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),

@@ -230,7 +230,7 @@ from peft import PeftModel
 base, tok = load(model)
 tuned = PeftModel.from_pretrained(base, f"{out}/adapter").merge_and_unload()
 test = pl.read_parquet(f"{root}/instructions/samples.parquet").filter(pl.col("split") == "test").head(24)
-print(json.dumps(score_frame(tuned, tok, test, 8)))
+print(json.dumps(score_frame(tuned, tok, test, 8, "tallrec")))
 """
 
 
