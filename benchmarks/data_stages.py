@@ -1,14 +1,14 @@
 """recpipe's Polars data stages against a plain pandas implementation of the same preprocessing.
 
-Both sides start from the canonical tables in data/tables/ml-100k (`dvc repro ingest@ml-100k` makes them) and end
-with the TALLRec samples written to parquet: item names, per-user chronological histories
+Both sides start from the same canonical tables (by default data/tables/ml-100k, which `dvc repro
+ingest@ml-100k` makes; --tables takes any folder of items/interactions parquet tables) and end with the TALLRec samples written to parquet: item names, per-user chronological histories
 (tie-break: timestamp, then item id), one sample per interaction with at least `history_len`
 earlier ones, liked/disliked lists, the temporal split with its leak guard, and the prompts.
 The pandas side is written the way such preprocessing usually is (groupby, per-user Python loop,
 DataFrame.apply). The script checks that both produce the same samples and prompts, then prints
 the best-of-N wall time of each and the ratio.
 
-    python benchmarks/data_stages.py [--repeats 3]
+    python benchmarks/data_stages.py [--repeats 3] [--tables data/tables/ml-100k]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import polars as pl
 from recpipe import params
 from recpipe.data.textualize import article_first, textualize
 from recpipe.tallrec.instructions import REQUIRED, instructions
-from recpipe.templates import load_template, render
+from recpipe.templates import load_template, placeholders, render
 
-TABLES = Path("data/tables/ml-100k")
+TABLES = "data/tables/ml-100k"
 
 
 def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
@@ -37,11 +37,15 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
     items = pd.read_parquet(tables / "items.parquet")
     inter = pd.read_parquet(tables / "interactions.parquet")
 
+    # item_name is one template or a list of them: the first whose placeholders all have a value.
+    alternatives = text_tpl["item_name"] if isinstance(text_tpl["item_name"], list) else [text_tpl["item_name"]]
+
     def name(row) -> str:
-        title = article_first(row["title"]) if p.textualize.article_first else row["title"]
-        if pd.isna(row["year"]):
-            return text_tpl["item_name_no_year"].format(title=title)
-        return text_tpl["item_name"].format(title=title, year=int(row["year"]))
+        values = {"title": article_first(row["title"]) if p.textualize.article_first else row["title"]}
+        if not pd.isna(row["year"]):
+            values["year"] = int(row["year"])
+        chosen = next((t for t in alternatives if placeholders(t) <= values.keys()), alternatives[-1])
+        return chosen.format(**values)
 
     names = dict(zip(items["item_id"], items.apply(name, axis=1)))
     file_order = {u: i for i, u in enumerate(inter["user_id"].drop_duplicates())}
@@ -58,7 +62,10 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
     samples = pd.DataFrame(rows)
 
     key = ["timestamp", "user_id", "item_id"] if ip.split == "temporal" else ["file_order", "pos"]
-    samples = samples.sort_values(key, kind="stable").tail(ip.pool_size).reset_index(drop=True)
+    samples = samples.sort_values(key, kind="stable")
+    if ip.pool_size is not None:
+        samples = samples.tail(ip.pool_size)
+    samples = samples.reset_index(drop=True)
     n = len(samples)
     a = round(n * ip.fractions[0])
     b = a + round(n * ip.fractions[1])
@@ -81,7 +88,7 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
             return tpl["list_separator"].join(tpl["item"].format(name=names[i]) for i in ids) if ids else tpl["empty_list"]
 
         liked = [i for i, ok in zip(row["history_item_ids"], row["history_liked"]) if ok]
-        disliked = [i for i, ok in zip(row["history_item_ids"], row["history_liked"]) if not ok]
+        disliked = [i for i, ok in zip(row["history_item_ids"], row["history_liked"]) if ok is False]
         body = tpl["input"].format(
             liked=as_list(liked), disliked=as_list(disliked), target=tpl["item"].format(name=names[row["item_id"]]),
             n_liked=len(liked), n_disliked=len(disliked), n_history=len(row["history_item_ids"]),
@@ -111,14 +118,16 @@ def best_of(repeats: int, fn) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tables", default=TABLES, help="folder with items.parquet and interactions.parquet")
     args = parser.parse_args()
-    if not (TABLES / "interactions.parquet").exists():
-        sys.exit(f"error: {TABLES} has no tables: run `dvc repro ingest@ml-100k` first")
+    tables = Path(args.tables)
+    if not (tables / "interactions.parquet").exists():
+        sys.exit(f"error: {tables} has no tables: run `dvc repro ingest@ml-100k` first")
     p = params.load()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        t_polars, ours = best_of(args.repeats, lambda: polars_samples(TABLES, p, work))
-        t_pandas, naive = best_of(args.repeats, lambda: pandas_samples(TABLES, p, work / "pandas.parquet"))
+        t_polars, ours = best_of(args.repeats, lambda: polars_samples(tables, p, work))
+        t_pandas, naive = best_of(args.repeats, lambda: pandas_samples(tables, p, work / "pandas.parquet"))
     cols = ["user_id", "item_id", "label", "split", "prompt"]
     a = ours.select(cols).sort("user_id", "item_id")
     b = pl.from_pandas(naive[cols].reset_index(drop=True)).with_columns(pl.col("label").cast(a["label"].dtype)).sort("user_id", "item_id")

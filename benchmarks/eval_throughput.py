@@ -2,11 +2,15 @@
 
 recpipe.tallrec.evaluate.score sorts prompts by length, left-pads each batch to its own longest prompt
 and asks the model for the last position's logits only. The naive way runs each prompt alone and
-takes the full logits. Both score the same test prompts with the same model; the script prints
-prompts/s of each, the ratio, and how far their P(yes) values differ. With --dtypes it also runs
-recpipe's scoring in each dtype and prints speed and the metric shift (P(yes) difference, AUC).
+takes the full logits. Both score the same test prompts (by default those of
+data/instructions/samples.parquet; --samples takes any such file) with the same model; the script
+prints prompts/s of each, the ratio, how far their P(yes) values differ, and the share of the
+hardware's torch.mm rate (measured in the same run) each reaches, counting 2 operations per matrix
+weight per prompt token for both. With --dtypes it also runs recpipe's scoring in each dtype and
+prints speed and the metric shift (P(yes) difference, AUC).
 
-    python benchmarks/eval_throughput.py [--n 64] [--batch-size 16] [--dtypes float32,bfloat16]
+    python benchmarks/eval_throughput.py [--n 64] [--batch-size 16] [--dtypes float32,bfloat16] [--model NAME]
+        [--samples data/instructions/samples.parquet] [--mm-size 1024]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 
 import polars as pl
 import torch
+from _hardware import hardware_line, linear_params, matmul_flops
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -46,35 +51,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=64, help="test prompts to score")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", help="model name (default: model.name in params.yaml)")
+    parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
     parser.add_argument("--dtypes", default="", help="also compare dtypes, e.g. float32,bfloat16")
+    parser.add_argument("--samples", default="data/instructions/samples.parquet", help="the instruction samples (their test split is scored)")
+    parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
     p = params.load()
     name = args.model or p.model.name
-    test = pl.read_parquet("data/instructions/samples.parquet").filter(pl.col("split") == "test").head(args.n)
+    test = pl.read_parquet(args.samples).filter(pl.col("split") == "test").head(args.n)
     prompts, labels = test["prompt"].to_list(), test["label"].to_list()
     tpl = load_template(p.instructions.template, {})
 
     model, tok = load(name, p.model.sha256 if not args.model else None)
     yes, no = answer_token_ids(tok, tpl["answer_yes"], tpl["answer_no"])
+    score(model, tok, prompts[:2], yes, no, args.batch_size)  # warm-up: first-call costs, for both sides
     t_batched, batched = timed(lambda: score(model, tok, prompts, yes, no, args.batch_size))
     t_single, single = timed(lambda: score_one_at_a_time(model, tok, prompts, yes, no))
     diff = max(abs(a - b) for a, b in zip(batched, single))
-    print(f"{'scoring (float32, ' + str(len(prompts)) + ' prompts)':<44}{'seconds':>9}{'prompts/s':>11}")
-    print(f"{'recpipe: sorted, left-padded, batch ' + str(args.batch_size):<44}{t_batched:>9.1f}{len(prompts) / t_batched:>11.2f}")
-    print(f"{'naive: one prompt at a time, full logits':<44}{t_single:>9.1f}{len(prompts) / t_single:>11.2f}")
+    work = 2 * linear_params(model) * sum(len(tok(prompt).input_ids) for prompt in prompts)
+    peak = matmul_flops(torch.float32, args.mm_size)
+    print(f"{'scoring (float32, ' + str(len(prompts)) + ' prompts)':<44}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}")
+    print(f"{'recpipe: sorted, left-padded, batch ' + str(args.batch_size):<44}{t_batched:>9.2f}{len(prompts) / t_batched:>11.2f}{work / t_batched / peak:>13.2%}")
+    print(f"{'naive: one prompt at a time, full logits':<44}{t_single:>9.2f}{len(prompts) / t_single:>11.2f}{work / t_single / peak:>13.2%}")
     print(f"speed-up: {t_single / t_batched:.2f}x   max |P(yes) batched - single|: {diff:.2e}")
+    print(hardware_line(torch.float32, peak, args.mm_size))
 
     if args.dtypes:
         results = {}
         for dtype in args.dtypes.split(","):
             m, _ = load(name, p.model.sha256 if not args.model else None, dtype=getattr(torch, dtype))
-            results[dtype] = timed(lambda: score(m, tok, prompts, yes, no, args.batch_size))
+            results[dtype] = timed(lambda m=m: score(m, tok, prompts, yes, no, args.batch_size))
         first = args.dtypes.split(",")[0]
         print(f"\n{'dtype':<12}{'seconds':>9}{'prompts/s':>11}{'AUC':>9}{'max |dP(yes)| vs ' + first:>26}")
         for dtype, (t, p_yes) in results.items():
             shift = max(abs(a - b) for a, b in zip(p_yes, results[first][1]))
-            print(f"{dtype:<12}{t:>9.1f}{len(prompts) / t:>11.2f}{roc_auc_score(labels, p_yes):>9.4f}{shift:>26.4f}")
+            auc = f"{roc_auc_score(labels, p_yes):.4f}" if len(set(labels)) == 2 else "n/a"  # one class: undefined
+            print(f"{dtype:<12}{t:>9.2f}{len(prompts) / t:>11.2f}{auc:>9}{shift:>26.4f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("recpipe")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 log = logging.getLogger("recpipe")
 

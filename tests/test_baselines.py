@@ -5,23 +5,23 @@ import random
 import polars as pl
 import pytest
 import torch
+from pydantic import ValidationError
 
 from recpipe import RecpipeError
 from recpipe.data.splits import loo_histories
 from recpipe.p5.baselines import (
     SASRec,
-    SASRecParams,
-    as_params,
     baselines,
     popularity_scores,
     rank_candidates,
     topk,
 )
 from recpipe.p5.families import build, load_templates
+from recpipe.params import P5Params, SasrecParams
 
 N_USERS, N_ITEMS = 60, 40
 # Small and quick: the planted pattern needs no more (HR@5 = 1.0 on seeds 0, 1 and 2).
-FAST = {"max_len": 20, "hidden": 32, "blocks": 1, "heads": 1, "dropout": 0.1, "epochs": 10, "batch_size": 32, "lr": 2e-2}
+FAST = SasrecParams(max_len=20, hidden=32, blocks=1, heads=1, dropout=0.1, epochs=10, batch_size=32, lr=2e-2)
 
 
 def planted(seed: int = 0, users: int = N_USERS, lengths: tuple[int, int] = (8, 16)) -> pl.DataFrame:
@@ -53,7 +53,8 @@ def walk():
     inter = planted()
     items = pl.DataFrame({"item_id": range(1, N_ITEMS + 1), "name": [f"Item {i}" for i in range(1, N_ITEMS + 1)]})
     users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
-    samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], negatives=9, seed=0)
+    p5 = P5Params(negatives=9, history_targets=False, sequential_stride=1)
+    samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], p5, seed=0, max_rating=5)
     return inter, samples, baselines(inter, samples, FAST, seed=0)[0]
 
 
@@ -69,7 +70,7 @@ def test_sasrec_beats_popularity_on_a_planted_sequence(walk):
 
 
 def test_sasrec_never_sees_later_items():
-    model = SASRec(N_ITEMS, SASRecParams(**FAST)).eval()
+    model = SASRec(N_ITEMS, FAST).eval()
     seq = torch.tensor([[0] * 12 + [5, 6, 7, 8, 9, 10, 11, 12]])
     later = seq.clone()
     later[0, -3:] = torch.tensor([30, 31, 32])  # only the last three items differ
@@ -102,14 +103,14 @@ def test_ranking_never_returns_a_history_item():
 
 def test_same_seed_same_metrics():
     inter = planted(seed=1)
-    fast = {**FAST, "epochs": 3}
+    fast = FAST.model_copy(update={"epochs": 3})
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     first, cases = baselines(inter, None, fast, seed=7)
     again = baselines(inter, None, fast, seed=7)
     assert again[0] == first and again[1].equals(cases)
     # The caller's thread count and global RNG are left as they were.
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
-    assert baselines(inter, None, SASRecParams(**fast), seed=8)[0]["popularity"] == first["popularity"]
+    assert baselines(inter, None, fast, seed=8)[0]["popularity"] == first["popularity"]
 
 
 def _direct_rows(inter: pl.DataFrame, n_negatives: int, seed: int = 0) -> pl.DataFrame:
@@ -136,7 +137,7 @@ def test_direct_ranks_only_the_candidates():
     assert rank_candidates(scores, columns, [5, 4, 2, 3], 10) == [3, 4, 2, 5]  # 3 and 4 tie: 3 first
     assert rank_candidates(scores, columns, [2, 5], 1) == [2]
     inter = planted()
-    result = baselines(inter, _direct_rows(inter, n_negatives=1), {**FAST, "epochs": 2}, seed=0)[0]
+    result = baselines(inter, _direct_rows(inter, n_negatives=1), FAST.model_copy(update={"epochs": 2}), seed=0)[0]
     assert result["direct_cases"] == N_USERS  # each case once; other rows ignored
     for method in ("popularity", "sasrec"):
         direct = result[method]["direct"]
@@ -158,9 +159,9 @@ def test_direct_cases_must_match_the_split():
     rows = _direct_rows(inter, n_negatives=3)
     wrong = rows.with_columns(candidates=pl.lit([999], dtype=pl.List(pl.Int64)))
     with pytest.raises(RecpipeError, match="is not among its candidates"):
-        baselines(inter, wrong, {**FAST, "epochs": 1}, seed=0)
+        baselines(inter, wrong, FAST.model_copy(update={"epochs": 1}), seed=0)
     with pytest.raises(RecpipeError, match="the cases come from another split"):
-        baselines(inter, rows.with_columns(item_id=pl.col("item_id") % N_ITEMS + 1), {**FAST, "epochs": 1}, seed=0)
+        baselines(inter, rows.with_columns(item_id=pl.col("item_id") % N_ITEMS + 1), FAST.model_copy(update={"epochs": 1}), seed=0)
 
 
 def test_too_few_interactions_is_an_error():
@@ -172,11 +173,10 @@ def test_too_few_interactions_is_an_error():
 
 
 def test_params_are_checked():
-    assert as_params(None) == SASRecParams() and as_params({"epochs": 3}).epochs == 3
-    with pytest.raises(RecpipeError, match=r"unknown sasrec params \['epoch'\]"):
-        as_params({"epoch": 3})
-    with pytest.raises(RecpipeError, match="not divisible by heads"):
-        SASRecParams(hidden=64, heads=3)
+    with pytest.raises(ValidationError, match="epoch"):
+        SasrecParams(epoch=3)
+    with pytest.raises(ValidationError, match=r"p5.sasrec.hidden \(64\) must be divisible by p5.sasrec.heads \(3\)"):
+        SasrecParams(hidden=64, heads=3)
 
 
 def test_sequential_scored_on_the_llms_sampled_users(walk):

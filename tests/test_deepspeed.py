@@ -49,7 +49,7 @@ def test_zero2_and_zero3_train_an_adapter_on_cpu(tiny, built, tmp_path):  # noqa
         assert lora_b and all(p.numel() > 0 for p in lora_b)  # ZeRO-3 saved gathered weights, not empty shards
         assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: training moved it
         yes, no = answer_token_ids(tok, "Yes.", "No.")
-        assert all(0 < p < 1 for p in score(model, tok, prompts, yes, no))
+        assert all(0 < p < 1 for p in score(model, tok, prompts, yes, no, batch_size=16))
     # One process, same seed and data: the two ZeRO stages do the same arithmetic.
     assert results["zero2"]["train_loss"] == pytest.approx(results["zero3"]["train_loss"], rel=1e-3)
 

@@ -27,6 +27,12 @@ def run(cmd, cwd):
     return result
 
 
+def write(params: dict, folder: Path) -> None:
+    """params.yaml, and the registry (`registry`) as datasets.yaml."""
+    (folder / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "registry"}))
+    (folder / "datasets.yaml").write_text(yaml.safe_dump(params["registry"]))
+
+
 def test_dvc_repro_tiny(archives, tmp_path):
     for name in ("dvc.yaml", "stages", "recpipe"):
         src = ROOT / name
@@ -38,7 +44,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
     params["evaluate"] = {"batch_size": 8, "dtype": "float32"}
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)
     # dvclive needs a repository with a commit, as any clone of recpipe has.
@@ -50,15 +56,15 @@ def test_dvc_repro_tiny(archives, tmp_path):
     assert "up to date" in run([*DVC, "status"], tmp_path).stdout
     # A LoRA param reruns training, the tuned evaluation and the report only.
     params["lora"]["rank"] = 4
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "report"}, out
     assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
     # Adding a dataset is a params change: only its own data stages run (foreach), the rest stays cached.
-    params["download"]["datasets"]["bookcrossing"] = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
+    params["registry"]["bookcrossing"] = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
     params["datasets"] = ["ml-100k", "bookcrossing"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"download@bookcrossing", "ingest@bookcrossing", "textualize@bookcrossing"}, out
@@ -70,7 +76,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
         "max_new_tokens": 4, "eval_batch_size": 4, "train": {**params["p5"]["train"], "epochs": 1, "batch_size": 4, "dtype": "float32", "max_length": 256},
         "sasrec": {**params["p5"]["sasrec"], "epochs": 2, "hidden": 16, "max_len": 10},
     }  # fmt: skip
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     p5_stages = {f"{s}@ml-100k" for s in ("families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report")}
@@ -84,13 +90,13 @@ def test_dvc_repro_tiny(archives, tmp_path):
     assert "Paired on the same cases, HR@10" in report  # from both stages' per-case predictions
     # A baseline param reruns the baselines and the P5 report only.
     params["p5"]["sasrec"]["epochs"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"baselines@ml-100k", "p5_report@ml-100k"}, out
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write(params, tmp_path)
     bad = subprocess.run([*DVC, "repro"], cwd=tmp_path, capture_output=True, text=True, env=ENV)
     assert bad.returncode != 0 and "error: sample: params.yaml: sample.kk: unknown key (did you mean 'k'?)" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr  # one clear line, not a stack trace

@@ -14,6 +14,7 @@ from recpipe.p5.families import (
     first_sentence,
     load_templates,
 )
+from recpipe.params import P5Params
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,17 @@ def amazon(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("amazon")
     tables = fetch_and_ingest(d, amazon_source(*amazon_files(d, *amazon_records())), template="amazon")
-    textualize(d / "tables", d / "text", template="amazon")
+    textualize(d / "tables", d / "text", template="amazon", move_article=True)
     text = {name: pl.read_parquet(d / "text" / f"{name}.parquet") for name in ("items", "users")}
     return tables["interactions"], text["items"], text["users"]
 
 
-def make(tables, families, **kw):
+def make(tables, families, seed: int = 0, **p5):
+    """The families' samples with 10 negatives, every history position a sequential sample and no
+    history spans, unless p5 (P5Params fields) says otherwise."""
     inter, items, users = tables
-    return build(inter, items, users, load_templates("p5", families), families, negatives=10, **kw)
+    p5 = P5Params(**{"negatives": 10, "history_targets": False, "sequential_stride": 1, **p5})
+    return build(inter, items, users, load_templates("p5", families), families, p5, seed=seed, max_rating=5)
 
 
 def test_every_family_on_review_data(amazon):

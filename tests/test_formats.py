@@ -90,8 +90,8 @@ def bx_source(path):
 
 
 def dataset(source: dict, **extra):
-    p = parse({"datasets": ["d"], "dataset": "d", "download": {"datasets": {"d": {"sources": [source], **extra}}}})
-    return p.download.datasets["d"]
+    p = parse({"datasets": ["d"], "dataset": "d", "registry": {"d": {"sources": [source], **extra}}})
+    return p.registry["d"]
 
 
 def fetch_and_ingest(tmp_path, source, **extra):
@@ -239,7 +239,7 @@ def test_bookcrossing_bad_rating_is_rejected(tmp_path):
 def _pipeline_params(sources: dict, **sections) -> dict:
     data = {
         "seed": 0, "datasets": list(sources), "dataset": next(iter(sources)),
-        "download": {"datasets": sources},
+        "registry": sources,
         "instructions": {"history_len": 5, "pool_size": 200},
         "sample": {"k": 8, "valid_size": 5},
     }  # fmt: skip

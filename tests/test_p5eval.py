@@ -6,11 +6,11 @@ import time
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
 from test_text_instructions_sample import built  # noqa: F401
 from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
-from recpipe import RecpipeError
 from recpipe.data.splits import loo_histories
 from recpipe.metrics import (
     parse_rating,
@@ -43,7 +43,7 @@ def test_rating_metrics_count_unparsable_and_clamped_answers():
     # parsable: 4 (error -1), 2 (0), 9 clamped to 5 (+1); "I like it" counted, not scored
     assert m["rmse"] == round(math.sqrt(2 / 3), 4) == 0.8165 and m["mae"] == 0.6667
     assert m["unparsable"] == 1 and m["unparsable_rate"] == 0.25 and m["clamped"] == 1
-    none = rating_metrics(["?", "good"], [1, 2])
+    none = rating_metrics(["?", "good"], [1, 2], 1, 5)
     assert none["rmse"] is None and none["mae"] is None and none["unparsable"] == 2 and none["unparsable_rate"] == 1.0
 
 
@@ -70,7 +70,7 @@ def test_seen_and_unseen_are_scored_apart():
     for seen, answers in ((True, ["4", "2", "yes"]), (False, ["5", "x", "no"])):
         for (kind, target), answer in zip([("rating", "4"), ("rating", "3"), ("yes_no", "yes")], answers):
             rows.append({"family": "rating", "template": "t", "seen": seen, "kind": kind, "user_id": 1, "item_id": 2, "target": target, "prediction": answer})
-    m = family_metrics(pl.DataFrame(rows))
+    m = family_metrics(pl.DataFrame(rows), (1, 5))
     seen, unseen = m["rating"]["seen"], m["rating"]["unseen"]
     assert (seen["n"], seen["n_rating"], seen["n_yes_no"]) == (3, 2, 1)
     assert seen["rmse"] == 0.7071 and seen["mae"] == 0.5 and seen["unparsable"] == 0 and seen["yes_no_accuracy"] == 1.0  # 4 vs 4, 2 vs 3
@@ -157,7 +157,7 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
         if row["family"] == "direct":  # 11 candidates, none in the history, 8 beams: 5 distinct items
             assert set(row["ranked"]) <= set(row["candidates"]) and len(row["ranked"]) == 5
     assert predictions.filter(pl.col("kind") != "item")["ranked"].is_null().all()
-    assert family_metrics(predictions, ks=(1, 5)) == metrics  # the saved frame gives the same numbers
+    assert family_metrics(predictions, (1, 5), ks=(1, 5)) == metrics  # the saved frame gives the same numbers
 
 
 def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # noqa: F811
@@ -168,16 +168,17 @@ def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # no
     model, tok = load(str(tiny))
     names = item_names(amazon[1], False, 0)
     rows = make(amazon, ["direct"]).filter((pl.col("split") == "test") & (pl.col("kind") == "item")).head(4)
-    exact = rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="likelihood")
-    beams = rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="beam")
+    p5 = P5Params(top_k=3, beams=4, eval_batch_size=2)
+    exact = rank(rows, model, tok, names, None, p5.model_copy(update={"direct_ranking": "likelihood"}))
+    beams = rank(rows, model, tok, names, None, p5.model_copy(update={"direct_ranking": "beam"}))
     scored = likelihood_ranking(model, tok, rows["prompt"].to_list(), rows["candidates"].to_list(), names)
     assert exact["ranked"].to_list() == [s[:3] for s in scored] and exact["validity"].to_list() == [1.0] * 4
     for out in (exact, beams):
         for ranked, candidates in zip(out["ranked"].to_list(), rows["candidates"].to_list()):
             assert len(ranked) == 3 and set(ranked) <= set(candidates)
     assert all(0 < v <= 1 for v in beams["validity"].to_list())
-    with pytest.raises(RecpipeError, match="direct_ranking must be 'likelihood' or 'beam'"):
-        rank(rows, model, tok, names, None, k=3, beams=4, batch_size=2, direct_ranking="exact")
+    with pytest.raises(ValidationError, match="direct_ranking"):
+        P5Params(direct_ranking="exact")
 
 
 def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny):  # noqa: F811
@@ -189,11 +190,11 @@ def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny): 
     names = item_names(amazon[1], False, 0)
     history = {u: set(h) for u, h in loo_histories(amazon[0])[0].items()}
     rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
-    out = rank(rows, model, tok, names, history, k=5, beams=5, batch_size=2, sequential_ranking="likelihood")
+    out = rank(rows, model, tok, names, history, P5Params(top_k=5, beams=5, eval_batch_size=2, sequential_ranking="likelihood"))
     for row, ranked in zip(rows.iter_rows(named=True), out["ranked"].to_list()):
         unrated = [i for i in sorted(names) if i not in history[row["user_id"]]]
         assert ranked == likelihood_ranking(model, tok, [row["prompt"]], [unrated], names)[0][:5]
         assert not set(ranked) & history[row["user_id"]]
     assert out["validity"].to_list() == [1.0] * 3
-    with pytest.raises(RecpipeError, match="sequential_ranking must be 'likelihood' or 'beam'"):
-        rank(rows, model, tok, names, history, k=5, beams=5, batch_size=2, sequential_ranking="exact")
+    with pytest.raises(ValidationError, match="sequential_ranking"):
+        P5Params(sequential_ranking="exact")

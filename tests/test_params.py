@@ -1,7 +1,13 @@
+from pathlib import Path
+
 import pytest
+import yaml
 from conftest import params_dict, source
+from pydantic import BaseModel
 
 from recpipe import RecpipeError, params
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_load(archives):
@@ -10,8 +16,9 @@ def test_defaults_load(archives):
 
 
 def test_repo_params_file_is_valid():
-    p = params.load("params.yaml")
-    assert [s.name for s in p.download.datasets["ml-100k"].sources] == ["grouplens", "recbole-wheel"]
+    p = params.load(ROOT / "params.yaml")
+    assert [s.name for s in p.registry["ml-100k"].sources] == ["grouplens", "recbole-wheel"]
+    assert set(p.registry) == set(yaml.safe_load((ROOT / "datasets.yaml").read_text()))
 
 
 @pytest.mark.parametrize(
@@ -43,3 +50,77 @@ def test_bad_values_name_the_parameter(archives):
         params.parse(params_dict([source("atomic", archives["atomic"])], instructions={"fractions": [0.5, 0.5, 0.5]}))
     with pytest.raises(RecpipeError, match="not found"):
         params.load("does-not-exist.yaml")
+
+
+def test_params_yaml_renders_the_defaults():
+    """params.yaml lists every key with exactly the models' defaults (and nothing else): the two
+    cannot drift apart."""
+    defaults = params.Params.model_construct().model_dump(mode="json")
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == defaults
+    assert params.load(ROOT / "params.yaml").model_dump(mode="json") == defaults
+
+
+def models(model: type[BaseModel] = params.Params) -> set[type[BaseModel]]:
+    found = {model}
+    for field in model.model_fields.values():
+        for sub in params._models_in(field.annotation):
+            found |= models(sub)
+    return found
+
+
+def test_every_field_has_a_one_line_description():
+    assert params.DatasetParams in models() and params.RemoteFile in models()
+    for model in models():
+        for name, field in model.model_fields.items():
+            assert field.description and "\n" not in field.description, f"{model.__name__}.{name}"
+
+
+def write(tmp_path, params_text: str, datasets_text: str | None) -> Path:
+    (tmp_path / "params.yaml").write_text(params_text)
+    if datasets_text is not None:
+        (tmp_path / "datasets.yaml").write_text(datasets_text)
+    return tmp_path / "params.yaml"
+
+
+ENTRY = "ml-100k: {sources: [{name: w, pip: recbole==1.2.1, sha256: %s, format: atomic, members: {interactions: x}}]}\n"
+HEX = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+
+
+def test_registry_is_read_from_the_file_next_to_params(tmp_path):
+    p = params.load(write(tmp_path, "seed: 3\n", ENTRY % HEX))
+    assert p.seed == 3 and p.registry["ml-100k"].sources[0].sha256 == HEX
+    (tmp_path / "alone").mkdir()
+    with pytest.raises(RecpipeError, match=r"alone/datasets.yaml: dataset registry file not found"):
+        params.load(write(tmp_path / "alone", "seed: 0\n", None))
+
+
+def test_registry_errors_name_the_registry_file(tmp_path):
+    with pytest.raises(RecpipeError) as e:
+        params.load(write(tmp_path, "datasets: [ml-100k, nope]\n", ENTRY % HEX))
+    assert f"{tmp_path / 'params.yaml'}: dataset 'nope' has no entry in {tmp_path / 'datasets.yaml'}" in str(e.value)
+    with pytest.raises(RecpipeError) as e:
+        params.load(write(tmp_path, "seed: 0\n", ENTRY.replace("format", "fromat") % HEX))
+    assert f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.fromat: unknown key (did you mean 'format'?)" in str(e.value)
+    with pytest.raises(RecpipeError, match=r"params.yaml: download: unknown key \(the dataset registry is datasets.yaml"):
+        params.load(write(tmp_path, "download: {datasets: {}}\n", ENTRY % HEX))
+    with pytest.raises(RecpipeError, match=r"params.yaml: registry: unknown key \(the dataset registry is read from .*datasets.yaml\)"):
+        params.load(write(tmp_path, "registry: {}\n", ENTRY % HEX))
+
+
+@pytest.mark.parametrize("value", ["1" * 64, "0" + "1" * 63, "123", "12.5"])
+def test_unquoted_digits_as_sha256_is_one_clear_error(tmp_path, value):
+    with pytest.raises(RecpipeError) as e:
+        params.load(write(tmp_path, "seed: 0\n", ENTRY % value))
+    assert str(e.value) == f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits (YAML reads unquoted digits as a number: put the checksum in quotes)"
+    with pytest.raises(RecpipeError, match=r"params.yaml: model.sha256: must be a quoted string of 64 hex digits \(YAML reads"):
+        params.load(write(tmp_path, f"model: {{name: x, sha256: {value}}}\n", ENTRY % HEX))
+
+
+@pytest.mark.parametrize("value", ["'123'", "abc", HEX + "0", HEX[:-1] + "g"])
+def test_sha256_must_be_64_hex_digits(tmp_path, value):
+    with pytest.raises(RecpipeError, match=r"datasets.yaml: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits, got '"):
+        params.load(write(tmp_path, "seed: 0\n", ENTRY % value))
+    files = "ml-100k: {sources: [{name: f, format: amazon, files: {items: {url: x, sha256: %s}}}]}\n" % value
+    with pytest.raises(RecpipeError, match=r"ml-100k.sources.0.files.items.sha256: must be a quoted string of 64 hex digits"):
+        params.load(write(tmp_path, "seed: 0\n", files))
+    assert params.load(write(tmp_path, "seed: 0\n", ENTRY % f"'{HEX.upper()}'")).registry["ml-100k"].sources[0].sha256 == HEX.upper()

@@ -8,6 +8,7 @@ from recpipe import RecpipeError
 from recpipe.metrics import hit_and_ndcg
 from recpipe.model.decoding import (
     ItemTrie,
+    PrefixCache,
     constrained_beams,
     constrained_topk,
     free_topk,
@@ -103,3 +104,22 @@ def test_likelihood_ranking_scores_every_candidate_exactly(tiny, built):  # noqa
 
     for prompt, cands, got in zip(prompts, candidates, ranked):
         assert got == sorted(cands, key=lambda i: (-round(mean_log_prob(prompt, i), 5), i))
+
+
+def test_prefix_cache_hands_out_copies_that_leave_the_prefix_as_it_was(tiny, built):  # noqa: F811
+    """Each pass appends to the cache it is given: the prefix's own keys and values stay as
+    computed, so a second pass over the same rows gives the same logits as the first."""
+    import torch
+
+    model, tok = load(str(tiny))
+    ids = torch.tensor([tok(built[1]["prompt"][0]).input_ids])
+    prefix, rest = ids[:, :-3], ids[:, -3:]
+    cache = PrefixCache(model, prefix)
+    keys = [layer.keys.clone() for layer in cache.cache.layers]
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits[:, -3:]
+        for n in (1, 3, 1):
+            out = model(input_ids=rest.repeat(n, 1), cache=cache.rows(n), use_cache=True).logits
+            assert torch.allclose(out, plain.expand(n, -1, -1), atol=1e-5)
+    assert all(torch.equal(layer.keys, k) for layer, k in zip(cache.cache.layers, keys, strict=True))
+    assert PrefixCache(model, ids[:, :0]).rows(4) is None  # no prefix: no cache

@@ -17,9 +17,9 @@ from recpipe.templates import load_template
 
 def run_data_stages(archive_path: Path, root: Path, **sections):
     p = parse(params_dict([source("atomic", archive_path)], **sections))
-    download(p.dataset, p.download.datasets[p.dataset], root / "raw")
+    download(p.dataset, p.registry[p.dataset], root / "raw")
     ingest(root / "raw", root / "tables")
-    textualize(root / "tables", root / "text", move_article=p.textualize.article_first)
+    textualize(root / "tables", root / "text", template="ml-100k", move_article=p.textualize.article_first)
     samples = instructions(root / "text", root / "instructions" / "samples.parquet", p.instructions)
     sample(root / "instructions" / "samples.parquet", root / "sample", p.sample, p.seed)
     return samples

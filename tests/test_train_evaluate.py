@@ -8,10 +8,11 @@ from test_text_instructions_sample import built  # noqa: F401  (module fixture: 
 
 from recpipe import RecpipeError
 from recpipe.metrics import auc_metrics
+from recpipe.model.decoding import shared_prefix_length
 from recpipe.model.load import answer_token_ids, load, resolve
 from recpipe.model.train import IGNORE, PadCollator, encode, train
 from recpipe.params import LoraParams, ModelParams, TrainParams
-from recpipe.tallrec.evaluate import common_prefix, score, valid_auc
+from recpipe.tallrec.evaluate import score, valid_auc
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_model_path_that_does_not_exist(tmp_path):
         resolve(str(tmp_path / "nope"))
     with pytest.raises(RecpipeError, match="no such file"):
         resolve(str(tmp_path / "nope.gguf"))
-    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    # Hub ids: tests/test_model_load.py
 
 
 def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F811
@@ -95,7 +96,7 @@ def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F
     with torch.no_grad():
         plain = [torch.softmax(model(input_ids=torch.tensor([tok(p).input_ids])).logits[0, -1, [yes, no]], -1)[0].item() for p in prompts]
     assert torch.allclose(torch.tensor(score(model, tok, prompts, yes, no, batch_size=4)), torch.tensor(plain), atol=1e-5)
-    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2 and common_prefix([[7], [8]]) == 0
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2 and shared_prefix_length([[7], [8]]) == 0
 
 
 def test_answer_only_loss_equals_the_models_own_loss(tiny):
@@ -112,7 +113,7 @@ def test_answer_only_loss_equals_the_models_own_loss(tiny):
 def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
     """The loss computes the instruction every row starts with once per batch: its loss and its
     LoRA gradients must match the model's own full pass (LoRA B is random so every path counts)."""
-    from recpipe.model.train import add_lora, answer_loss_trainer, shared_prefix_length
+    from recpipe.model.train import add_lora, answer_loss_trainer
 
     model, tok = load(str(tiny))
     model = add_lora(model, LoraParams(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
@@ -229,7 +230,7 @@ from peft import PeftModel
 base, tok = load(model)
 tuned = PeftModel.from_pretrained(base, f"{out}/adapter").merge_and_unload()
 test = pl.read_parquet(f"{root}/instructions/samples.parquet").filter(pl.col("split") == "test").head(24)
-print(json.dumps(score_frame(tuned, tok, test, 8)))
+print(json.dumps(score_frame(tuned, tok, test, 8, "tallrec")))
 """
 
 

@@ -79,11 +79,27 @@ def _validate(schema: pa.DataFrameSchema, df: pl.DataFrame, path: Path) -> None:
             raise RecpipeError(f"{path}: {str(e).splitlines()[0]}") from None
         cases = pl.DataFrame(cases) if not isinstance(cases, pl.DataFrame) else cases
         first = cases.row(0, named=True)
+        if first["column"] is None and schema.unique:  # the one whole-table check: the unique key
+            _repeated_keys(df, list(schema.unique), path)
         n = cases.filter(pl.col("column").eq_missing(first["column"]) & (pl.col("check") == first["check"])).height
         examples = cases.filter(pl.col("check") == first["check"])["failure_case"].head(3).to_list()
         raise RecpipeError(
             f"{path}: column {first['column']!r} fails {first['check']} in {n} rows, e.g. {examples}"
         ) from None
+
+
+def _repeated_keys(df: pl.DataFrame, key: list[str], path: Path) -> None:
+    """Fail naming the key columns, how many keys repeat, and the rows of the first one."""
+    repeated = df.with_row_index("row", offset=1).filter(pl.struct(key).is_duplicated())
+    if repeated.height:
+        first = repeated.row(0, named=True)
+        rows = repeated.filter(pl.all_horizontal(pl.col(k) == first[k] for k in key))
+        examples = "; ".join(f"table row {r.pop('row')}: {r}" for r in rows.head(2).to_dicts())
+        n = repeated.select(key).unique().height
+        raise RecpipeError(
+            f"{path}: columns {key} must be unique together (one row per key), but {n} {'key repeats' if n == 1 else 'keys repeat'} "
+            f"in {repeated.height} rows, e.g. {examples}"
+        )
 
 
 def k_core(inter: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -117,7 +133,7 @@ def canonicalize(tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: 
     inter = typed["interactions"]
     implicit = inter.filter(pl.col("rating").is_null()).height
     if implicit and not keep_implicit:
-        log.info("ingest: dropped %d implicit interactions (no rating; download.datasets.<name>.implicit: drop)", implicit)
+        log.info("ingest: dropped %d implicit interactions (no rating; datasets.yaml: <name>.implicit: drop)", implicit)
         inter = inter.filter(pl.col("rating").is_not_null())
     if dataset.k_core:
         before = inter.height

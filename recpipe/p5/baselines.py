@@ -26,7 +26,6 @@ candidate (SASRec then learns it only as a sampled negative; its popularity is 0
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
@@ -42,53 +41,10 @@ from tqdm import tqdm
 from recpipe import RecpipeError, log
 from recpipe.data.splits import loo_histories
 from recpipe.metrics import hit_and_ndcg
+from recpipe.params import SasrecParams
 
 KS = (1, 5, 10)
 CHUNK = 512  # users scored at once: bounds the [users, items] score matrix on large datasets
-
-
-@dataclasses.dataclass(frozen=True)
-class SASRecParams:
-    max_len: int = 50  # the model reads the last max_len items of a history
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.2
-    epochs: int = 25  # ML-100K (943 users): 1.2 s an epoch on one core, about 30 s in all
-    batch_size: int = 128
-    lr: float = 1e-3
-    # Torch threads while SASRec trains and scores. Its ops are small: on the 2-core build machine
-    # with another job running, an ML-100K epoch took 1.2 s on one thread and 4 to 15 s on two
-    # (OpenMP threads waiting for each other); one thread keeps the time predictable.
-    threads: int = 1
-
-    def __post_init__(self):
-        for name in ("max_len", "hidden", "blocks", "heads", "epochs", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise RecpipeError(f"baselines: sasrec {name} must be at least 1, got {getattr(self, name)}")
-        if self.hidden % self.heads:
-            raise RecpipeError(f"baselines: sasrec hidden={self.hidden} is not divisible by heads={self.heads}")
-        if not 0 <= self.dropout < 1:
-            raise RecpipeError(f"baselines: sasrec dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise RecpipeError(f"baselines: sasrec lr must be positive, got {self.lr}")
-
-
-def as_params(params) -> SASRecParams:
-    """SASRecParams from None (the defaults), SASRecParams, a mapping or a pydantic model."""
-    if params is None:
-        return SASRecParams()
-    if isinstance(params, SASRecParams):
-        return params
-    if hasattr(params, "model_dump"):
-        params = params.model_dump()
-    if not isinstance(params, Mapping):
-        raise RecpipeError(f"baselines: sasrec params must be a mapping, got {type(params).__name__}")
-    known = {f.name for f in dataclasses.fields(SASRecParams)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise RecpipeError(f"baselines: unknown sasrec params {unknown} (known: {sorted(known)})")
-    return SASRecParams(**params)
 
 
 def popularity_scores(train_sequences: Iterable[Iterable[int]]) -> dict[int, int]:
@@ -138,7 +94,7 @@ class SASRec(nn.Module):
     Tokens: 0 pads, token j + 1 is items[j]. Sequences are left-padded to max_len, so the newest
     item always sits at the last position."""
 
-    def __init__(self, n_items: int, p: SASRecParams):
+    def __init__(self, n_items: int, p: SasrecParams):
         super().__init__()
         self.item = nn.Embedding(n_items + 1, p.hidden, padding_idx=0)
         self.pos = nn.Embedding(p.max_len, p.hidden)
@@ -186,7 +142,7 @@ def _left_pad(tokens: list[int], length: int) -> list[int]:
     return [0] * (length - len(tokens)) + tokens
 
 
-def train_sasrec(sequences: list[list[int]], items: list[int], params: SASRecParams, seed: int) -> SASRec:
+def train_sasrec(sequences: list[list[int]], items: list[int], params: SasrecParams, seed: int) -> SASRec:
     """SASRec trained on item sequences (the users' histories): at every position the next item is
     the positive, and one sampled item the user never had is the negative (binary cross-entropy,
     Adam). Each user's last max_len + 1 items make one training sequence per epoch, as in the
@@ -298,17 +254,16 @@ def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], hist
     return out, rows_out
 
 
-def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, params, seed: int, sequential_users: Collection[int] | None = None) -> tuple[dict, pl.DataFrame]:
+def baselines(interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, params: SasrecParams, seed: int, sequential_users: Collection[int] | None = None) -> tuple[dict, pl.DataFrame]:
     """Popularity and SASRec scored on the leave-one-out test cases (see the module docstring).
 
     Returns the metrics, {"popularity": {"sequential": {hr@1, ndcg@1, ...}, "direct": {...}},
     "sasrec": {...}, "users": users with a test case, "items": items ranked} ("direct" and
     "direct_cases", their number, only when direct cases are given), and each method's top-k for
     every case it was scored on (method, family, user_id, item_id, ranked), for paired comparisons
-    with the LLM on the same cases. `params`: SASRecParams, a mapping of its fields, or None for the
-    defaults. sequential_users: score "sequential" on these users' test cases only (the ones the LLM
+    with the LLM on the same cases. `params`: SASRec's settings (p5.sasrec). sequential_users: score "sequential" on these users' test cases only (the ones the LLM
     was asked), with every user's result under "sequential_all_users"."""
-    p = as_params(params)
+    p = params
     history, target = loo_histories(interactions)
     if not any(len(h) >= 2 for h in history.values()):
         raise RecpipeError(

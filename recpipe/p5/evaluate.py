@@ -69,21 +69,15 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
     return tries
 
 
-def rank(
-    rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int, beams: int, batch_size: int, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
-) -> pl.DataFrame:  # fmt: skip
-    """Item rows with `ranked` (top-k item ids, history excluded), `validity` (share of the row's
-    beams that named an item; 1 for rows ranked by likelihood, which only score real items) and
-    `prediction` (the top item's name, "" if none remains). direct_ranking: "likelihood" scores
-    every candidate of rows that have a candidate list; "beam" runs beam search on them too.
-    sequential_ranking: "beam" searches all items for rows without a list; "likelihood" scores
-    every item outside the user's history (exact, and about 1,600 candidates a prompt on ML-100K)."""
-    if beams < k:
-        raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
-    for what, value in (("direct_ranking", direct_ranking), ("sequential_ranking", sequential_ranking)):
-        if value not in ("likelihood", "beam"):
-            raise RecpipeError(f"p5.{what} must be 'likelihood' or 'beam', got {value!r}")
+def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params) -> pl.DataFrame:
+    """Item rows with `ranked` (top p5.top_k item ids, history excluded), `validity` (share of the
+    row's beams that named an item; 1 for rows ranked by likelihood, which only score real items)
+    and `prediction` (the top item's name, "" if none remains). p5.direct_ranking: "likelihood"
+    scores every candidate of rows that have a candidate list; "beam" runs beam search (p5.beams
+    wide, p5.eval_batch_size prompts at once) on them too. p5.sequential_ranking: "beam" searches
+    all items for rows without a list; "likelihood" scores every item outside the user's history
+    (exact, and about 1,600 candidates a prompt on ML-100K)."""
+    k = p5.top_k
     missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
     if missing:
         raise RecpipeError(f"{len(missing)} candidate items have no name, e.g. {sorted(missing)[:3]}")
@@ -92,7 +86,7 @@ def rank(
     if hidden:
         log.warning("p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height)
     listed = rows["candidates"].to_list()
-    scored = [i for i, c in enumerate(listed) if (direct_ranking if c is not None else sequential_ranking) == "likelihood"]
+    scored = [i for i, c in enumerate(listed) if (p5.direct_ranking if c is not None else p5.sequential_ranking) == "likelihood"]
     searched = sorted(set(range(rows.height)) - set(scored))
     ranked: list[list[int]] = [[] for _ in range(rows.height)]
     validity = [1.0] * rows.height
@@ -104,7 +98,7 @@ def rank(
             ranked[i] = [c for c in order if c not in exclude[i]][:k]
     if searched:
         part = rows[searched]
-        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), _tries(part, names, tokenizer), beams, batch_size)
+        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), _tries(part, names, tokenizer), p5.beams, p5.eval_batch_size)
         for i, n in zip(searched, named):
             ranked[i] = top_items(n, k, exclude[i])
             validity[i] = sum(map(bool, n)) / len(n)
@@ -118,10 +112,7 @@ def rank(
 COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target", "prediction", "ranked", "validity"]
 
 
-def predict(
-    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
-) -> pl.DataFrame:  # fmt: skip
+def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params) -> pl.DataFrame:
     """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
     item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
     if "split" in test.columns:
@@ -138,9 +129,9 @@ def predict(
     texts = test.filter(pl.col("kind") != "item")
     parts = []
     if items.height:
-        parts.append(rank(items, model, tokenizer, names, history, k=k, beams=beams, batch_size=batch_size, direct_ranking=direct_ranking, sequential_ranking=sequential_ranking))
+        parts.append(rank(items, model, tokenizer, names, history, p5))
     if texts.height:
-        answers = generate(model, tokenizer, texts["prompt"].to_list(), max_new_tokens, batch_size)
+        answers = generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size)
         parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
     return pl.concat([p.select("_row", *COLUMNS) for p in parts]).sort("_row").drop("_row")
 
@@ -170,7 +161,7 @@ def cutoffs(k: int) -> tuple[int, ...]:
     return tuple(sorted({x for x in (1, 5, 10) if x <= k} | {k}))
 
 
-def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] = (1, 5), ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float], ks: tuple[int, ...] = (1, 5, 10)) -> dict:
     """{family: {"seen": metrics, "unseen": metrics}} from predict's frame (or its saved parquet)."""
     present = set(predictions["family"])
     unknown = present - set(FAMILIES)
@@ -184,17 +175,17 @@ def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float] 
 
 
 def evaluate_families(
-    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, *,
-    k: int = 10, beams: int = 20, max_new_tokens: int = 32, batch_size: int = 8, rating_range: tuple[float, float] = (1, 5),
-    predictions_path: str | Path | None = None, direct_ranking: str = "likelihood", sequential_ranking: str = "beam",
+    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params,
+    rating_range: tuple[float, float], predictions_path: str | Path | None = None,
 ) -> dict:  # fmt: skip
     """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
     docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
-    -> items excluded from that user's rankings. predictions_path: where to save predict's frame.
+    -> items excluded from that user's rankings; p5: how to rank and generate (top_k, beams,
+    direct_ranking, sequential_ranking, max_new_tokens, eval_batch_size). predictions_path: where to save predict's frame.
     (predict and family_metrics are the two halves, for the frame in memory.)"""
     started = time.perf_counter()
-    predictions = predict(test, model, tokenizer, names, history, k=k, beams=beams, max_new_tokens=max_new_tokens, batch_size=batch_size, direct_ranking=direct_ranking, sequential_ranking=sequential_ranking)
-    metrics = family_metrics(predictions, rating_range, cutoffs(k))
+    predictions = predict(test, model, tokenizer, names, history, p5)
+    metrics = family_metrics(predictions, rating_range, cutoffs(p5.top_k))
     for family, groups in metrics.items():
         log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
     if predictions_path is not None:
@@ -212,11 +203,7 @@ def evaluate_p5(
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
     history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path))[0].items()}
     with atomic_dir(eval_dir) as tmp:
-        metrics = evaluate_families(
-            pl.read_parquet(test_path), model, tokenizer, names, history, k=p5.top_k, beams=p5.beams,
-            max_new_tokens=p5.max_new_tokens, batch_size=p5.eval_batch_size, rating_range=rating_range,
-            predictions_path=tmp / "predictions.parquet", direct_ranking=p5.direct_ranking, sequential_ranking=p5.sequential_ranking,
-        )  # fmt: skip
+        metrics = evaluate_families(pl.read_parquet(test_path), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet")
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():
             write_json(groups, tmp / f"{family}.json")

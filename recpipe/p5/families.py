@@ -38,6 +38,8 @@ NEEDS_REVIEWS = {"explanation", "review"}
 NEEDED_IN_PROMPT = {"rating": {"user", "item"}, "sequential": {"history"}, "explanation": {"user", "item"}, "review": {"review"}, "direct": {"user"}}
 # What a template's target asks the model to write decides how it is scored (recpipe.p5.evaluate).
 KINDS = {"{rating}": "rating", "{answer}": "yes_no", "{item}": "item", "{summary}": "text", "{explanation}": "text"}
+# Rating, explanation and review samples: the train, valid and test shares of all interactions by time.
+FRACTIONS = (0.8, 0.1, 0.1)
 _STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
 
 
@@ -132,22 +134,22 @@ def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]
 
 
 def build(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], *,
-    seed: int = 0, history_len: int = 10, negatives: int = 99, like_threshold: float = 3, max_rating: float = 5,
-    item_ids: bool = False, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), direct_train_share: float = 0.2,
-    history_targets: bool = False, sequential_stride: int = 1,
+    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
+    seed: int, max_rating: float,
 ) -> pl.DataFrame:  # fmt: skip
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
     each history item in train prompts; empty otherwise). Deterministic for a seed. No leak guard
-    yet: that is recpipe.p5.sample.p5_mixture's, once it knows which cases are asked."""
+    yet: that is recpipe.p5.sample.p5_mixture's, once it knows which cases are asked. `p5` gives
+    history_len, negatives, like_threshold, item_ids, direct_train_share, history_targets and
+    sequential_stride; max_rating is the dataset's (its rating prompts name the scale)."""
     rng = random.Random(seed)
-    names = item_names(items, item_ids, seed)
+    names = item_names(items, p5.item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
     all_items = sorted(names)
     inter = interactions.filter(pl.col("rating").is_not_null())
     loo = leave_one_out(inter)
-    by_time = split(inter, "temporal", None, fractions)
+    by_time = split(inter, "temporal", None, FRACTIONS)
 
     def rating_text(r: float) -> str:
         return f"{r:g}"
@@ -167,7 +169,7 @@ def build(
             if family == "direct" and "{answer}" in t["target"] and rng.random() < 0.5:
                 item_id = next(i for i in candidates if i != row["item_id"])  # a negative: the answer is no
                 f = {**fields, "item": names[item_id], "answer": "no"}
-            prompt, spans = render(t["prompt"], f, [(i, names[i]) for i in history] if history and history_targets and split == "train" else None)
+            prompt, spans = render(t["prompt"], f, [(i, names[i]) for i in history] if history and p5.history_targets and split == "train" else None)
             rows.append({
                 "case_id": case, "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "kind": KINDS[t["target"].strip()], "split": split,
                 "user_id": row["user_id"], "item_id": item_id, "rating": row.get("rating"),
@@ -175,7 +177,7 @@ def build(
             })  # fmt: skip
 
     def base_fields(row: dict) -> dict:
-        liked = row["rating"] is not None and row["rating"] > like_threshold
+        liked = row["rating"] is not None and row["rating"] > p5.like_threshold
         return {
             "user": f"user_{row['user_id']}", "profile": (profiles.get(row["user_id"]) or "").rstrip(".").lower() + ".",
             "item": names[row["item_id"]], "rating": rating_text(row["rating"]), "max_rating": rating_text(max_rating),
@@ -189,19 +191,19 @@ def build(
         seqs = {u: items_ for u, items_ in loo.group_by("user_id", maintain_order=True).agg("item_id").iter_rows()}
         unseen: dict[int, list[int]] = {}
         for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
-            history = seqs[row["user_id"]][max(0, row["pos"] - history_len) : row["pos"]]
+            history = seqs[row["user_id"]][max(0, row["pos"] - p5.history_len) : row["pos"]]
             fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
-            if "sequential" in families and (row["split"] != "train" or (row["n"] - 3 - row["pos"]) % sequential_stride == 0):
+            if "sequential" in families and (row["split"] != "train" or (row["n"] - 3 - row["pos"]) % p5.sequential_stride == 0):
                 emit("sequential", row["split"], row, fields, history=history)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
-            if "direct" in families and (row["split"] != "train" or rng.random() < direct_train_share):
+            if "direct" in families and (row["split"] != "train" or rng.random() < p5.direct_train_share):
                 if row["user_id"] not in unseen:  # a user's negatives pool, built once per user
                     seen_items = set(seqs[row["user_id"]])
                     unseen[row["user_id"]] = [i for i in all_items if i not in seen_items]
                 pool = unseen[row["user_id"]]
-                if len(pool) < negatives:
-                    raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {negatives} negatives")
-                candidates = rng.sample(pool, negatives) + [row["item_id"]]
+                if len(pool) < p5.negatives:
+                    raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {p5.negatives} negatives")
+                candidates = rng.sample(pool, p5.negatives) + [row["item_id"]]
                 rng.shuffle(candidates)
                 emit("direct", row["split"], row, {**fields, "candidates": ", ".join(names[i] for i in candidates), "answer": "yes"}, candidates, history)
     if NEEDS_REVIEWS & set(families):
@@ -227,12 +229,7 @@ def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, 
     items = pl.read_parquet(Path(text_dir) / "items.parquet")
     users = pl.read_parquet(Path(text_dir) / "users.parquet")
     chosen = choose(list(p5.families) if p5.families is not None else None, interactions, dataset)
-    samples = build(
-        interactions, items, users, load_templates(p5.templates, chosen), chosen, seed=seed,
-        history_len=p5.history_len, negatives=p5.negatives, like_threshold=p5.like_threshold,
-        max_rating=max_rating, item_ids=p5.item_ids, direct_train_share=p5.direct_train_share, history_targets=p5.history_targets,
-        sequential_stride=p5.sequential_stride,
-    )  # fmt: skip
+    samples = build(interactions, items, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating)
     for family in chosen:
         split_names = set(samples.filter(pl.col("family") == family)["split"])
         if not {"train", "test"} <= split_names:

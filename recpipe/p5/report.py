@@ -7,14 +7,12 @@ table), rouge1, rouge2, rougeL. BLEU and ROUGE are percentages (0-100), as in th
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import yaml
-
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path
+from recpipe.io import atomic_path, read_mapping
+from recpipe.markdown import params_section, table
 from recpipe.metrics import hit_rate_interval, mcnemar_p
 
 REFERENCES = Path(__file__).parents[1] / "references"
@@ -44,13 +42,8 @@ DASH = "–"
 def load_references(path=None) -> dict:
     """The published numbers (default: the packaged recpipe/references/p5.yaml)."""
     path = Path(path) if path is not None else REFERENCES / "p5.yaml"
-    if not path.is_file():
-        raise RecpipeError(f"{path}: not found")
-    try:
-        ref = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(ref, dict) or not isinstance(ref.get("datasets"), dict):
+    ref = read_mapping(path)
+    if not isinstance(ref.get("datasets"), dict):
         raise RecpipeError(f"{path}: expected a mapping with a 'datasets' mapping (dataset -> family -> rows)")
     return ref
 
@@ -195,22 +188,21 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
         rows.append((f"recpipe ({kind} prompts)", "this run", kind, None, mine.get(kind) or {}, None))
 
     columns = [c for c in COLUMNS[family] if any(not _missing(row[4].get(c)) for row in rows)]  # row[4]: values
-    table = references.get("tables", {}).get(family)
-    title = f"## {TITLES[family]}" + (f" (RecSysLLM {table})" if paper_rows and table else "")
+    paper_table = references.get("tables", {}).get(family)
+    title = f"## {TITLES[family]}" + (f" (RecSysLLM {paper_table})" if paper_rows and paper_table else "")
     lines = [title, ""]
     if not columns:
         lines += [f"No metric of this table ({', '.join(_label(c) for c in COLUMNS[family])}) has a value.", ""]
     else:
         head = ["method", "from", "prompts"] + (["hints"] if hints else []) + [_label(c) for c in columns]
-        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        notes = []
+        notes, cells = [], []
         for method, source, prompts, hint, values, note in rows:
             if note:
                 notes.append(note)
                 method = f"{method} [{len(notes)}]"
-            cells = [method, source, prompts] + ([{True: "with", False: "without"}.get(hint, DASH)] if hints else [])
-            lines.append("| " + " | ".join(cells + [_cell(c, values.get(c)) for c in columns]) + " |")
-        lines.append("")
+            hint_cell = [{True: "with", False: "without"}.get(hint, DASH)] if hints else []
+            cells.append([method, source, prompts, *hint_cell, *(_cell(c, values.get(c)) for c in columns)])
+        lines += [*table(head, cells), ""]
         lines += [f"[{i}] {note}." for i, note in enumerate(notes, 1)]
         if notes:
             lines.append("")
@@ -247,18 +239,6 @@ def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict
     return "\n".join(lines)
 
 
-def _read_json(path: Path, made_by: str) -> dict:
-    if not path.is_file():
-        raise RecpipeError(f"{path}: not found (the {made_by} stage writes it)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(data, dict):
-        raise RecpipeError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _check_family(where: str, metrics) -> dict:
     if not isinstance(metrics, dict) or not set(metrics) <= {"seen", "unseen"} or not all(isinstance(v, dict) for v in metrics.values()):
         raise RecpipeError(f'{where}: expected {{"seen": {{metric: value}}, "unseen": {{metric: value}}}}')
@@ -272,17 +252,8 @@ def read_ours(path: str | Path) -> dict:
         files = [path / f"{family}.json" for family in COLUMNS if (path / f"{family}.json").is_file()]
         if not files:
             raise RecpipeError(f"{path}: no metrics files (expected <family>.json, family one of {list(COLUMNS)})")
-        return {f.stem: _check_family(str(f), _read_json(f, "p5_evaluate")) for f in files}
-    return {family: _check_family(f"{path}: {family}", m) for family, m in _read_json(path, "p5_evaluate").items()}
-
-
-def _params(prefix: str, value) -> list[str]:
-    # Nested params (lora, p5.train, ...) become one dotted row each.
-    if isinstance(value, dict) and value:
-        return [row for k, v in value.items() for row in _params(f"{prefix}.{k}", v)]
-    text = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-    text = text.replace("|", "\\|")  # a bar would end the table cell
-    return [f"| {prefix} | {text} |"]
+        return {f.stem: _check_family(str(f), read_mapping(f, "p5_evaluate")) for f in files}
+    return {family: _check_family(f"{path}: {family}", m) for family, m in read_mapping(path, "p5_evaluate").items()}
 
 
 def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None) -> str:
@@ -293,7 +264,7 @@ def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_
     import polars as pl
 
     ours = read_ours(ours_path_or_dir)
-    baselines = _read_json(Path(baselines_path), "baselines") if baselines_path is not None else None
+    baselines = read_mapping(baselines_path, "baselines") if baselines_path is not None else None
     paired = None
     if predictions:
         for name, path in predictions.items():
@@ -304,12 +275,7 @@ def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_
         f"# recpipe P5 report: {dataset}",
         "",
         p5_tables(dataset, ours, baselines, load_references(), paired),
-        "## Params",
-        "",
-        "| param | value |",
-        "| --- | --- |",
-        *(row for k, v in params_summary.items() for row in _params(str(k), v)),
-        "",
+        *params_section(params_summary),
     ])
     out = Path(out_path)
     with atomic_path(out) as tmp:

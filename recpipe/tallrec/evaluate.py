@@ -2,74 +2,56 @@
 
 from __future__ import annotations
 
-import copy
-import sys
-
 import polars as pl
 import torch
-from tqdm import tqdm
 
 from recpipe import log
 from recpipe.io import atomic_dir, atomic_path, write_json, write_parquet
 from recpipe.metrics import auc_metrics
+from recpipe.model.decoding import (
+    PrefixCache,
+    left_padded_positions,
+    length_batches,
+    shared_prefix_length,
+)
 from recpipe.model.load import answer_token_ids
 from recpipe.templates import load_template
 
 
-def common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the token prefix every sequence shares (the template's instruction)."""
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        n = next((i for i in range(n) if s[i] != seqs[0][i]), n)
-    return n
-
-
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int = 16, desc: str = "score") -> list[float]:
+def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score") -> list[float]:
     """P(yes) = softmax over the yes/no logits at the position right after each prompt.
 
     Every prompt starts with the same instruction: its keys and values are computed once and
-    reused by every batch. The rest of each prompt is sorted by length and left-padded (padding
-    sits between the shared prefix and the prompt's own tokens, masked out) so each batch is as
-    short as it can be and every prompt's last token sits in the last column."""
-    from transformers import DynamicCache
-
+    reused by every batch (PrefixCache). The rest of each prompt is sorted by length and
+    left-padded (padding sits between the shared prefix and the prompt's own tokens, masked out)
+    so each batch is as short as it can be and every prompt's last token sits in the last column."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(p).input_ids for p in prompts]
-    shared = max(common_prefix(encoded) - 1, 0) if len(encoded) > 1 else 0  # keep >= 1 own token
-    prefix_cache = None
-    if shared:
-        prefix_cache = DynamicCache()
-        model(input_ids=torch.tensor([encoded[0][:shared]], device=device), cache=prefix_cache, use_cache=True)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    shared = max(shared_prefix_length(encoded) - 1, 0) if len(encoded) > 1 else 0  # keep >= 1 own token
+    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device))
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
-    with tqdm(total=len(order), desc=desc, unit="prompt", file=sys.stderr) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            rest = [encoded[i][shared:] for i in idx]
-            n = max(len(r) for r in rest)
-            ids = torch.full((len(idx), n), pad)
-            mask = torch.zeros((len(idx), shared + n), dtype=torch.long)
-            mask[:, :shared] = 1
-            for row, r in enumerate(rest):
-                ids[row, n - len(r) :] = torch.tensor(r)
-                mask[row, shared + n - len(r) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-            cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(idx))
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=cache is not None, logits_to_keep=1)
-            pair = out.logits[:, -1, [yes_id, no_id]].float()
-            for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
-                p_yes[i] = p
-            bar.update(len(idx))
+    for idx in length_batches([len(e) for e in encoded], batch_size, desc):
+        rest = [encoded[i][shared:] for i in idx]
+        n = max(len(r) for r in rest)
+        ids = torch.full((len(idx), n), pad)
+        mask = torch.zeros((len(idx), shared + n), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, r in enumerate(rest):
+            ids[row, n - len(r) :] = torch.tensor(r)
+            mask[row, shared + n - len(r) :] = 1
+        positions = left_padded_positions(mask)[:, shared:]
+        cache = prefix.rows(len(idx))
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=cache is not None, logits_to_keep=1)
+        pair = out.logits[:, -1, [yes_id, no_id]].float()
+        for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
+            p_yes[i] = p
     return p_yes
 
 
-def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str = "tallrec") -> list[float]:
+def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str) -> list[float]:
     tpl = load_template(template, {})
     yes_id, no_id = answer_token_ids(tokenizer, tpl["answer_yes"], tpl["answer_no"])
     return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import polars as pl
-import yaml
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path
+from recpipe.io import atomic_path, read_mapping
+from recpipe.markdown import params_section, table
 from recpipe.params import Params
 
 REFERENCES = Path(__file__).parents[1] / "references"
@@ -75,51 +75,40 @@ def _fmt(value) -> str:
 
 def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, plots: dict[str, str]) -> str:
     rows = ["auc", "accuracy", "predicted_positive_rate", "label_positive_rate", "n"]
+    ours = tuned.get("auc")
+    paper = []
+    for k, aucs in sorted(reference["auc_by_k"].items()):
+        mine = k == p.sample.k
+        here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
+        paper.append([f"**{k}** (this run)" if mine else str(k), *(f"{a:.2f}" for a in aucs), here])
     lines = [
         f"# recpipe report: TALLRec on {p.dataset}, K = {p.sample.k}, seed {p.seed}",
         "",
         "## Test split",
         "",
-        "| metric | base model | LoRA-tuned |",
-        "| --- | --- | --- |",
-        *(f"| {r} | {_fmt(base.get(r))} | {_fmt(tuned.get(r))} |" for r in rows),
+        *table(["metric", "base model", "LoRA-tuned"], ([r, _fmt(base.get(r)), _fmt(tuned.get(r))] for r in rows)),
         "",
         "## Training",
         "",
-        "| metric | value |",
-        "| --- | --- |",
-        *(f"| {k} | {_fmt(v)} |" for k, v in sorted(trained.items())),
+        *table(["metric", "value"], ([k, _fmt(v)] for k, v in sorted(trained.items()))),
         "",
         f"![training loss and learning rate]({plots['training']})",
         f"![ROC curves]({plots['roc']})",
         "",
         f"## Against the paper ({reference['table']} of arXiv {reference['arxiv']}, AUC × {reference['scale']})",
         "",
-        "| K | " + " | ".join(reference["methods"]) + " | recpipe (this run) |",
-        "|" + " --- |" * (len(reference["methods"]) + 2),
+        *table(["K", *reference["methods"], "recpipe (this run)"], paper),
     ]
-    ours = tuned.get("auc")
-    for k, aucs in sorted(reference["auc_by_k"].items()):
-        mine = k == p.sample.k
-        here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
-        label = f"**{k}** (this run)" if mine else str(k)
-        lines.append(f"| {label} | " + " | ".join(f"{a:.2f}" for a in aucs) + f" | {here} |")
     if p.sample.k not in reference["auc_by_k"]:
         lines.append(f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}.")
-    model = p.model.name if p.model else "n/a"
-    lines += [
-        "",
-        "## Params",
-        "",
-        "| param | value |",
-        "| --- | --- |",
-        f"| model.name | `{model}` |",
-        f"| instructions | template {p.instructions.template}, history {p.instructions.history_len}, liked if rating > {p.instructions.like_threshold:g}, split {p.instructions.split} |",
-        f"| sample | k {p.sample.k}, balanced {p.sample.balanced}, valid_size {p.sample.valid_size}, seed {p.seed} |",
-        f"| lora | rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)} |",
-        "| train | " + ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()) + " |",
-        "",
-    ]
+    params = {
+        "model.name": f"`{p.model.name}`",
+        "instructions": f"template {p.instructions.template}, history {p.instructions.history_len}, liked if rating > {p.instructions.like_threshold:g}, split {p.instructions.split}",
+        "sample": f"k {p.sample.k}, balanced {p.sample.balanced}, valid_size {p.sample.valid_size}, seed {p.seed}",
+        "lora": f"rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)}",
+        "train": ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()),
+    }
+    lines += ["", *params_section(params)]
     return "\n".join(lines)
 
 
@@ -131,7 +120,7 @@ def report(reports_dir: str | Path, live_dir: str | Path, out_path: str | Path, 
     curves = {"base model": _read(reports / "roc_base.csv", "evaluate_base"), "LoRA-tuned": _read(reports / "roc_tuned.csv", "evaluate")}
     loss = _read(live / "plots" / "metrics" / "loss.tsv", "train")
     lr = _read(live / "plots" / "metrics" / "learning_rate.tsv", "train")
-    ref = yaml.safe_load((REFERENCES / f"{reference}.yaml").read_text())
+    ref = read_mapping(REFERENCES / f"{reference}.yaml")
     plots = {"training": "plots/training.png", "roc": "plots/roc.png"}  # relative to the report
     plot_training(loss, lr, out.parent / plots["training"])
     plot_roc(curves, {"base model": base.get("auc"), "LoRA-tuned": tuned.get("auc")}, out.parent / plots["roc"])
