@@ -90,11 +90,12 @@ def _validate(schema: pa.DataFrameSchema, df: pl.DataFrame, path: Path) -> None:
 
 def _repeated_keys(df: pl.DataFrame, key: list[str], path: Path) -> None:
     """Fail naming the key columns, how many keys repeat, and the rows of the first one."""
-    repeated = df.with_row_index("row", offset=1).filter(pl.struct(key).is_duplicated())
+    # Interactions carry `row`, their position in the source file (from 0): name the file's rows.
+    repeated = df.filter(pl.struct(key).is_duplicated())
     if repeated.height:
         first = repeated.row(0, named=True)
         rows = repeated.filter(pl.all_horizontal(pl.col(k) == first[k] for k in key))
-        examples = "; ".join(f"table row {r.pop('row')}: {r}" for r in rows.head(2).to_dicts())
+        examples = "; ".join(f"data row {r.pop('row') + 1}: {r}" for r in rows.head(2).to_dicts())
         n = repeated.select(key).unique().height
         raise RecpipeError(
             f"{path}: columns {key} must be unique together (one row per key), but {n} {'key repeats' if n == 1 else 'keys repeat'} "
