@@ -50,25 +50,25 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
     names = dict(zip(items["item_id"], items.apply(name, axis=1)))
     file_order = {u: i for i, u in enumerate(inter["user_id"].drop_duplicates())}
     rows = []
-    for user, hist in inter.sort_values(["user_id", "timestamp", "item_id"]).groupby("user_id", sort=True):
-        ids, ratings, stamps = hist["item_id"].tolist(), hist["rating"].tolist(), hist["timestamp"].tolist()
+    # A stable sort on the timestamp keeps same-second ratings in file order (the table's row order).
+    for user, hist in inter.sort_values(["user_id", "timestamp"], kind="stable").groupby("user_id", sort=True):
+        ids, ratings, stamps, file_rows = hist["item_id"].tolist(), hist["rating"].tolist(), hist["timestamp"].tolist(), hist["row"].tolist()
         for pos in range(ip.history_len, len(ids)):
             window = slice(pos - ip.history_len, pos)
             rows.append({
-                "user_id": user, "item_id": ids[pos], "timestamp": stamps[pos], "rating": ratings[pos],
+                "user_id": user, "item_id": ids[pos], "timestamp": stamps[pos], "row": file_rows[pos], "rating": ratings[pos],
                 "label": int(ratings[pos] > ip.like_threshold), "pos": pos, "file_order": file_order[user],
                 "history_item_ids": ids[window], "history_liked": [r > ip.like_threshold for r in ratings[window]],
             })  # fmt: skip
     samples = pd.DataFrame(rows)
 
-    key = ["timestamp", "user_id", "item_id"] if ip.split == "temporal" else ["file_order", "pos"]
+    key = ["timestamp", "row"] if ip.split == "temporal" else ["file_order", "pos"]
     samples = samples.sort_values(key, kind="stable")
     if ip.pool_size is not None:
         samples = samples.tail(ip.pool_size)
     samples = samples.reset_index(drop=True)
     n = len(samples)
-    a = round(n * ip.fractions[0])
-    b = a + round(n * ip.fractions[1])
+    a, b = int(n * ip.fractions[0]), int(n * round(ip.fractions[0] + ip.fractions[1], 12))
     if ip.split == "temporal":
         ts = samples["timestamp"].tolist()
         while 0 < a < n and ts[a] == ts[a - 1]:

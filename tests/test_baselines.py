@@ -34,12 +34,13 @@ def planted(seed: int = 0, users: int = N_USERS, lengths: tuple[int, int] = (8, 
         for step in range(rng.randint(*lengths)):
             rows.append((u, (start + step) % N_ITEMS + 1, float(rng.randint(1, 5)), t + 60 * step))
     rng.shuffle(rows)
-    return pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
+    frame = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
+    return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))  # the file order, as ingest records it
 
 
 def test_histories_follow_the_leave_one_out_split():
     inter = pl.DataFrame(
-        {"user_id": [1, 1, 1, 2, 2, 3, 1], "item_id": [5, 6, 7, 8, 9, 4, 3], "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None], "timestamp": [30, 10, 20, 1, 2, 1, 40]}
+        {"user_id": [1, 1, 1, 2, 2, 3, 1], "item_id": [5, 6, 7, 8, 9, 4, 3], "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None], "timestamp": [30, 10, 20, 1, 2, 1, 40], "row": range(7)}
     )
     history, target = loo_histories(inter)
     # User 1's unrated item 3 is no interaction here; user 3 has one item: no history, no test case.

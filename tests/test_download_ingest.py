@@ -111,7 +111,7 @@ def test_duplicate_user_item_pair_is_rejected(tmp_path):
     message = str(e.value)
     assert "\n" not in message and "None" not in message
     assert re.search(r"raw/interactions: columns \['user_id', 'item_id'\] must be unique together \(one row per key\), "
-                     r"but 1 key repeats in 2 rows, e.g. table row \d+: \{'user_id': \d+, 'item_id': \d+, .*\}; table row \d+: \{", message)
+                     r"but 1 key repeats in 2 rows, e.g. data row \d+: \{'user_id': \d+, 'item_id': \d+, .*\}; data row \d+: \{", message)
     assert not (tmp_path / "tables").exists()
 
 

@@ -54,7 +54,7 @@ def test_every_family_on_review_data(amazon):
 def test_leave_one_out_tests_each_users_last_item(amazon):
     inter = amazon[0]
     samples = make(amazon, ["sequential"])
-    last = inter.sort(["user_id", "timestamp", "item_id"]).group_by("user_id", maintain_order=True).last().select("user_id", "item_id")
+    last = inter.sort(["user_id", "timestamp", "row"]).group_by("user_id", maintain_order=True).last().select("user_id", "item_id")
     test = samples.filter((pl.col("split") == "test") & pl.col("seen")).select("user_id", "item_id").sort("user_id")
     assert test.equals(last.sort("user_id"))
 

@@ -49,11 +49,11 @@ def test_spans_point_at_their_entities(built):
     assert {users["text"][s["start"] : s["end"]] for s in users["spans"]} >= {"21", "woman", "engineer"}
 
 
-def test_histories_are_chronological_with_item_id_tie_break(built):
+def test_histories_are_chronological_with_file_order_tie_break(built):
     root, _ = built
     hist = pl.read_parquet(root / "text" / "histories.parquet")
-    for items, stamps in zip(hist["item_id"].to_list(), hist["timestamp"].to_list()):
-        assert list(zip(stamps, items)) == sorted(zip(stamps, items))
+    for rows, stamps in zip(hist["row"].to_list(), hist["timestamp"].to_list()):
+        assert list(zip(stamps, rows)) == sorted(zip(stamps, rows))
     assert any(len(set(t)) < len(t) for t in hist["timestamp"].to_list())  # the fixture has ties
 
 

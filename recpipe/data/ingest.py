@@ -31,7 +31,15 @@ def _require(df: pl.DataFrame, columns: list[str], path: Path) -> None:
         raise RecpipeError(f"{path}: missing columns {missing} (found {df.columns})")
 
 
-NOT_NULL = {"user_id", "item_id", "title"}
+NOT_NULL = {"user_id", "item_id", "title", "row"}
+# Besides the format's columns, each interaction keeps `row`, its position in the source file (from 0,
+# before any filter): the tie-break of recpipe's one chronological order (recpipe.data.splits.CHRONO_KEY).
+ROW = {"row": pl.Int64}
+
+
+def canonical_columns(family: str) -> dict[str, dict]:
+    """Each table's canonical columns and types: the format family's, and `row` for interactions."""
+    return {role: {**columns, **(ROW if role == "interactions" else {})} for role, columns in COLUMNS[family].items()}
 
 
 def _checks(column: str, rating_min: float, rating_max: float) -> list[pa.Check]:
@@ -47,7 +55,7 @@ def _checks(column: str, rating_min: float, rating_max: float) -> list[pa.Check]
 def schemas(family: str, rating_min: float, rating_max: float, implicit_kept: bool = False) -> dict[str, pa.DataFrameSchema]:
     """pandera schemas of one format family's canonical tables: types, ranges, null ids, unique keys."""
     out = {}
-    for role, columns in COLUMNS[family].items():
+    for role, columns in canonical_columns(family).items():
         cols = {}
         for name, dtype in columns.items():
             nullable = name not in NOT_NULL
@@ -55,7 +63,7 @@ def schemas(family: str, rating_min: float, rating_max: float, implicit_kept: bo
                 nullable = implicit_kept  # a kept implicit interaction has no rating
             if role == "interactions" and name == "timestamp":
                 nullable = family == "bookcrossing"  # the only source without times
-            unique = name == f"{role[:-1]}_id" and role != "interactions"
+            unique = (name == f"{role[:-1]}_id" and role != "interactions") or name == "row"
             cols[name] = pa.Column(dtype, _checks(name, rating_min, rating_max), nullable=nullable, unique=unique)
         key = {"unique": ["user_id", "item_id"]} if role == "interactions" else {}
         out[role] = pa.DataFrameSchema(cols, strict=True, **key)
@@ -82,11 +90,12 @@ def _validate(schema: pa.DataFrameSchema, df: pl.DataFrame, path: Path) -> None:
 
 def _repeated_keys(df: pl.DataFrame, key: list[str], path: Path) -> None:
     """Fail naming the key columns, how many keys repeat, and the rows of the first one."""
-    repeated = df.with_row_index("row", offset=1).filter(pl.struct(key).is_duplicated())
+    # Interactions carry `row`, their position in the source file (from 0): name the file's rows.
+    repeated = df.filter(pl.struct(key).is_duplicated())
     if repeated.height:
         first = repeated.row(0, named=True)
         rows = repeated.filter(pl.all_horizontal(pl.col(k) == first[k] for k in key))
-        examples = "; ".join(f"table row {r.pop('row')}: {r}" for r in rows.head(2).to_dicts())
+        examples = "; ".join(f"data row {r.pop('row') + 1}: {r}" for r in rows.head(2).to_dicts())
         n = repeated.select(key).unique().height
         raise RecpipeError(
             f"{path}: columns {key} must be unique together (one row per key), but {n} {'key repeats' if n == 1 else 'keys repeat'} "
@@ -109,9 +118,11 @@ def canonicalize(tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: 
     family = FAMILY[fmt]
     keep_implicit = dataset.implicit == "keep"
     typed = {}
-    for role, columns in COLUMNS[family].items():
+    for role, columns in canonical_columns(family).items():
         path = raw / role
         df = tables[role]
+        if role == "interactions":  # before anything is filtered: the position in the source file
+            df = df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
         _require(df, list(columns), path)
         df = df.select(list(columns))
         for col, dtype in columns.items():

@@ -7,18 +7,22 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 
-# Every chronological order in recpipe uses this key. ML-100K has many same-second ratings, so the
-# item id breaks ties: it does not depend on which source's file order arrived.
-CHRONO_KEY = ["timestamp", "item_id"]
+# Every chronological order in recpipe uses this key: the timestamp, and among equal timestamps the
+# order of the source file (`row`, recorded at ingest), as a stable sort on the timestamp keeps them
+# in TALLRec's preprocessing and in RecBole. ML-100K has many same-second ratings (415 of 943 users'
+# last two), and its item ids correlate with popularity: breaking ties by item id would bias every
+# leave-one-out target towards less popular items.
+CHRONO_KEY = ["timestamp", "row"]
 
 
 def user_histories(interactions: pl.DataFrame) -> pl.DataFrame:
-    """One row per user: items, ratings and timestamps in chronological order (CHRONO_KEY)."""
-    first_seen = interactions.select("user_id").unique(maintain_order=True).with_row_index("file_order")
+    """One row per user: items, ratings, timestamps and source rows in chronological order
+    (CHRONO_KEY), and `file_order`, the user's place by first appearance in the source file."""
+    first_seen = interactions.sort("row").select("user_id").unique(maintain_order=True).with_row_index("file_order")
     return (
         interactions.sort(["user_id", *CHRONO_KEY])
         .group_by("user_id", maintain_order=True)
-        .agg("item_id", "rating", "timestamp")
+        .agg("item_id", "rating", "timestamp", "row")
         .join(first_seen, on="user_id")
         .with_columns(pl.col("file_order").cast(pl.Int64))
         .sort("user_id")
@@ -26,21 +30,21 @@ def user_histories(interactions: pl.DataFrame) -> pl.DataFrame:
 
 
 def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
-    a = round(n * fractions[0])
-    return a, a + round(n * fractions[1])
+    """Where train ends and test starts, as TALLRec cuts: int(n * 0.8) and int(n * 0.9)."""
+    return int(n * fractions[0]), int(n * round(fractions[0] + fractions[1], 12))
 
 
 def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tuple[float, float, float]) -> pl.DataFrame:
     """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
 
-    temporal: global time order (timestamp, user_id, item_id); a cut never falls inside a run of
-      equal timestamps, so every test sample is strictly later than every train sample.
-    paper: TALLRec's code: users in order of first appearance in the ratings file, each user's
-      samples in time order, the last 10,000 cut 8:1:1 as they stand.
+    temporal: global time order (CHRONO_KEY: timestamp, then source row); a cut never falls inside
+      a run of equal timestamps, so every test sample is strictly later than every train sample.
+    paper: TALLRec's preprocessing: users in order of first appearance in the ratings file, each
+      user's samples in time order (ties in file order), the last pool_size cut 8:1:1 as they stand.
     """
     if how == "temporal" and samples["timestamp"].null_count():
         raise RecpipeError("instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper")
-    key = ["timestamp", "user_id", "item_id"] if how == "temporal" else ["file_order", "pos"]
+    key = CHRONO_KEY if how == "temporal" else ["file_order", "pos"]
     ordered = samples.sort(key)
     if pool_size is not None:
         ordered = ordered.tail(pool_size)
@@ -82,7 +86,7 @@ def loo_histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dic
     """Per user with a leave-one-out test case (2+ rated items): the history (every rated item
     before the test item, in order) and the test item. The LLM's rankings and the baselines both
     exclude this history."""
-    missing = {"user_id", "item_id", "rating", "timestamp"} - set(interactions.columns)
+    missing = {"user_id", "item_id", "rating", *CHRONO_KEY} - set(interactions.columns)
     if missing:
         raise RecpipeError(f"the interactions table lacks the columns {sorted(missing)}")
     loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))

@@ -17,7 +17,7 @@ REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt"
 
 def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: float) -> pl.DataFrame:
     """Every interaction with at least `history_len` earlier ones becomes a sample (without text yet)."""
-    long = hist.explode(["item_id", "rating", "timestamp"]).with_columns(pos=pl.int_range(pl.len()).over("user_id"))
+    long = hist.explode(["item_id", "rating", "timestamp", "row"]).with_columns(pos=pl.int_range(pl.len()).over("user_id"))
     seqs = hist.select("user_id", hist_items="item_id", hist_ratings="rating")
     return (
         long.filter(pl.col("pos") >= history_len)
