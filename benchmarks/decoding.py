@@ -24,6 +24,7 @@ from recpipe import params
 from recpipe.metrics import hit_and_ndcg
 from recpipe.model.decoding import ItemTrie, constrained_topk, free_topk
 from recpipe.model.load import load, pick_dtype
+from recpipe.templates import LIST_SEPARATOR
 
 TEXT = "data/text/ml-100k"
 
@@ -35,8 +36,8 @@ def prompts_and_targets(text: str, n: int, history_len: int = 10) -> tuple[list[
     prompts, targets = [], []
     for seq in hist["item_id"].to_list():
         history, target = seq[-history_len - 1 : -1], seq[-1]
-        listed = "; ".join(names[i] for i in history)
-        prompts.append(f"A viewer watched these movies, in this order: {listed}.\nThe next movie they watched was: ")
+        listed = LIST_SEPARATOR.join(names[i] for i in history)  # names stand as the answer writes them (recpipe.templates.in_text)
+        prompts.append(f"A viewer watched these movies, in this order: {listed}\nThe next movie they watched was:")
         targets.append(target)
     return prompts, targets, names
 

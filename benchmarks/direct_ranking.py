@@ -25,6 +25,7 @@ from recpipe import params
 from recpipe.metrics import hit_and_ndcg
 from recpipe.model.decoding import ItemTrie, constrained_topk, likelihood_ranking
 from recpipe.model.load import load, pick_dtype
+from recpipe.templates import LIST_SEPARATOR
 
 TEXT = "data/text/ml-100k"
 
@@ -38,8 +39,9 @@ def direct_prompts(text: str, n: int, negatives: int = 99, history_len: int = 10
         history, target = seq[-history_len - 1 : -1], seq[-1]
         cands = rng.sample(sorted(set(names) - set(seq)), negatives) + [target]
         rng.shuffle(cands)
-        listed = ", ".join(names[i] for i in cands)
-        prompts.append(f"The user recently chose: {', '.join(names[i] for i in history)}.\nPick the one item the user is most likely to choose next from: {listed}\nChoice: ")
+        listed = LIST_SEPARATOR.join(names[i] for i in cands)  # names stand as the answer writes them (recpipe.templates.in_text)
+        recent = LIST_SEPARATOR.join(names[i] for i in history)
+        prompts.append(f"The user recently chose: {recent}\nPick the one item the user is most likely to choose next from: {listed}\nChoice:")
         candidates.append(cands)
         targets.append(target)
     return prompts, candidates, targets, names

@@ -60,3 +60,20 @@ def render(template: str, fields: dict[str, str | list[str]], sep: str = ", ") -
             text.append(part)
             pos += len(part)
     return "".join(text), spans
+
+
+# How a P5 answer meets its prompt: the prompt ends without a space and the answer is written after
+# one, as a word follows the one before it in running text. A byte-level BPE tokenizer (SmolLM2's,
+# GPT-2's) writes " Toy Story" as ĠToy ĠStory but "Toy Story" as T oy ĠStory; with the space on the
+# answer's side, an item name is the same tokens everywhere: as a training target, in the decoding
+# trie, in likelihood scoring, and inside a prompt's item lists, where each name follows a space and
+# is followed by whitespace (LIST_SEPARATOR), so no token of it fuses with the text around it
+# (SmolLM2 has single tokens for "),", ")." and ");"). recpipe.p5.families.load_templates checks
+# the templates keep to this.
+ANSWER_SPACE = " "
+LIST_SEPARATOR = " | "
+
+
+def in_text(answer: str) -> str:
+    """An answer (an item name, a rating, yes/no, a sentence) as it follows its prompt: after one space."""
+    return ANSWER_SPACE + answer

@@ -88,6 +88,24 @@ def test_template_file_missing_a_part_names_file_and_place(tmp_path):
         load_templates(str(bad), ["sequential"])
 
 
+def test_prompts_end_without_a_space_and_item_lists_stand_apart(tmp_path):
+    """The answer is written after one space of its own, and an item list follows a space and is
+    followed by whitespace, so that no name's first or last token fuses with the text around it."""
+    data = load_templates("p5", list(FAMILIES))
+    prompts = [t["prompt"] for family in FAMILIES for kind in ("seen", "unseen") for t in data[family][kind]]
+    assert all(p == p.rstrip() for p in prompts)
+    base = "sequential:\n  seen:\n    - prompt: {!r}\n      target: '{{item}}'\n  unseen:\n    - prompt: 'After {{history}} then?'\n      target: '{{item}}'\n"
+    for prompt, problem in (
+        ("Seen: {history}.\nNext item: ", "ends with a space or line break"),
+        ("Seen: {history}.\nNext item:", "must follow a space and be followed by a space or a line break"),
+        ("Seen ({history})\nNext item:", "must follow a space and be followed by a space or a line break"),
+    ):
+        bad = tmp_path / "t.yaml"
+        bad.write_text(base.format(prompt))
+        with pytest.raises(RecpipeError, match=rf"t.yaml: sequential.seen\[0\].prompt.*{problem}"):
+            load_templates(str(bad), ["sequential"])
+
+
 def test_explanation_helpers():
     assert first_sentence("Great lipstick. Lasts all day!") == "Great lipstick."
     assert feature_hint("The color lasts all day.") == "color"  # the first of the longest content words
@@ -125,7 +143,7 @@ def test_history_spans_mark_each_history_item_of_train_prompts(amazon):
     assert train.filter(pl.col("family") == "rating")["spans"].list.len().sum() == 0  # no history in its prompts
     for row in train.filter(pl.col("family") != "rating").iter_rows(named=True):
         for start, end, item in row["spans"]:
-            assert row["prompt"][start:end] == names[item]  # the span is exactly the item's name
+            assert row["prompt"][start:end] == " " + names[item]  # the item's name as an answer writes it: after a space
     assert samples.filter(pl.col("split") != "train")["spans"].list.len().sum() == 0
     assert make(amazon, ["sequential"], history_targets=False)["spans"].list.len().sum() == 0
 

@@ -28,7 +28,7 @@ def test_mixture_follows_the_weights_and_never_trains_on_unseen_or_test(samples)
     counts = dict(train.group_by("family").len().iter_rows())
     assert counts == {"rating": 15, "sequential": 5}
     assert train["seen"].all() and (train["split"] == "train").all()
-    assert (train["answer"] == train["target"]).all()
+    assert (train["answer"] == " " + train["target"]).all()  # written after the prompt and one space
     assert valid.height == 5 and set(valid["family"]) <= {"rating", "sequential"} and (valid["split"] == "valid").all()
     # every family is tested, 3 cases each, each case once with a seen and once with an unseen template
     per_case = test.group_by("family", "case_id").agg(pl.col("seen").sort())

@@ -134,6 +134,7 @@ def test_metric_values_in_range(scored):
     for family in ("sequential", "direct"):
         for m in metrics[family].values():
             assert m["validity"] == 1.0  # constrained decoding names an item with every beam
+            assert m["short_lists"] == 0  # every case ranks top_k items outside the user's history
             assert all(0 <= m[f"{x}@{k}"] <= 1 for x in ("hr", "ndcg") for k in (1, 5))
             assert m["hr@1"] <= m["hr@5"] and m["ndcg@5"] <= m["hr@5"]
     for m in metrics["rating"].values():
@@ -152,7 +153,7 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
     items = predictions.filter(pl.col("kind") == "item").join(test.select("template", "user_id", "item_id", "candidates"), on=["template", "user_id", "item_id"])
     assert items.height == test.filter(pl.col("kind") == "item").height
     for row in items.iter_rows(named=True):
-        assert len(row["ranked"]) <= 5 and len(set(row["ranked"])) == len(row["ranked"])
+        assert len(row["ranked"]) == len(set(row["ranked"])) == 5  # k items, history excluded inside the search
         assert not set(row["ranked"]) & history[row["user_id"]]  # the user's history is excluded
         if row["family"] == "direct":  # 11 candidates, none in the history, 8 beams: 5 distinct items
             assert set(row["ranked"]) <= set(row["candidates"]) and len(row["ranked"]) == 5
@@ -198,3 +199,22 @@ def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny): 
     assert out["validity"].to_list() == [1.0] * 3
     with pytest.raises(ValidationError, match="sequential_ranking"):
         P5Params(sequential_ranking="exact")
+
+
+def test_beam_ranking_gives_k_unseen_items_when_the_history_covers_most(amazon, tiny):  # noqa: F811
+    """A history of all but 7 items: the search never writes a history item, so each case still
+    ranks k = 5 items with 5 beams, and short_lists counts the one user with 3 unseen items left."""
+    from recpipe.p5.evaluate import group_metrics, rank
+    from recpipe.p5.families import item_names
+
+    model, tok = load(str(tiny))
+    names = item_names(amazon[1], False, 0)
+    rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
+    users = rows["user_id"].to_list()
+    everything = sorted(names)
+    history = {users[0]: set(everything[7:]), users[1]: set(everything[:-7]), users[2]: set(everything[3:])}
+    out = rank(rows, model, tok, names, history, P5Params(top_k=5, beams=5, eval_batch_size=2))
+    ranked = out["ranked"].to_list()
+    assert [len(r) for r in ranked] == [5, 5, 3] and sorted(ranked[2]) == everything[:3]
+    assert all(not set(r) & history[u] for r, u in zip(ranked, users))
+    assert group_metrics(out.with_columns(kind=pl.lit("item")), (1, 5), (1, 5))["short_lists"] == 1

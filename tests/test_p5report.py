@@ -8,7 +8,7 @@ from recpipe.p5.report import COLUMNS, load_references, p5_tables, write_p5_repo
 
 OURS = {
     "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01}, "unseen": {"n": 400, "rmse": 1.3}},
-    "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025}, "unseen": {"n": 300, "hr@5": 0.02}},
+    "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025, "short_lists": 0}, "unseen": {"n": 300, "hr@5": 0.02, "short_lists": 2}},
     "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
 }
 # as recpipe.p5.baselines writes it: per-method metrics, plus counts
@@ -68,7 +68,7 @@ def test_beauty_tables_show_the_papers_rows_and_ours():
     assert "| P5 | paper | seen | without | 0.97 | 16.45 | 1.89 | 11.88 |" in text
     assert "| recpipe (seen prompts) | this run | seen | – | 1.23 | 20.50 | 3.00 | 15.00 |" in text
     assert "rating 400 / 400; sequential 300 / 300; explanation – / –" in text
-    assert "leave-one-out" in text and "unparsable_rate 0.0100 / –" in text
+    assert "leave-one-out" in text and "unparsable_rate 0.0100 / –" in text and "short_lists 0 / 2" in text
     assert "1000 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's sequential rankings cover a subsample of them." in text
     assert "| users |" not in text and "| items |" not in text
 

@@ -12,6 +12,7 @@ from recpipe.model.decoding import (
     constrained_beams,
     constrained_topk,
     free_topk,
+    name_tokens,
 )
 from recpipe.model.load import load
 
@@ -21,9 +22,9 @@ NAMES = {1: "The Usual Suspects (1995)", 2: "Heat (1995)", 3: "Heat (1995)", 4: 
 def test_trie_allows_exactly_the_item_continuations(tiny):  # noqa: F811
     _, tok = load(str(tiny))
     trie = ItemTrie(NAMES, tok)
-    first = {tok(n, add_special_tokens=False).input_ids[0] for n in NAMES.values()}
+    first = {name_tokens(tok, n)[0] for n in NAMES.values()}
     assert set(trie.next_tokens(())) == first
-    heat = tuple(tok("Heat (1995)", add_special_tokens=False).input_ids)
+    heat = tuple(name_tokens(tok, "Heat (1995)"))
     assert trie.next_tokens(heat) == [tok.eos_token_id]
     assert trie.items(heat + (tok.eos_token_id,)) == [2, 3]  # same name: both items
     assert trie.next_tokens((10**6,)) == [] and trie.items(heat) == []
@@ -97,7 +98,7 @@ def test_likelihood_ranking_scores_every_candidate_exactly(tiny, built):  # noqa
 
     def mean_log_prob(prompt: str, item: int) -> float:  # one candidate, the whole sequence, no cache
         p = tok(prompt).input_ids
-        a = tok(NAMES[item], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        a = name_tokens(tok, NAMES[item]) + [tok.eos_token_id]
         with torch.no_grad():
             logp = model(torch.tensor([p + a])).logits[0, len(p) - 1 : -1].float().log_softmax(-1)
         return logp.gather(-1, torch.tensor(a)[:, None]).mean().item()
@@ -123,3 +124,120 @@ def test_prefix_cache_hands_out_copies_that_leave_the_prefix_as_it_was(tiny, bui
             assert torch.allclose(out, plain.expand(n, -1, -1), atol=1e-5)
     assert all(torch.equal(layer.keys, k) for layer, k in zip(cache.cache.layers, keys, strict=True))
     assert PrefixCache(model, ids[:, :0]).rows(4) is None  # no prefix: no cache
+
+
+def reachable(trie: ItemTrie, prefix: tuple[int, ...] = ()) -> set[int]:
+    """Every item a search can complete: the trie walked through next_tokens alone."""
+    found = set()
+    for t in trie.next_tokens(prefix):
+        found |= set(trie.items(prefix + (t,))) if t == trie.end else reachable(trie, prefix + (t,))
+    return found
+
+
+def test_trie_without_items_never_completes_them(tiny):  # noqa: F811
+    _, tok = load(str(tiny))
+    trie = ItemTrie(NAMES, tok)
+    heat = tuple(name_tokens(tok, "Heat (1995)")) + (tok.eos_token_id,)
+    assert reachable(trie) == set(NAMES)
+    one = trie.without({2, 99})  # 99: not an item of this trie
+    assert reachable(one) == {1, 3, 4, 5} and one.items(heat) == [3]  # item 3 has item 2's name
+    both = one.without({3})
+    assert reachable(both) == {1, 4, 5} and both.items(heat) == []
+    assert reachable(trie.without(set(NAMES))) == set() and trie.next_tokens(()) == list(dict.fromkeys(trie.next_tokens(())))
+    assert reachable(trie) == set(NAMES) and trie.items(heat) == [2, 3]  # views leave the trie as it was
+
+
+def test_beam_search_returns_k_unseen_items_when_the_history_covers_most(tiny, built):  # noqa: F811
+    """20 beams, k = 10, and a history of all but 12 of 60 items: removing the history after the
+    search would leave a few items; excluded inside the search, every prompt gets 10."""
+    import polars as pl
+
+    model, tok = load(str(tiny))
+    items = pl.read_parquet(built[0] / "text" / "items.parquet")
+    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(3).to_list(), (200, 40, 90))]
+    history = [set(sorted(names)[12:]), set(sorted(names)[:48]), set(list(names)[::2]) | set(list(names)[1:40:2])]
+    ranked, validity = constrained_topk(model, tok, prompts, ItemTrie(names, tok), k=10, beams=20, batch_size=2, exclude=history)
+    for items_, seen in zip(ranked, history, strict=True):
+        assert len(items_) == len(set(items_)) == 10 and not set(items_) & seen
+    assert validity == 1.0  # more than 20 beams' worth of unseen items: every beam names one
+    # Fewer unseen items than beams: each of them, and nothing else.
+    ranked, _ = constrained_topk(model, tok, prompts[:1], ItemTrie(names, tok), k=10, beams=20, exclude=[set(sorted(names)[5:])])
+    assert sorted(ranked[0]) == sorted(names)[:5]
+
+
+def tokenizers():
+    """The tiny test tokenizer; one trained on P5 text, whose merges fuse a name's last character with
+    the punctuation after it ("),") as SmolLM2's do; and SmolLM2's own when it is cached."""
+    from recpipe.model.load import CACHE
+
+    smollm2 = sorted(CACHE.glob("dequantized/SmolLM2-135M*/tokenizer.json"))
+    return ["tiny", "p5", pytest.param(smollm2[0].parent if smollm2 else None, id="smollm2", marks=pytest.mark.skipif(not smollm2, reason="SmolLM2 is not cached"))]
+
+
+@pytest.mark.parametrize("which", tokenizers())
+def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which, tiny, built, tmp_path):  # noqa: F811
+    """Every item of the fixture: the tokens of its name inside a training prompt's history (found
+    by character offsets), the tokens the history-span loss labels, the answer tokens `encode`
+    gives when it is the target, the trie's path to it and the tokens likelihood_ranking scores
+    are one sequence."""
+    import polars as pl
+    import torch
+    from conftest import make_tiny_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from recpipe.model.decoding import likelihood_ranking
+    from recpipe.model.train import encode
+    from recpipe.p5.families import build, item_names, load_templates
+    from recpipe.p5.sample import p5_mixture
+    from recpipe.params import P5Params
+
+    root = built[0]
+    inter, items, users = (pl.read_parquet(root / d / f"{t}.parquet") for d, t in (("tables", "interactions"), ("text", "items"), ("text", "users")))
+    families = ["sequential", "direct"]
+    p5 = P5Params(negatives=10, history_targets=True, sequential_stride=1, k=None, families=families)
+    samples = build(inter, items, users, load_templates("p5", families), families, p5, seed=0, max_rating=5)
+    train, _, _ = p5_mixture(samples, p5, 0)
+    names = item_names(items, False, 0)
+    if which == "tiny":
+        model, tok = load(str(tiny))
+    else:
+        if which == "p5":
+            lists = [", ".join(names[i] for i in samples["item_id"][j : j + 10]) + "." for j in range(0, samples.height, 10)]
+            which = make_tiny_model(tmp_path, (samples["prompt"] + samples["target"]).to_list() + lists * 3)
+        tok = AutoTokenizer.from_pretrained(str(which))
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    eos = tok.eos_token_id
+
+    in_prompt: dict[int, list[int]] = {}
+    as_answer: dict[int, list[int]] = {}
+    for row in train.iter_rows(named=True):
+        assert row["prompt"] == row["prompt"].rstrip() and row["answer"] == " " + row["target"]  # the answer brings the space
+        enc = tok(row["prompt"], return_offsets_mapping=True)
+        encoded = encode([row["prompt"]], [row["answer"]], tok, 10**6, [row["spans"]])[0]
+        p = len(enc.input_ids)
+        for start, end, item in row["spans"]:
+            inside = [j for j, (a, b) in enumerate(enc.offset_mapping) if a < end and start < b]
+            toks = [enc.input_ids[j] for j in inside]
+            assert [encoded["labels"][j] for j in inside] == toks  # the span loss learns exactly these
+            assert in_prompt.setdefault(item, toks) == toks  # one form wherever the item is listed
+        if row["kind"] == "item":
+            assert encoded["input_ids"][-1] == eos
+            assert as_answer.setdefault(row["item_id"], encoded["input_ids"][p:-1]) == encoded["input_ids"][p:-1]
+    assert len(in_prompt) == len(names) and len(as_answer) > 20  # every item sits in some history
+
+    trie = ItemTrie(names, tok)
+    for item, toks in in_prompt.items():
+        assert all(toks[n] in trie.next_tokens(tuple(toks[:n])) for n in range(len(toks)))
+        assert item in trie.items(tuple(toks) + (eos,)), (names[item], tok.convert_ids_to_tokens(toks))
+        assert as_answer.get(item, toks) == toks, (names[item], tok.convert_ids_to_tokens(as_answer[item]), tok.convert_ids_to_tokens(toks))
+
+    scored = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: scored.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    candidates = sorted(in_prompt)
+    likelihood_ranking(model, tok, [train["prompt"][0]], [candidates], names, chunk=1)
+    hook.remove()
+    assert len(scored) == 1 + len(candidates)  # the prompt once, then one pass per candidate
+    for item, row in zip(candidates, scored[1:], strict=True):
+        assert row[1:] == in_prompt[item] + [eos]  # after the prompt's last token: the name, then EOS

@@ -9,47 +9,76 @@ from __future__ import annotations
 import copy
 import sys
 
-import pygtrie
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
 from recpipe import RecpipeError
+from recpipe.templates import in_text
+
+
+def name_tokens(tokenizer, name: str) -> list[int]:
+    """An item name's token ids, the one form every part of P5 writes and reads: the name after a
+    space (recpipe.templates.in_text), as an answer follows its prompt and as the name stands in a
+    prompt's item list. Training targets and history spans, the decoding trie and likelihood
+    scoring all see these tokens."""
+    return tokenizer(in_text(name), add_special_tokens=False).input_ids
 
 
 class ItemTrie:
-    """Every item's name as the token ids the model must write, ended by EOS, in a pygtrie.Trie.
+    """Every item's name as the token ids the model must write (name_tokens, the tokens training
+    teaches), ended by EOS.
 
-    Names are tokenized on their own, exactly as training targets are (train.encode tokenizes the
-    prompt and the answer apart), so what the trie allows is what training taught."""
+    Each prefix knows its next tokens and how many items lie below it, so that `without(items)`
+    is a cheap view for one prompt: a prefix stays allowed only while some item that is not
+    excluded lies below it, and the search can never complete an excluded item (a user's history)."""
 
     def __init__(self, names: dict[int, str], tokenizer):
         self.end = tokenizer.eos_token_id
-        self.trie = pygtrie.Trie()
+        self.named: dict[tuple[int, ...], list[int]] = {}  # a whole key (name + EOS) -> its items
+        self.key_of: dict[int, tuple[int, ...]] = {}
+        self.children: dict[tuple[int, ...], list[int]] = {}  # prefix -> the tokens that may follow it
+        self.below: dict[tuple[int, ...], int] = {}  # prefix -> how many items lie at or below it
         for item_id, name in names.items():
-            key = tuple(tokenizer(name, add_special_tokens=False).input_ids) + (self.end,)
-            if key in self.trie:
-                self.trie[key].append(item_id)  # two items with the same name are one answer
-            else:
-                self.trie[key] = [item_id]
-        if not len(self.trie):
+            key = tuple(name_tokens(tokenizer, name)) + (self.end,)
+            self.key_of[item_id] = key
+            for n in range(len(key)):
+                if key[: n + 1] not in self.below:
+                    self.children.setdefault(key[:n], []).append(key[n])
+                    self.below[key[: n + 1]] = 0
+            self.named.setdefault(key, []).append(item_id)  # two items with the same name are one answer
+            for n in range(len(key) + 1):
+                self.below[key[:n]] = self.below.get(key[:n], 0) + 1
+        if not self.named:
             raise RecpipeError("no items to build the decoding trie from")
-        self.max_len = max(len(key) for key in self.trie.keys())
+        self.max_len = max(len(key) for key in self.named)
+        self.excluded: frozenset[int] = frozenset()
+        self.removed: dict[tuple[int, ...], int] = {}  # prefix -> how many excluded items lie below it
+
+    def without(self, items) -> ItemTrie:
+        """A view of this trie for one prompt that never writes `items` (ids it does not hold are
+        ignored): it shares the trie's tables and only counts, per prefix of an excluded item's
+        key, how many excluded items lie below it."""
+        view = copy.copy(self)
+        view.excluded = frozenset(i for i in items if i in self.key_of) | self.excluded
+        view.removed = {}
+        for item in view.excluded:
+            key = self.key_of[item]
+            for n in range(len(key) + 1):
+                view.removed[key[:n]] = view.removed.get(key[:n], 0) + 1
+        return view
 
     def next_tokens(self, prefix: tuple[int, ...]) -> list[int]:
-        """The tokens that may follow `prefix` on the way to some item's name ([] if none)."""
-        if not self.trie.has_subtrie(prefix) and prefix not in self.trie:
-            return []
-
-        def node(path_conv, path, children, value=None):
-            return path, children  # children stay a lazy generator: only one level is walked
-
-        _, children = self.trie.traverse(node, prefix=prefix)
-        return [path[-1] for path, _ in children]
+        """The tokens that may follow `prefix` on the way to some item's name that is not
+        excluded ([] if none)."""
+        children = self.children.get(tuple(prefix), [])
+        if not self.removed:
+            return children
+        return [t for t in children if self.below[(*prefix, t)] > self.removed.get((*prefix, t), 0)]
 
     def items(self, tokens: tuple[int, ...]) -> list[int]:
-        """The item ids a finished token sequence names ([] if it names none)."""
-        return self.trie.get(tuple(tokens), [])
+        """The item ids a finished token sequence names, excluded ones left out ([] if none)."""
+        return [i for i in self.named.get(tuple(tokens), []) if i not in self.excluded]
 
 
 def _batches(prompts: list[str], size: int):
@@ -198,7 +227,7 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
     The prompt runs through the model once. Then `chunk` candidates at a time are laid end to end
     in one row after it, each numbered from the prompt's end and masked from the others
     (candidate_block_mask): one pass scores them all, and the prompt's keys and values are not
-    copied for each candidate. Names are tokenized on their own, as in training and in ItemTrie."""
+    copied for each candidate. Names are the tokens name_tokens gives, as in training and in ItemTrie."""
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -208,7 +237,7 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
     for prompt, cands in tqdm(list(zip(prompts, candidates, strict=True)), desc=desc, unit="prompt", file=sys.stderr):
         for c in cands:
             if c not in tokens:
-                tokens[c] = tokenizer(names[c], add_special_tokens=False).input_ids + [end]
+                tokens[c] = name_tokens(tokenizer, names[c]) + [end]
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         past = ids.shape[1] - 1
         prefix = PrefixCache(model, ids[:, :-1])
@@ -252,12 +281,14 @@ def constrained_topk(
     share of returned sequences that name an item (counted, not assumed).
 
     `trie`: one ItemTrie, or one per prompt (see constrained_beams). `exclude`: per prompt, items
-    removed from its ranked list before it is cut to k (the user's history); ask for more beams
-    than k so that k items remain."""
+    the search may not write (the user's history: ItemTrie.without), so that each prompt gets k
+    items outside it whenever k such items exist."""
     if beams < k:
         raise RecpipeError(f"beam size {beams} is smaller than k={k}: beam search returns at most one item per beam")
     if exclude is not None and len(exclude) != len(prompts):
         raise RecpipeError(f"{len(exclude)} exclusion sets for {len(prompts)} prompts")
+    if exclude is not None:
+        trie = [t.without(ex) for t, ex in zip(trie if isinstance(trie, list) else [trie] * len(prompts), exclude, strict=True)]
     named = constrained_beams(model, tokenizer, prompts, trie, beams, batch_size, desc, share_prompt)
     ranked = [top_items(n, k, exclude[i] if exclude else None) for i, n in enumerate(named)]
     total = sum(len(n) for n in named)

@@ -4,8 +4,8 @@ templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
     kind     how the answer is produced                  metrics (names in the result)
     rating   greedy text, first number (parse_rating)    rmse, mae, clamped, unparsable, unparsable_rate
     yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
-    item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity
-             every candidate scored: a direct prompt's
+    item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity,
+             every candidate scored: a direct prompt's   short_lists
              list (direct_ranking="likelihood"), or every
              item outside the user's history
              (sequential_ranking="likelihood")
@@ -17,8 +17,10 @@ and each kind's metric names are its own. BLEU (sacrebleu's corpus BLEU-4) and R
 stemmed, averaged over prompts) are in percent, as P5 and RecSysLLM print them; the rest are
 fractions or rating units. Everything is rounded to 4 decimals.
 
-Ranking excludes the user's history: items in it are dropped from each ranked list before it is
-cut to k (the report's baselines do the same), so beams should exceed k.
+Ranking excludes the user's history (the report's baselines do the same): beam search may not
+write a history item (each prompt searches ItemTrie.without(history)) and likelihood ranking does
+not score one, so every list holds k items whenever the user has k unrated items. short_lists
+counts the item rows whose list is shorter than k (expected 0).
 
 Entry points: evaluate_families (frames in memory) and evaluate_p5 (the p5_evaluate stage's files);
 predict (answers, one row per prompt) and family_metrics (from those rows) are their two halves."""
@@ -70,7 +72,7 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
 
 
 def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params) -> pl.DataFrame:
-    """Item rows with `ranked` (top p5.top_k item ids, history excluded), `validity` (share of the
+    """Item rows with `ranked` (top p5.top_k item ids, never one of the user's history), `validity` (share of the
     row's beams that named an item; 1 for rows ranked by likelihood, which only score real items)
     and `prediction` (the top item's name, "" if none remains). p5.direct_ranking: "likelihood"
     scores every candidate of rows that have a candidate list; "beam" runs beam search (p5.beams
@@ -98,7 +100,8 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
             ranked[i] = [c for c in order if c not in exclude[i]][:k]
     if searched:
         part = rows[searched]
-        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), _tries(part, names, tokenizer), p5.beams, p5.eval_batch_size)
+        tries = [t.without(exclude[i]) for t, i in zip(_tries(part, names, tokenizer), searched, strict=True)]
+        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), tries, p5.beams, p5.eval_batch_size)
         for i, n in zip(searched, named):
             ranked[i] = top_items(n, k, exclude[i])
             validity[i] = sum(map(bool, n)) / len(n)
@@ -150,7 +153,9 @@ def group_metrics(rows: pl.DataFrame, rating_range: tuple[float, float], ks: tup
         elif kind == "yes_no":
             out |= yes_no_metrics(preds, targets)
         elif kind == "item":
-            out |= ranking_metrics(part["ranked"].to_list(), part["item_id"].to_list(), part["validity"].to_list(), ks)
+            ranked = part["ranked"].to_list()
+            out |= ranking_metrics(ranked, part["item_id"].to_list(), part["validity"].to_list(), ks)
+            out["short_lists"] = sum(len(r) < max(ks) for r in ranked)  # fewer than k items ranked
         else:
             out |= text_metrics(preds, targets)
     return out

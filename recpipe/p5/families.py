@@ -30,7 +30,12 @@ from recpipe import RecpipeError, log
 from recpipe.data.splits import leave_one_out, split
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.params import FAMILY_NAMES, P5Params
-from recpipe.templates import placeholders, read_template_file
+from recpipe.templates import (
+    ANSWER_SPACE,
+    LIST_SEPARATOR,
+    placeholders,
+    read_template_file,
+)
 
 FAMILIES = FAMILY_NAMES  # rating, sequential, explanation, review, direct
 NEEDS_REVIEWS = {"explanation", "review"}
@@ -40,6 +45,9 @@ NEEDED_IN_PROMPT = {"rating": {"user", "item"}, "sequential": {"history"}, "expl
 KINDS = {"{rating}": "rating", "{answer}": "yes_no", "{item}": "item", "{summary}": "text", "{explanation}": "text"}
 # Rating, explanation and review samples: the train, valid and test shares of all interactions by time.
 FRACTIONS = (0.8, 0.1, 0.1)
+# An item list in a prompt must follow a space and be followed by whitespace (recpipe.templates.in_text).
+_LIST_START = re.compile(r"(?<! )\{(history|candidates)\}")
+_LIST_END = re.compile(r"\{(history|candidates)\}(?!\s)")
 _STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
 
 
@@ -68,8 +76,9 @@ def choose(asked: list[str] | None, interactions: pl.DataFrame, dataset: str) ->
 
 
 def load_templates(name_or_path: str, families: list[str]) -> dict:
-    """The templates file, checked: each asked family has seen and unseen templates, and every
-    placeholder is one recpipe fills."""
+    """The templates file, checked: each asked family has seen and unseen templates, every
+    placeholder is one recpipe fills, prompts end without a space (the answer brings its own) and
+    item lists follow a space and are followed by whitespace (recpipe.templates.in_text)."""
     path, data = read_template_file(name_or_path)
     known = {"user", "profile", "item", "history", "rating", "max_rating", "candidates", "review", "summary", "explanation", "hint", "answer"}
     for family in families:
@@ -86,6 +95,14 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
                 if t["target"].strip() not in KINDS:
                     raise RecpipeError(f"{path}: {family}.{kind}[{i}].target must be one of {sorted(KINDS)}, got {t['target']!r}")
+                prompt = t["prompt"]
+                if prompt != prompt.rstrip():
+                    raise RecpipeError(f"{path}: {family}.{kind}[{i}].prompt ends with a space or line break: the answer is written after one space of its own")
+                if _LIST_START.search(prompt) or _LIST_END.search(prompt):
+                    raise RecpipeError(
+                        f"{path}: {family}.{kind}[{i}].prompt: {{history}} and {{candidates}} must follow a space and be followed by a space or a "
+                        "line break, so that each item name is tokenized as it is written as an answer"
+                    )
                 needed = NEEDED_IN_PROMPT[family] | ({"candidates"} if family == "direct" and t["target"].strip() == "{item}" else set())
                 lacking = needed - placeholders(t["prompt"])
                 if lacking:
@@ -94,16 +111,19 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
 
 
 def render(template: str, fields: dict, history: list[tuple[int, str]] | None) -> tuple[str, list[list[int]]]:
-    """The prompt, and [start, end, item_id] for each history item's name in it (wherever
-    {history} appears). `history`: (item_id, name) pairs, which fields["history"] joins."""
+    """The prompt, and [start, end, item_id] for each history item in it (wherever {history}
+    appears): the item's name with the space before it, the text an answer naming the item is
+    (recpipe.templates.in_text). `history`: (item_id, name) pairs, which fields["history"] joins."""
     if not history or "{history}" not in template:
         return template.format(**fields), []
     pieces = template.format(**{**fields, "history": "\x00"}).split("\x00")
     text, spans = pieces[0], []
     for piece in pieces[1:]:
         for j, (item_id, name) in enumerate(history):
-            text += ", " if j else ""
-            spans.append([len(text), len(text) + len(name), item_id])
+            text += LIST_SEPARATOR if j else ""
+            if not text.endswith(ANSWER_SPACE):
+                raise RecpipeError(f"template {template!r}: {{history}} must follow a space")
+            spans.append([len(text) - len(ANSWER_SPACE), len(text) + len(name), item_id])
             text += name
         text += piece
     return text, spans
@@ -192,7 +212,7 @@ def build(
         unseen: dict[int, list[int]] = {}
         for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
             history = seqs[row["user_id"]][max(0, row["pos"] - p5.history_len) : row["pos"]]
-            fields = {**base_fields(row), "history": ", ".join(names[i] for i in history)}
+            fields = {**base_fields(row), "history": LIST_SEPARATOR.join(names[i] for i in history)}
             if "sequential" in families and (row["split"] != "train" or (row["n"] - 3 - row["pos"]) % p5.sequential_stride == 0):
                 emit("sequential", row["split"], row, fields, history=history)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
@@ -205,7 +225,7 @@ def build(
                     raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {p5.negatives} negatives")
                 candidates = rng.sample(pool, p5.negatives) + [row["item_id"]]
                 rng.shuffle(candidates)
-                emit("direct", row["split"], row, {**fields, "candidates": ", ".join(names[i] for i in candidates), "answer": "yes"}, candidates, history)
+                emit("direct", row["split"], row, {**fields, "candidates": LIST_SEPARATOR.join(names[i] for i in candidates), "answer": "yes"}, candidates, history)
     if NEEDS_REVIEWS & set(families):
         for row in by_time.filter(pl.col("review").is_not_null()).iter_rows(named=True):
             fields = base_fields(row)

@@ -35,7 +35,7 @@ TITLES = {
 }
 LABELS = {"rmse": "RMSE", "mae": "MAE", "bleu": "BLEU-4", "bleu2": "BLEU-2", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 PERCENT = {"bleu", "bleu2", "rouge1", "rouge2", "rougeL"}
-COUNTS = {"n", "unparsable"}
+COUNTS = {"n", "unparsable", "short_lists"}
 DASH = "–"
 
 

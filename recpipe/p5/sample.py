@@ -11,6 +11,7 @@ from recpipe import RecpipeError, log
 from recpipe.data.splits import draw
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.params import P5Params
+from recpipe.templates import ANSWER_SPACE
 
 P5_KEY = ["family", "case_id", "template"]  # unique per P5 sample: a stable order to draw from
 
@@ -71,9 +72,11 @@ def p5_mixture(samples: pl.DataFrame, params: P5Params, seed: int) -> tuple[pl.D
             for family, n in shares(params.k, weights).items() if n
         ]  # fmt: skip
         train = pl.concat(parts).sample(fraction=1.0, seed=seed, shuffle=True)
+    # What training writes after a prompt: the target after one space (recpipe.templates.in_text).
+    answer = (pl.lit(ANSWER_SPACE) + pl.col("target")).alias("answer")
     return (
-        train.with_columns(answer="target"),
-        valid.with_columns(answer="target"),
+        train.with_columns(answer),
+        valid.with_columns(answer),
         test.sort(P5_KEY),
     )
 
