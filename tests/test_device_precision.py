@@ -11,7 +11,14 @@ from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny mo
 import recpipe.model.load
 from recpipe import RecpipeError, params, pipeline
 from recpipe.model.load import load, pick_device, pick_dtype
-from recpipe.model.train import PadCollator, add_lora, answer_loss_trainer, encode, pin_device, train
+from recpipe.model.train import (
+    PadCollator,
+    add_lora,
+    answer_loss_trainer,
+    encode,
+    pin_device,
+    train,
+)
 from recpipe.params import LoraParams, ModelParams, TrainParams
 
 
