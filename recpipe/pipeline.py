@@ -59,16 +59,27 @@ def train(p: Params) -> None:
     _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed, live_dir=LIVE, validate=validate, run_path="reports/train_run.json")
 
 
-def evaluate(p: Params, tuned: bool = True) -> None:
-    """Score the test split with the tuned adapter, or (tuned=False) with the untouched base model."""
-    from recpipe.model.load import load, pick_dtype
-    from recpipe.tallrec.evaluate import evaluate as _evaluate
+def scoring_model(p: Params, adapter: str | None = None):
+    """(model, tokenizer) to score with: the base model in evaluate.dtype on model.device, with
+    `adapter` merged into its weights if given (plain weights: faster to score). A device this
+    machine lacks fails before anything is loaded."""
+    from recpipe.model.load import load, pick_device, pick_dtype
 
-    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype))
-    if tuned:
+    device = pick_device(p.model.device)
+    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device))
+    model = model.to(device)  # before the adapter: it is loaded and merged on the same device
+    if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, ADAPTER).merge_and_unload()  # plain weights: faster to score
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().to(device)
+    return model.eval(), tokenizer
+
+
+def evaluate(p: Params, tuned: bool = True) -> None:
+    """Score the test split with the tuned adapter, or (tuned=False) with the untouched base model."""
+    from recpipe.tallrec.evaluate import evaluate as _evaluate
+
+    model, tokenizer = scoring_model(p, ADAPTER if tuned else None)
     name = "tuned" if tuned else "base"
     _evaluate(SAMPLES, f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
 
@@ -111,13 +122,9 @@ def p5_train(p: Params, dataset: str) -> None:
 
 
 def p5_evaluate(p: Params, dataset: str) -> None:
-    from peft import PeftModel
-
-    from recpipe.model.load import load, pick_dtype
     from recpipe.p5.evaluate import evaluate_p5
 
-    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype))
-    model = PeftModel.from_pretrained(model, f"{P5_DATA}/{dataset}/adapter").merge_and_unload()
+    model, tokenizer = scoring_model(p, f"{P5_DATA}/{dataset}/adapter")
     d = p.registry[dataset]
     evaluate_p5(
         f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",

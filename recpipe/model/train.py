@@ -73,13 +73,16 @@ def answer_loss(model, batch: dict[str, torch.Tensor]):
       only the labelled positions need logits, so only theirs are computed.
     - Every prompt of a batch may start with the same instruction (about a quarter of a TALLRec
       prompt's tokens): its keys and values are computed once, with gradients, and every row
-      attends to that copy (PrefixCache). LoRA dropout then draws one mask for that shared part."""
+      attends to that copy (PrefixCache). LoRA dropout then draws one mask for that shared part.
+      Not under gradient checkpointing, whose layers drop any cache they are given: there every
+      row computes its whole prompt."""
     from recpipe.model.decoding import PrefixCache, shared_prefix_length
 
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
     columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 else 0
+    checkpointing = model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing else 0
     cache = PrefixCache(model, ids[:1, :shared]).rows(len(ids))
     out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
     wanted = targets[:, columns]
@@ -143,6 +146,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def launched() -> bool:
+    """Started by a multi-process launcher (torchrun, deepspeed), which gives each process its GPU."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_precision(dtype: torch.dtype, device: torch.device) -> None:
+    if dtype == torch.float16 and device.type != "cuda":
+        raise RecpipeError(f"train.dtype float16: the Trainer trains in float16 on CUDA only, and model.device is {device}; use bfloat16 or float32 (or auto)")
+
+
+def pin_device(args, device: torch.device) -> None:
+    """One process on one CUDA device: without a launcher the Trainer takes cuda:0 and, with more
+    GPUs visible, wraps the model in DataParallel, which splits each batch over copies of the model
+    (and breaks the answer-only loss, whose shared prefix runs once per batch). Pinned to `device`
+    instead: the Trainer places the model and each batch there."""
+    _ = args.device  # the Trainer's own device setup first: it makes cuda:0 the current device
+    torch.cuda.set_device(device)  # an index-less "cuda" (accelerate's batches) is this device now
+    args.__dict__["_setup_devices"] = device  # the cached value behind args.device
+    args._n_gpu = 1
+
+
 def add_lora(model, lora: LoraParams):
     from peft import LoraConfig, get_peft_model
 
@@ -188,18 +212,27 @@ def train(
     valid)` scores the tuned model on valid_path's rows and returns its metrics (TALLRec: valid_auc);
     None: the mean answer-token loss (valid_loss), which fits any task. metrics_path gets the metrics
     only (the losses and validation scores `dvc metrics diff` compares); run_path, if given, how the
-    run went (seconds, tokens/s, dtype), which differ from run to run and machine to machine."""
+    run went (seconds, tokens/s, dtype), which differ from run to run and machine to machine.
+
+    The model runs on model_p.device; its frozen weights are loaded in params.dtype, and the LoRA
+    weights stay float32 (peft's default): the optimizer updates float32 weights, and float16 loss
+    scaling unscales float32 gradients only."""
     from transformers import TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
-    from recpipe.model.load import load, pick_dtype
+    from recpipe.model.load import load, pick_device, pick_dtype
 
-    dtype = pick_dtype(params.dtype)
+    device = pick_device(model_p.device)  # a device this machine lacks fails here, before loading
+    dtype = pick_dtype(params.dtype, device)
+    check_precision(dtype, device)
     ds_config = deepspeed_config(params.deepspeed)
+    one_gpu = device.type == "cuda" and not launched() and not ds_config
+    if model_p.device.startswith("cuda:") and (launched() or (ds_config and device.index != 0)):
+        raise RecpipeError(f"model.device {model_p.device!r}: under a launcher or DeepSpeed each process takes its own GPU; use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES")
     if ds_config:
         single_process_env()
-    model, tokenizer = load(model_p.name, model_p.sha256)
+    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype)
     # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
     # and LoRA's initial weights must not depend on whether the model was cached already.
     set_seed(seed)
@@ -226,13 +259,18 @@ def train(
         seed=seed,
         data_seed=seed,
         bf16=dtype == torch.bfloat16,
-        use_cpu=not torch.cuda.is_available(),
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        activation_checkpointing=params.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # with peft: no input-gradient hook needed
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
         deepspeed=ds_config,
     )
+    if one_gpu:
+        pin_device(args, device)
     # Only the first process logs: a second Live on another rank would clear the same folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
