@@ -161,13 +161,15 @@ Family = Literal["rating", "sequential", "explanation", "review", "direct"]
 
 
 class SasrecParams(Strict):
-    max_len: int = Field(50, ge=2, description="SASRec reads the last this many items of a history.")
+    max_len: int = Field(50, ge=2, description="SASRec reads the last this many items of a history; a longer training sequence is cut into windows of this many targets, so every position is learned.")
     hidden: int = Field(64, ge=8, description="Embedding and hidden size; a multiple of heads.")
     blocks: int = Field(2, ge=1, description="Self-attention blocks.")
     heads: int = Field(1, ge=1, description="Attention heads per block.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and in each block, in [0, 1).")
-    epochs: int = Field(25, ge=1, description="Training passes over the users' sequences (about 30 s on ML-100K with 2 CPU cores).")
-    batch_size: int = Field(128, ge=1, description="Sequences per training step.")
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: softmax cross-entropy over every item at every position; bce: binary cross-entropy of the next item against one sampled item the user never had in training (the paper's).")
+    epochs: int = Field(200, ge=1, description="The most training passes; early stopping on validation NDCG@10 usually ends sooner.")
+    patience: int = Field(10, ge=1, description="Stop after this many epochs without a better validation NDCG@10; the best epoch's weights are kept.")
+    batch_size: int = Field(128, ge=1, description="Training sequences per step.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     threads: int = Field(1, ge=1, description="Torch threads while SASRec trains and scores. Its ops are small: one thread keeps the time predictable on a busy machine, where more threads can wait on each other.")
 
@@ -178,10 +180,20 @@ class SasrecParams(Strict):
         return self
 
 
+class BprmfParams(Strict):
+    dim: int = Field(64, ge=1, description="Embedding size of users and items.")
+    reg: float = Field(0.0, ge=0, description="L2 penalty on the user, positive and negative embeddings of each training triple.")
+    epochs: int = Field(300, ge=1, description="The most training passes over the training interactions; early stopping on validation NDCG@10 usually ends sooner.")
+    patience: int = Field(10, ge=1, description="Stop after this many epochs without a better validation NDCG@10; the best epoch's weights are kept.")
+    batch_size: int = Field(1024, ge=1, description="(user, item, sampled negative) triples per step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    threads: int = Field(1, ge=1, description="Torch threads while BPR-MF trains and scores.")
+
+
 class P5Params(Strict):
     """The P5 task families: one LoRA model trained on a weighted mixture of rating, sequential,
-    explanation, review and direct samples, tested on seen and unseen templates, next to popularity
-    and SASRec baselines. Opt-in: one set of stages per dataset in `datasets`."""
+    explanation, review and direct samples, tested on seen and unseen templates, next to popularity,
+    SASRec and BPR-MF baselines. Opt-in: one set of stages per dataset in `datasets`."""
 
     datasets: tuple[str, ...] = Field((), description="The datasets to run the P5 stages on, each one of the top-level `datasets`; empty: no P5 stages at all.")
     families: tuple[Family, ...] | None = Field(None, description="The families to build; null: every family the dataset can feed (explanation and review need review text).")
@@ -212,6 +224,7 @@ class P5Params(Strict):
         description="The P5 model's training: many more samples than TALLRec's shots, so one epoch; long direct prompts (100 candidates after the history) need max_length 1536 and small batches.",
     )  # fmt: skip
     sasrec: SasrecParams = Field(SasrecParams(), description="The SASRec baseline.")
+    bprmf: BprmfParams = Field(BprmfParams(), description="The BPR-MF baseline (matrix factorization, Bayesian personalized ranking loss).")
 
     @model_validator(mode="after")
     def _weights(self) -> P5Params:

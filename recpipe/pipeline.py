@@ -141,7 +141,7 @@ def baselines(p: Params, dataset: str) -> None:
     interactions = pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
     test = pl.read_parquet(f"{P5_DATA}/{dataset}/shots/test.parquet")
     asked = set(test.filter(pl.col("family") == "sequential")["user_id"].to_list()) or None
-    metrics, cases = _baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked)
+    metrics, cases = _baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked, bprmf=p.p5.bprmf)
     with atomic_dir(f"{P5_DATA}/{dataset}/baselines") as tmp:
         write_parquet(cases, tmp / "predictions.parquet")
     write_json(metrics, f"{P5_REPORTS}/{dataset}/baselines.json")

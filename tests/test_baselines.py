@@ -1,4 +1,4 @@
-"""Non-LLM baselines: popularity and SASRec on the leave-one-out split, ranked and scored as the LLM is."""
+"""Non-LLM baselines: popularity, SASRec and BPR-MF on the leave-one-out split, ranked and scored as the LLM is."""
 
 import random
 
@@ -6,22 +6,29 @@ import polars as pl
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import nn
 
 from recpipe import RecpipeError
-from recpipe.data.splits import loo_histories
+from recpipe.data.splits import leave_one_out, loo_histories
+from recpipe.p5 import baselines as module
 from recpipe.p5.baselines import (
     SASRec,
     baselines,
+    early_stopping,
     popularity_scores,
     rank_candidates,
+    ranks,
+    sasrec_loss,
+    sasrec_windows,
     topk,
 )
 from recpipe.p5.families import build, load_templates
-from recpipe.params import P5Params, SasrecParams
+from recpipe.params import BprmfParams, P5Params, SasrecParams
 
 N_USERS, N_ITEMS = 60, 40
 # Small and quick: the planted pattern needs no more (HR@5 = 1.0 on seeds 0, 1 and 2).
 FAST = SasrecParams(max_len=20, hidden=32, blocks=1, heads=1, dropout=0.1, epochs=10, batch_size=32, lr=2e-2)
+FAST_MF = BprmfParams(dim=16, epochs=30, patience=5, batch_size=128, lr=5e-2)
 
 
 def planted(seed: int = 0, users: int = N_USERS, lengths: tuple[int, int] = (8, 16)) -> pl.DataFrame:
@@ -55,7 +62,7 @@ def walk():
     users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
     p5 = P5Params(negatives=9, history_targets=False, sequential_stride=1)
     samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], p5, seed=0, max_rating=5)
-    return inter, samples, baselines(inter, samples, FAST, seed=0)[0]
+    return inter, samples, baselines(inter, samples, FAST, seed=0, bprmf=FAST_MF)[0]
 
 
 def test_sasrec_beats_popularity_on_a_planted_sequence(walk):
@@ -139,7 +146,7 @@ def test_direct_ranks_only_the_candidates():
     inter = planted()
     result = baselines(inter, _direct_rows(inter, n_negatives=1), FAST.model_copy(update={"epochs": 2}), seed=0)[0]
     assert result["direct_cases"] == N_USERS  # each case once; other rows ignored
-    for method in ("popularity", "sasrec"):
+    for method in ("popularity", "sasrec", "bprmf"):
         direct = result[method]["direct"]
         assert direct["hr@5"] == direct["hr@10"] == 1.0, (method, direct)  # 2 candidates: the target is always in the top 5
         assert 0 < direct["hr@1"] <= 1 and direct["ndcg@5"] >= 1 / 1.5849625 - 1e-5
@@ -182,9 +189,9 @@ def test_params_are_checked():
 def test_sequential_scored_on_the_llms_sampled_users(walk):
     inter, samples, full = walk
     asked = [1, 2, 3, 5, 8]
-    sub, cases = baselines(inter, samples, FAST, seed=0, sequential_users=asked)
+    sub, cases = baselines(inter, samples, FAST, seed=0, sequential_users=asked, bprmf=FAST_MF)
     assert sub["sequential_cases"] == len(asked)
-    for method in ("popularity", "sasrec"):
+    for method in ("popularity", "sasrec", "bprmf"):
         assert sub[method]["sequential_all_users"] == full[method]["sequential"]
         assert sub[method]["direct"] == full[method]["direct"]
     # Each method's top-k per scored case: the metrics follow from them (the report's paired tests use them).
@@ -194,4 +201,131 @@ def test_sequential_scored_on_the_llms_sampled_users(walk):
         assert hit_and_ndcg(rows["ranked"].to_list(), rows["item_id"].to_list(), (1, 5, 10)) == sub[method][family]
     assert set(cases.filter(pl.col("family") == "sequential")["user_id"]) == set(asked) & set(cases["user_id"])
     # hr@10 of 5 users is a multiple of 1/5
-    assert all(round(sub[m]["sequential"]["hr@10"] * 5, 6).is_integer() for m in ("popularity", "sasrec"))
+    assert all(round(sub[m]["sequential"]["hr@10"] * 5, 6).is_integer() for m in ("popularity", "sasrec", "bprmf"))
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    """The weights of the epoch with the best validation score are kept (the first of equal ones),
+    and training stops `patience` epochs after it, or at `epochs`."""
+    scores = [0.1, 0.3, 0.2, 0.3, 0.25, 0.1, 0.05, 0.9]
+    model = nn.Linear(1, 1, bias=False)
+
+    def run(epochs, patience):
+        epoch = iter(range(1, 100))
+        valid = iter(scores)
+
+        def train_epoch():
+            with torch.no_grad():
+                model.weight.fill_(next(epoch))  # the weights say which epoch they come from
+            return 0.0
+
+        return early_stopping(model, train_epoch, lambda: next(valid), epochs, patience, "test")
+
+    fit = run(epochs=100, patience=3)
+    assert (fit.best_epoch, fit.best_valid, fit.epochs_run) == (2, 0.3, 5) and fit.valid == scores[:5]
+    assert model.weight.item() == 2.0 and not model.training
+    assert fit.metrics() == {"best_epoch": 2, "best_valid_ndcg@10": 0.3, "epochs_run": 5}
+    fit = run(epochs=3, patience=3)
+    assert (fit.best_epoch, fit.epochs_run, model.weight.item()) == (2, 3, 2.0)
+    fit = run(epochs=8, patience=10)  # a late best is found when patience allows it
+    assert (fit.best_epoch, fit.epochs_run, model.weight.item()) == (8, 8, 8.0)
+
+
+def test_validation_ranks_as_topk_does():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.9], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    exclude = torch.tensor([[False, True, False, False, False], [False, False, False, False, True]])
+    items = [10, 11, 12, 13, 14]
+    ranked = topk(scores, items, 5, [[11], [14]])
+    # row 0: 14 first (11 left out), then 10 and 12 tie (10 first); row 1: the excluded 14 never ranks
+    assert ranked == [[14, 10, 12, 13], [13, 12, 11, 10]]
+    assert ranks(scores, torch.tensor([2, 1]), exclude).tolist() == [2, 2]
+    assert ranks(scores, torch.tensor([0, 4]), exclude).tolist() == [1, 5]
+
+
+def test_padding_is_masked():
+    """A sequence's hidden states do not depend on how much left padding comes before it, nor on
+    the other sequences of its batch."""
+    model = SASRec(N_ITEMS, FAST.model_copy(update={"blocks": 2, "heads": 2})).eval()
+    seq = [5, 6, 7, 8, 9]
+    with torch.no_grad():
+        short = model(torch.tensor([seq]))
+        padded = model(torch.tensor([[0] * 7 + seq]))
+        full = model(torch.tensor([[0] * (FAST.max_len - 5) + seq, list(range(1, FAST.max_len + 1))]))
+    assert torch.allclose(short, padded[:, -5:], atol=1e-5) and torch.allclose(short, full[:1, -5:], atol=1e-5)
+
+
+def test_every_position_is_a_training_target():
+    tokens = [list(range(1, 46)), [7, 8], [9]]  # 45 tokens with max_len 20: three windows
+    inputs, targets, owner = sasrec_windows(tokens, 20)
+    assert owner == [0, 0, 0, 1]  # a single token has nothing to predict
+    learned = [(s, int(t)) for s, row in zip(owner, targets) for t in row if t > 0]
+    assert sorted(learned) == sorted([(0, t) for t in range(2, 46)] + [(1, 8)])  # each token after the first, once
+    for inp, tgt in zip(inputs, targets):  # each target's input is the token before it
+        real = tgt > 0
+        assert torch.equal(inp[real] + 1, tgt[real]) or torch.equal(inp[real], torch.tensor([7]))
+    # The loss reaches every real position and no padding position, for both losses.
+    model = SASRec(N_ITEMS, FAST)
+    tgt = torch.tensor([[0, 0, 3, 4, 5], [6, 7, 8, 9, 10]])
+    for loss in ("ce", "bce"):
+        h = torch.randn(2, 5, FAST.hidden, requires_grad=True)
+        sasrec_loss(model, h, tgt, loss, torch.full_like(tgt, 1)).backward()
+        moved = h.grad.abs().sum(-1) > 0
+        assert torch.equal(moved, tgt > 0), loss
+
+
+def clusters(users: int = 200, groups: int = 4, size: int = 10, each: int = 7, seed: int = 0) -> pl.DataFrame:
+    """Collaborative structure with no order: each user rates `each` random items of their group's
+    `size` items, in random order; every item about as popular as any other."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(1, users + 1):
+        g = u % groups
+        for step, item in enumerate(rng.sample(range(g * size + 1, (g + 1) * size + 1), each)):
+            rows.append((u, item, 4.0, 880_000_000 + 60 * step))
+    frame = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
+    return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+
+
+def test_bprmf_beats_popularity_on_collaborative_structure():
+    result = baselines(clusters(), None, FAST.model_copy(update={"epochs": 1}), seed=0, bprmf=FAST_MF)[0]
+    mf, popularity = result["bprmf"]["sequential"], result["popularity"]["sequential"]
+    # 6 history items of the group left out: the test item is one of the group's 4 others.
+    assert mf["hr@5"] >= 0.9 and popularity["hr@5"] <= 0.4, (mf, popularity)
+    assert 1 <= result["bprmf"]["best_epoch"] <= result["bprmf"]["epochs_run"] <= FAST_MF.epochs
+    assert result["bprmf"]["best_valid_ndcg@10"] > 0.3
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_validation_and_test_items_never_train_the_models(monkeypatch, loss):
+    """Changing every user's validation and test items changes nothing the models train on: the
+    same losses epoch after epoch, only the validation scores differ."""
+    inter = planted(seed=2)
+    split = leave_one_out(inter).select("row", "split")
+    moved = inter.join(split, on="row").with_columns(
+        item_id=pl.when(pl.col("split") != "train").then((pl.col("item_id") + 16) % N_ITEMS + 1).otherwise(pl.col("item_id"))
+    ).drop("split")  # fmt: skip
+    assert set(moved["item_id"]) == set(inter["item_id"])  # the same item set: the same columns
+    fits = []
+    real = module.early_stopping
+
+    def record(*args, **kwargs):
+        fits.append(real(*args, **kwargs))
+        return fits[-1]
+
+    monkeypatch.setattr(module, "early_stopping", record)
+    sasrec = FAST.model_copy(update={"epochs": 4, "patience": 10, "loss": loss})
+    mf = FAST_MF.model_copy(update={"epochs": 4, "patience": 10})
+    results = [baselines(frame, None, sasrec, seed=0, bprmf=mf)[0] for frame in (inter, moved)]
+    (s1, m1, s2, m2) = fits
+    for a, b in ((s1, s2), (m1, m2)):
+        assert a.epochs_run == b.epochs_run == 4 and a.losses == b.losses
+        assert a.valid != b.valid  # the validation items are read by the validation only
+    assert results[0]["sasrec"]["sequential"] != results[1]["sasrec"]["sequential"]
+
+
+def test_sasrec_is_early_stopped_and_reports_its_epoch(walk):
+    _, _, result = walk
+    for method, p in (("sasrec", FAST), ("bprmf", FAST_MF)):
+        r = result[method]
+        assert 1 <= r["best_epoch"] <= r["epochs_run"] <= p.epochs and 0 < r["best_valid_ndcg@10"] <= 1
+        assert r["epochs_run"] == p.epochs or r["epochs_run"] == r["best_epoch"] + p.patience

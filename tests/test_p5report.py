@@ -12,7 +12,13 @@ OURS = {
     "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
 }
 # as recpipe.p5.baselines writes it: per-method metrics, plus counts
-BASELINES = {"popularity": {"sequential": {"hr@5": 0.011, "ndcg@5": 0.007}, "direct": {"hr@1": 0.02}}, "sasrec": {"sequential": {"hr@10": 0.04}}, "users": 1000, "items": 50}
+BASELINES = {
+    "popularity": {"sequential": {"hr@5": 0.011, "ndcg@5": 0.007}, "direct": {"hr@1": 0.02}},
+    "sasrec": {"sequential": {"hr@10": 0.04}, "best_epoch": 43, "best_valid_ndcg@10": 0.12, "epochs_run": 53},
+    "bprmf": {"sequential": {"hr@10": 0.03, "ndcg@10": 0.015}, "best_epoch": 41, "best_valid_ndcg@10": 0.07, "epochs_run": 51},
+    "users": 1000,
+    "items": 50,
+}
 
 
 def row(text, start):
@@ -63,6 +69,8 @@ def test_beauty_tables_show_the_papers_rows_and_ours():
     assert row(text, "| recpipe (seen prompts) | this run | seen | 1.2346") == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 |"
     assert "| Popularity | this run | n/a | 0.0110 | 0.0070 | – | – |" in text
     assert "| SASRec | this run | n/a | – | – | 0.0400 | – |" in text
+    assert "| BPR-MF | this run | n/a | – | – | 0.0300 | 0.0150 |" in text
+    assert "best_epoch" not in text  # the training bookkeeping is no table row
     # explanation: the two hint blocks kept apart, percentages with 2 decimals
     assert "| RecSysLLM | paper | unseen | with | 5.00 | 27.39 | 6.73 | 22.74 |" in text
     assert "| P5 | paper | seen | without | 0.97 | 16.45 | 1.89 | 11.88 |" in text
@@ -177,6 +185,7 @@ def test_hit_rates_come_with_their_wilson_interval():
     line = row(text, "HR@10 with its 95% interval")
     assert f"SASRec 0.0400 [{low:.4f}, {high:.4f}] (n 1000)" in line
     assert "recpipe (seen prompts) 0.0500 [" in line and "(n 300)" in line
+    assert "BPR-MF 0.0300 [" in line
     assert "Popularity" not in line and "unseen" not in line  # no HR@10 in those rows
 
 

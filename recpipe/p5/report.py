@@ -1,6 +1,6 @@
 """The P5 report: our metrics per task family, on seen and on unseen (zero-shot) prompt templates,
 laid out like RecSysLLM's tables (arXiv 2308.10837, Tables 2 and 4-7), beside the paper's rows when
-the dataset is one the paper reports on and beside our baselines (popularity, SASRec).
+the dataset is one the paper reports on and beside our baselines (popularity, SASRec, BPR-MF).
 
 Metric names are ours: rmse, mae, hr@k, ndcg@k, bleu (BLEU-4), bleu2 (BLEU-2, the paper's review
 table), rouge1, rouge2, rougeL. BLEU and ROUGE are percentages (0-100), as in the paper."""
@@ -123,7 +123,7 @@ def _paper_note(dataset: str, paper: dict | None, references: dict) -> str:
     )
 
 
-BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec"}
+BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec", "bprmf": "BPR-MF"}
 
 
 def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines: dict) -> list[str]:
