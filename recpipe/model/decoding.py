@@ -99,9 +99,10 @@ def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def length_batches(lengths: list[int], size: int, desc: str):
-    """The indices of `lengths`, shortest first (similar lengths: little padding), `size` at a time,
-    with a progress bar over them."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    """The indices of `lengths`, shortest first (similar lengths: little padding), equal lengths in
+    index order, `size` at a time, with a progress bar over them. The batches depend on the lengths
+    and their order only: the same prompts in the same order are always batched alike."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     with tqdm(total=len(order), desc=desc, unit="prompt", file=sys.stderr) as bar:
         for start in range(0, len(order), size):
             idx = order[start : start + size]
@@ -119,6 +120,50 @@ def shared_prefix_length(rows: list[list[int]] | torch.Tensor, limit: int | None
     for r in rows[1:]:
         n = next((i for i in range(n) if r[i] != rows[0][i]), n)
     return n
+
+
+AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config keys some families apply to logits
+
+
+def output_layer(model, rows: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The output layer's weight and bias (None if it has none) in float32: the rows of token ids
+    `rows`, or the whole vocabulary. Computed once, it can be handed to float32_logits for every
+    pass (a bfloat16 model's full output layer is copied to float32 once, not once a pass).
+
+    None where the logits are not a plain product with the output layer (an adapter on the layer
+    itself, or a family that caps or scales its logits after it): float32_logits then takes the
+    model's own logits, cast to float32."""
+    head = model.get_output_embeddings()
+    configs = [model.config, getattr(model.config, "text_config", None)]
+    if type(head) is not torch.nn.Linear or any(getattr(c, k, None) not in (None, 1, 1.0) for c in configs for k in AFTER_HEAD):
+        return None
+    weight = head.weight if rows is None else head.weight[rows]
+    bias = None if head.bias is None else (head.bias if rows is None else head.bias[rows]).float()
+    return weight.float(), bias
+
+
+def float32_logits(model, rows: list[int] | None = None, keep: int | torch.Tensor = 1, head=False, **inputs) -> torch.Tensor:
+    """Logits in float32 whatever dtype the model runs in: the body (model.get_decoder(), its final
+    norm included) runs `inputs` (input_ids, attention_mask, position_ids, cache, use_cache) in the
+    model's dtype; its last hidden state at the kept positions and the output layer's rows are then
+    multiplied in float32. A bfloat16 output layer rounds logits between 16 and 32 to multiples of
+    0.125, so that two answers' logit differences, and the scores made of them, tie on a handful of
+    values.
+
+    rows: the token ids to score (None: the whole vocabulary); keep: the last `keep` positions
+    (0: all), or a tensor of position indices (as logits_to_keep); head: output_layer(model, rows)
+    if computed before. Shape (batch, kept positions, len(rows) or the vocabulary). The model is a
+    causal LM: plain, merged, or a PeftModel (its get_decoder reaches the adapted body)."""
+    if head is False:
+        head = output_layer(model, rows)
+    if head is None:  # not a plain output layer: the model's own logits
+        logits = model(**inputs, logits_to_keep=keep).logits.float()
+        return logits if rows is None else logits[..., rows]
+    weight, bias = head
+    hidden = model.get_decoder()(**inputs).last_hidden_state
+    hidden = hidden[:, -keep:] if isinstance(keep, int) else hidden[:, keep]
+    logits = hidden.float() @ weight.T
+    return logits if bias is None else logits + bias
 
 
 class PrefixCache:
@@ -227,11 +272,14 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
     The prompt runs through the model once. Then `chunk` candidates at a time are laid end to end
     in one row after it, each numbered from the prompt's end and masked from the others
     (candidate_block_mask): one pass scores them all, and the prompt's keys and values are not
-    copied for each candidate. Names are the tokens name_tokens gives, as in training and in ItemTrie."""
+    copied for each candidate. Names are the tokens name_tokens gives, as in training and in ItemTrie.
+    The log-softmax over the vocabulary is taken in float32 (float32_logits), whatever dtype the
+    model runs in: a bfloat16 output layer would tie candidates that differ."""
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     end = tokenizer.eos_token_id
+    head = output_layer(model)  # float32, once
     tokens: dict[int, list[int]] = {}
     ranked = []
     for prompt, cands in tqdm(list(zip(prompts, candidates, strict=True)), desc=desc, unit="prompt", file=sys.stderr):
@@ -254,8 +302,8 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
             starts = [sum(lengths[:j]) for j in range(len(lengths))]
             keep = torch.tensor([s + t for s, n in zip(starts, lengths) for t in range(n - 1)], device=device)
             # A cache of the chunk's own, starting from the prompt's (the pass appends the chunk's keys and values).
-            out = model(input_ids=x, attention_mask=mask, position_ids=positions, cache=prefix.rows(1), use_cache=True, logits_to_keep=keep)
-            logp = out.logits[0].float().log_softmax(-1)
+            logits = float32_logits(model, keep=keep, head=head, input_ids=x, attention_mask=mask, position_ids=positions, cache=prefix.rows(1), use_cache=True)
+            logp = logits[0].log_softmax(-1)
             offset = 0
             for q in seqs:
                 picked = logp[offset : offset + len(q) - 1].gather(-1, torch.tensor(q[1:], device=device)[:, None])
@@ -329,19 +377,32 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate") -> list[str]:
     """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
-    decoded and stripped. Prompts are batched by token length and left-padded."""
+    decoded and stripped. Prompts are batched by token length and left-padded.
+
+    Each next token is the argmax of float32 logits (float32_logits), whatever dtype the model runs
+    in: a bfloat16 output layer ties close tokens and the argmax then takes the lower id. Plain
+    greedy decoding: what a model's generation_config adds (penalties, forced tokens) is not applied."""
     model.eval()
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
+    head = output_layer(model)  # float32, once
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
     answers = [""] * len(prompts)
     for idx in length_batches(lengths, batch_size, desc):
         ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-        for i, row in zip(idx, out[:, ids.shape[1] :].tolist()):
-            row = row[: row.index(eos)] if eos in row else row  # finished rows are padded after EOS
+        positions, cache = left_padded_positions(mask), DynamicCache()
+        written = torch.empty((len(idx), 0), dtype=torch.long, device=device)
+        done = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            logits = float32_logits(model, head=head, input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            ids = logits[:, -1].argmax(-1).masked_fill(done, eos)[:, None]  # finished rows write EOS on
+            written = torch.cat([written, ids], dim=1)
+            done |= ids[:, 0] == eos
+            if done.all():
+                break
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            positions = positions[:, -1:] + 1
+        for i, row in zip(idx, written.tolist()):
+            row = row[: row.index(eos)] if eos in row else row
             answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return answers

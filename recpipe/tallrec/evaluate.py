@@ -10,8 +10,10 @@ from recpipe.io import atomic_dir, atomic_path, write_json, write_parquet
 from recpipe.metrics import auc_metrics
 from recpipe.model.decoding import (
     PrefixCache,
+    float32_logits,
     left_padded_positions,
     length_batches,
+    output_layer,
     shared_prefix_length,
 )
 from recpipe.model.load import answer_token_ids
@@ -25,7 +27,13 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     Every prompt starts with the same instruction: its keys and values are computed once and
     reused by every batch (PrefixCache). The rest of each prompt is sorted by length and
     left-padded (padding sits between the shared prefix and the prompt's own tokens, masked out)
-    so each batch is as short as it can be and every prompt's last token sits in the last column."""
+    so each batch is as short as it can be and every prompt's last token sits in the last column.
+
+    The two logits are computed in float32 whatever dtype the model runs in (float32_logits): from a
+    bfloat16 output layer their difference moves in steps of 0.125 (logits between 16 and 32) and
+    most prompts would tie.
+    Batches depend only on the prompts and their order (length_batches), so the same model,
+    prompts and batch size give the same scores."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(p).input_ids for p in prompts]
@@ -33,6 +41,8 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device))
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
+    rows = [yes_id, no_id]
+    head = output_layer(model, rows)
     for idx in length_batches([len(e) for e in encoded], batch_size, desc):
         rest = [encoded[i][shared:] for i in idx]
         n = max(len(r) for r in rest)
@@ -44,8 +54,10 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
             mask[row, shared + n - len(r) :] = 1
         positions = left_padded_positions(mask)[:, shared:]
         cache = prefix.rows(len(idx))
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache, use_cache=cache is not None, logits_to_keep=1)
-        pair = out.logits[:, -1, [yes_id, no_id]].float()
+        pair = float32_logits(
+            model, rows, head=head, input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache,
+            use_cache=cache is not None,
+        )[:, -1]  # fmt: skip
         for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
             p_yes[i] = p
     return p_yes
