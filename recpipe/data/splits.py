@@ -27,9 +27,9 @@ def histories_query(interactions: pl.LazyFrame) -> pl.LazyFrame:
     first_seen = interactions.group_by("user_id").agg(first=pl.col("row").min()).select("user_id", file_order=pl.col("first").rank("ordinal").cast(pl.Int64) - 1)
     return (
         interactions.select("user_id", "item_id", "rating", "timestamp", "row")
-        .sort(["user_id", *CHRONO_KEY])
-        .group_by("user_id", maintain_order=True)
-        .agg("item_id", "rating", "timestamp", "row")
+        .group_by("user_id")
+        .agg(pl.col("item_id", "rating", "timestamp", "row").sort_by(CHRONO_KEY))
+        .sort("user_id")
         .join(first_seen, on="user_id", how="left", maintain_order="left")
     )
 
