@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -102,6 +103,28 @@ def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
     # No statistics timestamps or writer-dependent metadata: same data, same bytes.
     with atomic_path(path) as tmp:
         df.write_parquet(tmp, compression="zstd", statistics=False)
+
+
+# Rows per row group of a streamed parquet file: fixed, so the bytes do not depend on how the rows
+# arrived in batches (a file of fewer rows is one row group, as write_parquet writes it).
+ROW_GROUP = 100_000
+
+
+def sink_parquet(batches: Callable[[], Iterator[pl.DataFrame]], schema: dict, path: str | Path) -> None:
+    """Write the DataFrames that `batches()` yields, in order, as one parquet file with
+    write_parquet's settings, holding only a batch or so in memory at a time."""
+    from polars.io.plugins import register_io_source
+
+    def source(with_columns, predicate, n_rows, batch_size) -> Iterator[pl.DataFrame]:
+        empty = True
+        for batch in batches():
+            empty = False
+            yield batch
+        if empty:
+            yield pl.DataFrame(schema=schema)
+
+    with atomic_path(path) as tmp:
+        register_io_source(source, schema=schema).sink_parquet(tmp, compression="zstd", statistics=False, row_group_size=ROW_GROUP)
 
 
 def write_json(obj, path: str | Path) -> None:

@@ -20,6 +20,10 @@ BENCHMARKS = REPO / "benchmarks"
 # model folder) and what the line with the ratio of its two sides looks like. A new benchmark needs
 # an entry here (test_every_benchmark_has_a_tiny_run).
 TINY = {
+    "data_scale.py": (
+        "--sizes 3000",
+        [r"speed-up: [\d.]+x over pandas, .*identical samples: True"],
+    ),
     "data_stages.py": (
         "--tables {data}/tables --repeats 1",
         [r"speed-up: [\d.]+x .*identical samples and prompts: True"],

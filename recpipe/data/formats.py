@@ -8,6 +8,7 @@ column of its own. ingest.py types, filters and validates what the readers retur
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import html
@@ -69,17 +70,47 @@ def read_text(path: Path, encoding: str) -> str:
         raise RecpipeError(f"{path}: not valid {encoding} at byte {e.start}: {e.reason}") from None
 
 
+def read_utf8(path: Path, encoding: str) -> bytes:
+    """A raw file's bytes as UTF-8 (what Polars' CSV reader takes), checked strictly in its encoding.
+    ASCII bytes (most ratings files) are passed on as they are, without a decoded copy."""
+    data = read_bytes(path)
+    if data.isascii():
+        return data
+    try:
+        text = data.decode(encoding, errors="strict")
+    except UnicodeDecodeError as e:
+        raise RecpipeError(f"{path}: not valid {encoding} at byte {e.start}: {e.reason}") from None
+    return data if codecs.lookup(encoding).name == "utf-8" else text.encode("utf-8")
+
+
+# A byte that separates no field of the text formats read here: Polars then reads each line whole.
+_WHOLE_LINE = "\x1f"
+
+
 def _read_text_table(path: Path, encoding: str, separator: str, names: list[str] | None) -> pl.DataFrame:
-    """Read a delimited file as strings; names=None means the first line is a header."""
-    lines = [line for line in read_text(path, encoding).split("\n") if line.strip()]
-    rows = [line.split(separator) for line in (lines if names is not None else lines[1:])]
-    header = names if names is not None else lines[0].split(separator) if lines else []
-    bad = [(i, len(r)) for i, r in enumerate(rows) if len(r) != len(header)]
-    if bad:
-        i, n = bad[0]
-        line_no = i + (1 if names is not None else 2)
-        raise RecpipeError(f"{path}: {len(bad)} malformed rows, e.g. line {line_no} has {n} fields, expected {len(header)}")
-    return pl.DataFrame(rows, schema=header, orient="row")
+    """Read a delimited file as strings; names=None means the first line is a header. Blank lines
+    are skipped; a line with another number of fields than the header is an error that names it
+    (counting the non-blank lines from 1)."""
+    data = read_utf8(path, encoding)
+    if _WHOLE_LINE.encode() in data:
+        raise RecpipeError(f"{path}: holds the control byte 0x1f, which no text table may contain")
+    lines = pl.read_csv(data, has_header=False, separator=_WHOLE_LINE, quote_char=None, schema={"line": STR}, raise_if_empty=False)
+    lines = lines.lazy().select(pl.col("line").str.strip_suffix("\r")).filter(pl.col("line").str.strip_chars() != "").collect()
+    if names is None:
+        header = lines["line"][0].split(separator) if lines.height else []
+        lines, first_line = lines.slice(1), 2
+    else:
+        header, first_line = names, 1
+    fields = pl.col("line").str.count_matches(separator, literal=True) + 1
+    bad = lines.lazy().with_row_index("i").filter(fields != len(header)).select("i", n=fields).collect()
+    if bad.height:
+        i, n = bad.row(0)
+        raise RecpipeError(f"{path}: {bad.height} malformed rows, e.g. line {i + first_line} has {n} fields, expected {len(header)}")
+    if not header:
+        return pl.DataFrame()
+    tmp = [f"_{i}" for i in range(len(header))]
+    parts = pl.col("line").str.split_exact(separator, len(header) - 1).struct.rename_fields(tmp)
+    return lines.lazy().select(parts).unnest("line").rename(dict(zip(tmp, header))).collect()
 
 
 def _year(s: pl.Expr) -> pl.Expr:

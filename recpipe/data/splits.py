@@ -15,17 +15,22 @@ from recpipe import RecpipeError, log
 CHRONO_KEY = ["timestamp", "row"]
 
 
-def user_histories(interactions: pl.DataFrame) -> pl.DataFrame:
+def user_histories(interactions: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """One row per user: items, ratings, timestamps and source rows in chronological order
     (CHRONO_KEY), and `file_order`, the user's place by first appearance in the source file."""
-    first_seen = interactions.sort("row").select("user_id").unique(maintain_order=True).with_row_index("file_order")
+    return histories_query(interactions.lazy()).collect()
+
+
+def histories_query(interactions: pl.LazyFrame) -> pl.LazyFrame:
+    """user_histories as a lazy query (a parquet scan stays a scan)."""
+    # A user's first appearance is their smallest source row; ranking those rows orders the users.
+    first_seen = interactions.group_by("user_id").agg(first=pl.col("row").min()).select("user_id", file_order=pl.col("first").rank("ordinal").cast(pl.Int64) - 1)
     return (
-        interactions.sort(["user_id", *CHRONO_KEY])
-        .group_by("user_id", maintain_order=True)
-        .agg("item_id", "rating", "timestamp", "row")
-        .join(first_seen, on="user_id")
-        .with_columns(pl.col("file_order").cast(pl.Int64))
+        interactions.select("user_id", "item_id", "rating", "timestamp", "row")
+        .group_by("user_id")
+        .agg(pl.col("item_id", "rating", "timestamp", "row").sort_by(CHRONO_KEY))
         .sort("user_id")
+        .join(first_seen, on="user_id", how="left", maintain_order="left")
     )
 
 
@@ -51,14 +56,18 @@ def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tup
     n = ordered.height
     a, b = _cut(n, fractions)
     if how == "temporal":
-        ts = ordered["timestamp"].to_list()
-        while 0 < a < n and ts[a] == ts[a - 1]:
-            a += 1
-        b = max(a, b)
-        while 0 < b < n and ts[b] == ts[b - 1]:
-            b += 1
-    names = ["train"] * a + ["valid"] * (b - a) + ["test"] * (n - b)
-    return ordered.with_columns(split=pl.Series(names, dtype=pl.String))
+        ts = ordered["timestamp"]
+        a = _run_end(ts, a)
+        b = _run_end(ts, max(a, b))
+    at = pl.int_range(pl.len())
+    return ordered.with_columns(split=pl.when(at < a).then(pl.lit("train")).when(at < b).then(pl.lit("valid")).otherwise(pl.lit("test")))
+
+
+def _run_end(ts: pl.Series, i: int) -> int:
+    """Move a cut at position i forward past the run of equal timestamps it falls inside."""
+    while 0 < i < len(ts) and ts[i] == ts[i - 1]:
+        i += 1
+    return i
 
 
 def drop_leaks(samples: pl.DataFrame, stage: str = "instructions") -> pl.DataFrame:

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import log
-from recpipe.data.splits import user_histories
+from recpipe.data.splits import histories_query
 from recpipe.io import atomic_dir, write_parquet
 from recpipe.templates import load_template, placeholders, render
 
@@ -68,7 +68,7 @@ def textualize(tables_dir: str | Path, out_dir: str | Path, *, template: str, mo
     tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
     items = items_text(pl.read_parquet(tables / "items.parquet"), tpl, move_article)
     users = users_text(pl.read_parquet(tables / "users.parquet"), tpl)
-    hist = user_histories(pl.read_parquet(tables / "interactions.parquet"))
+    hist = histories_query(pl.scan_parquet(tables / "interactions.parquet")).collect()
     with atomic_dir(out_dir) as tmp:
         write_parquet(items, tmp / "items.parquet")
         write_parquet(users, tmp / "users.parquet")

@@ -1,79 +1,185 @@
-"""Stage 4: TALLRec-style Yes/No instruction samples with a leak-free split."""
+"""Stage 4: TALLRec-style Yes/No instruction samples with a leak-free split.
+
+The users' histories are read as one long table, sorted by user and then chronologically, and a
+sample is a position in it: its history is the `history_len` rows right before it (the same
+user's, since a sample needs that many earlier ones). Samples are chosen and split on a few
+integer columns; the history lists and prompts are built with vectorised expressions in batches
+that stream into the parquet file, so memory stays bounded however many samples there are."""
 
 from __future__ import annotations
 
+import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
-from recpipe import log
+from recpipe import RecpipeError, log
 from recpipe.data.splits import drop_leaks, split
-from recpipe.io import write_parquet
+from recpipe.io import sink_parquet
 from recpipe.params import InstructionsParams
 from recpipe.templates import load_template, render
 
 REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt": {"instruction", "input"}, "instruction": set(), "answer_yes": set(), "answer_no": set()}
+# Samples rendered at a time: their prompts are the only per-sample text held in memory.
+BATCH = 100_000
+SCHEMA = {
+    "sample_id": pl.String, "split": pl.String, "user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64,
+    "rating": pl.Float64, "label": pl.Int8, "history_item_ids": pl.List(pl.Int64), "prompt": pl.String, "answer": pl.String,
+}  # fmt: skip
+_LISTS = ["item_id", "rating", "timestamp", "row"]
 
 
-def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: float) -> pl.DataFrame:
-    """Every interaction with at least `history_len` earlier ones becomes a sample (without text yet)."""
-    long = hist.explode(["item_id", "rating", "timestamp", "row"]).with_columns(pos=pl.int_range(pl.len()).over("user_id"))
-    seqs = hist.select("user_id", hist_items="item_id", hist_ratings="rating")
+def long_histories(hist: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The histories as one table, a row per interaction, by user and then chronologically, with
+    `pos`, the interaction's place in its user's history, and `idx`, its row number."""
     return (
-        long.filter(pl.col("pos") >= history_len)
-        .join(seqs, on="user_id")
-        .with_columns(
-            history_item_ids=pl.col("hist_items").list.slice(pl.col("pos") - history_len, history_len),
-            history_liked=pl.col("hist_ratings").list.slice(pl.col("pos") - history_len, history_len).list.eval(pl.element() > like_threshold),
-            label=(pl.col("rating") > like_threshold).cast(pl.Int8),
-        )
-        .drop("hist_items", "hist_ratings")
-        .filter(pl.col("rating").is_not_null())  # an implicit (unrated) event is history, never a target
+        hist.lazy()
+        .select("user_id", *_LISTS, "file_order")
+        .explode(_LISTS)
+        .with_columns(pos=pl.int_range(pl.len()).over("user_id"))
+        .with_row_index("idx")
     )
 
 
-def render_prompts(samples: pl.DataFrame, names: dict[int, str], tpl: dict) -> pl.DataFrame:
-    def as_list(ids: list[int]) -> str:
-        if not ids:
-            return tpl["empty_list"]
-        return tpl["list_separator"].join(tpl["item"].format(name=names[i]) for i in ids)
+def sample_positions(long: pl.LazyFrame, history_len: int, like_threshold: float) -> pl.LazyFrame:
+    """Every interaction with at least `history_len` earlier ones, as its row in `long` (no lists)."""
+    return (
+        long.filter(pl.col("pos") >= history_len, pl.col("rating").is_not_null())  # an implicit (unrated) event is history, never a target
+        .with_columns(label=(pl.col("rating") > like_threshold).cast(pl.Int8))
+    )
 
+
+def _window(column: str, history_len: int) -> list[pl.Expr]:
+    """The `history_len` values of a column right before each row, oldest first."""
+    return [pl.col(column).shift(k) for k in range(history_len, 0, -1)]
+
+
+def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: float) -> pl.DataFrame:
+    """Every interaction with at least `history_len` earlier ones becomes a sample (without text yet),
+    with its history's items and whether each was liked (null: unrated)."""
+    long = long_histories(hist).with_columns(
+        history_item_ids=pl.concat_list(_window("item_id", history_len)),
+        history_liked=pl.concat_list([r > like_threshold for r in _window("rating", history_len)]),
+    )
+    return sample_positions(long, history_len, like_threshold).drop("idx").collect()
+
+
+def _prompt_pieces(tpl: dict) -> list[str | tuple[str]] | None:
+    """The prompt as literal strings and (field,) placeholders of the input part, or None when the
+    input template formats a value (a format spec or conversion) that only str.format can render."""
+    pieces: list[str | tuple[str]] = []
+    for literal, field, spec, conversion in string.Formatter().parse(tpl["prompt"]):
+        pieces.append(literal)
+        if field is None:
+            continue
+        if field == "instruction":
+            pieces.append(tpl["instruction"].strip())
+        elif field == "input":
+            for lit, f, s, c in string.Formatter().parse(tpl["input"]):
+                pieces.append(lit)
+                if f is None:
+                    continue
+                if s or c or f not in ("liked", "disliked", "target", "n_liked", "n_disliked", "n_history"):
+                    return None
+                pieces.append((f,))
+        else:
+            raise RecpipeError(f"template placeholder {{{field}}} has no value")
+    return [p for p in pieces if p != ""]
+
+
+def _render_rows(batch: pl.DataFrame, tpl: dict) -> pl.Series:
+    """Prompts one row at a time with str.format, for input templates with format specs."""
     prompts = []
-    for row in samples.select("history_item_ids", "history_liked", "item_id").iter_rows():
-        ids, liked, target = row
-        liked_ids = [i for i, ok in zip(ids, liked) if ok]
-        disliked_ids = [i for i, ok in zip(ids, liked) if ok is False]  # None: unrated, neither
-        # A template may also state the list sizes ({n_liked}, {n_disliked}, {n_history}).
-        body = tpl["input"].format(
-            liked=as_list(liked_ids),
-            disliked=as_list(disliked_ids),
-            target=tpl["item"].format(name=names[target]),
-            n_liked=len(liked_ids),
-            n_disliked=len(disliked_ids),
-            n_history=len(ids),
-        )
+    for liked, disliked, target, n_liked, n_disliked, n_history in batch.select("liked", "disliked", "target", "n_liked", "n_disliked", "n_history").iter_rows():
+        counts = {"n_liked": int(n_liked), "n_disliked": int(n_disliked), "n_history": int(n_history)}
+        body = tpl["input"].format(liked=liked, disliked=disliked, target=target, **counts)
         prompts.append(render(tpl["prompt"], {"instruction": tpl["instruction"].strip(), "input": body})[0])
+    return pl.Series("prompt", prompts, dtype=pl.String)
+
+
+def render_batch(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, history_len: int, like_threshold: float) -> pl.DataFrame:
+    """The output rows of some samples: their history lists and prompts, built column-wise.
+    `long` holds item_id, code (the item's row in `quoted`) and rating per row of the long table;
+    `quoted` is each item's name as the template quotes it."""
+    idx = samples["idx"].cast(pl.Int64)
+    cols = {}
+    for k in range(history_len, 0, -1):  # oldest first
+        rows = idx - k
+        cols[f"i{k}"] = long["item_id"].gather(rows)
+        cols[f"n{k}"] = quoted.gather(long["code"].gather(rows))
+        cols[f"l{k}"] = long["rating"].gather(rows) > like_threshold  # null: unrated, neither liked nor disliked
+    ks = range(history_len, 0, -1)
+    sep, empty = tpl["list_separator"], tpl["empty_list"]
+    liked = pl.concat_list([pl.when(pl.col(f"l{k}")).then(pl.col(f"n{k}")) for k in ks]).list.drop_nulls()
+    disliked = pl.concat_list([pl.when(pl.col(f"l{k}").not_()).then(pl.col(f"n{k}")) for k in ks]).list.drop_nulls()
+
+    def as_list(names: pl.Expr) -> pl.Expr:
+        return pl.when(names.list.len() == 0).then(pl.lit(empty)).otherwise(names.list.join(sep))
+
+    parts = pl.DataFrame(cols).with_columns(target=quoted.gather(samples["code"])).select(
+        history_item_ids=pl.concat_list([pl.col(f"i{k}") for k in ks]),
+        liked=as_list(liked), disliked=as_list(disliked), target="target",
+        n_liked=liked.list.len().cast(pl.String), n_disliked=disliked.list.len().cast(pl.String), n_history=pl.lit(str(history_len)),
+    )  # fmt: skip
+    pieces = _prompt_pieces(tpl)
+    if pieces is None:
+        prompt = _render_rows(parts, tpl)
+    else:
+        prompt = parts.select(pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])).to_series()
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
-    return samples.with_columns(prompt=pl.Series(prompts, dtype=pl.String), answer=answers)
-
-
-def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
-    tpl = load_template(params.template, REQUIRED)
-    samples = drop_leaks(split(candidate_samples(hist, params.history_len, params.like_threshold), params.split, params.pool_size, params.fractions))
-    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
-    samples = render_prompts(samples, names, tpl)
-    return samples.select(
+    return samples.with_columns(history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers).select(
         sample_id=pl.format("{}-{}", "user_id", "item_id"),
         split="split", user_id="user_id", item_id="item_id", timestamp="timestamp",
         rating="rating", label="label", history_item_ids="history_item_ids", prompt="prompt", answer="answer",
     )  # fmt: skip
 
 
-def instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> pl.DataFrame:
+def _item_names(items: pl.DataFrame, tpl: dict) -> tuple[pl.DataFrame, pl.Series]:
+    """Each item's row number (`code`) and its name quoted as the template's `item` says."""
+    quoted = pl.Series("quoted", [tpl["item"].format(name=name) for name in items["name"].to_list()], dtype=pl.String)
+    return items.select("item_id").with_row_index("code"), quoted
+
+
+def plan(hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: InstructionsParams) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, dict]:
+    """Choose and split the samples: the split samples (a row of `long` each, ordered), the long
+    table's columns the prompts need, the quoted item names, and the template."""
+    tpl = load_template(params.template, REQUIRED)
+    codes, quoted = _item_names(items, tpl)
+    long = long_histories(hist).join(codes.lazy(), on="item_id", how="left", maintain_order="left").collect()
+    unnamed = long.filter(pl.col("code").is_null())
+    if unnamed.height:
+        raise RecpipeError(f"instructions: {unnamed['item_id'].n_unique()} items in the histories have no name, e.g. {unnamed['item_id'].unique().sort().head(3).to_list()}")
+    positions = sample_positions(long.lazy(), params.history_len, params.like_threshold).select(
+        "idx", "code", "user_id", "item_id", "timestamp", "row", "rating", "label", "pos", "file_order"
+    )
+    samples = drop_leaks(split(positions.collect(), params.split, params.pool_size, params.fractions))
+    return samples, long.select("item_id", "code", "rating"), quoted, tpl
+
+
+def batches(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, params: InstructionsParams, size: int = BATCH) -> Iterator[pl.DataFrame]:
+    for start in range(0, samples.height, size):
+        yield render_batch(samples.slice(start, size), long, quoted, tpl, params.history_len, params.like_threshold)
+
+
+def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
+    samples, long, quoted, tpl = plan(hist, items, params)
+    return pl.concat([*batches(samples, long, quoted, tpl, params)], how="vertical") if samples.height else pl.DataFrame(schema=SCHEMA)
+
+
+def write_instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> int:
+    """Build the samples from textualize's histories and item names and stream them to out_path;
+    returns how many were written."""
     text = Path(text_dir)
-    samples = build(pl.read_parquet(text / "histories.parquet"), pl.read_parquet(text / "items.parquet"), params)
-    write_parquet(samples, out_path)
+    samples, long, quoted, tpl = plan(pl.scan_parquet(text / "histories.parquet"), pl.read_parquet(text / "items.parquet"), params)
+    sink_parquet(lambda: batches(samples, long, quoted, tpl, params), SCHEMA, out_path)
     counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
     for split_name, n, pos in counts.iter_rows():
         log.info("instructions: %s: %d samples, %.1f%% positive", split_name, n, 100 * pos)
-    return samples
+    return samples.height
+
+
+def instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> pl.DataFrame:
+    """write_instructions, then the written samples read back."""
+    write_instructions(text_dir, out_path, params)
+    return pl.read_parquet(out_path)
