@@ -234,7 +234,8 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
         assert as_answer.get(item, toks) == toks, (names[item], tok.convert_ids_to_tokens(as_answer[item]), tok.convert_ids_to_tokens(toks))
 
     scored = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: scored.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    # The body sees every pass (the output layer is applied apart, in float32).
+    hook = model.get_decoder().register_forward_pre_hook(lambda _, args, kwargs: scored.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
     candidates = sorted(in_prompt)
     likelihood_ranking(model, tok, [train["prompt"][0]], [candidates], names, chunk=1)
     hook.remove()
