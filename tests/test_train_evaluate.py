@@ -254,3 +254,18 @@ def test_same_params_give_the_same_adapter_bytes_and_scores(tiny, built, tmp_pat
     assert files_a.keys() == files_b.keys() and "adapter_config.json" in files_a
     assert all(files_a[name] == files_b[name] for name in files_a), [n for n in files_a if files_a[n] != files_b[n]]
     assert scores_a == scores_b
+
+
+def test_roc_has_a_point_per_distinct_score(tmp_path, monkeypatch):
+    import polars as pl
+
+    import recpipe.tallrec.evaluate as ev
+
+    scores = [0.9, 0.8, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]  # 7 distinct, collinear stretches included
+    labels = [1, 1, 0, 1, 1, 0, 0, 0]
+    samples = pl.DataFrame({"sample_id": [str(i) for i in range(8)], "user_id": range(8), "item_id": range(8), "label": labels, "split": ["test"] * 8, "prompt": ["p"] * 8})
+    samples.write_parquet(tmp_path / "samples.parquet")
+    monkeypatch.setattr(ev, "score_frame", lambda *a, **k: scores)
+    ev.evaluate(tmp_path / "samples.parquet", tmp_path / "eval", tmp_path / "m.json", tmp_path / "roc.csv", None, None, 4, "tallrec")
+    roc = pl.read_csv(tmp_path / "roc.csv")
+    assert roc.height == len(set(scores)) + 1  # sklearn's (0, 0) start, then one point per threshold

@@ -86,7 +86,7 @@ def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, ba
     p_yes = score_frame(model, tokenizer, test, batch_size, template)
     labels = test["label"].cast(pl.Int64).to_list()
     metrics = auc_metrics(labels, p_yes)
-    fpr, tpr, _ = roc_curve(labels, p_yes)
+    fpr, tpr, _ = roc_curve(labels, p_yes, drop_intermediate=False)  # a point per distinct score
     with atomic_dir(out_dir) as tmp:
         write_parquet(test.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(p_yes)), tmp / "predictions.parquet")
     with atomic_path(roc_path) as tmp:
