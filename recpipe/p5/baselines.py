@@ -319,30 +319,40 @@ def train_sasrec(train: list[list[int]], valid_target: list[int | None], items: 
         model = SASRec(n, p)
         opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.9, 0.98))  # the paper's beta2
 
-        def train_epoch() -> float:
-            total, steps = 0.0, 0
-            for batch in torch.randperm(len(owner), generator=gen).split(p.batch_size):
-                inp, tgt = inputs[batch], targets[batch]
-                # Trim the padding every window of the batch has: positions count from the end.
-                width = int((inp > 0).sum(1).max())
-                inp, tgt = inp[:, -width:], tgt[:, -width:]
-                neg = _sample_negatives(tuple(tgt.shape), n, seen[owner_t[batch]], gen, offset=1) if p.loss == "bce" else None
-                loss = sasrec_loss(model, model(inp), tgt, p.loss, neg)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
-            return total / steps
+        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+            inp, tgt = inputs[batch], targets[batch]
+            # Trim the padding every window of the batch has: positions count from the end.
+            width = int((inp > 0).sum(1).max())
+            inp, tgt = inp[:, -width:], tgt[:, -width:]
+            neg = _sample_negatives(tuple(tgt.shape), n, seen[owner_t[batch]], gen, offset=1) if p.loss == "bce" else None
+            return sasrec_loss(model, model(inp), tgt, p.loss, neg)
 
-        def validate() -> float:
-            if not cases:
-                return 0.0
-            rank = torch.cat([ranks(model.scores(v_inputs[s : s + CHUNK]), v_target[s : s + CHUNK], v_exclude[s : s + CHUNK]) for s in range(0, len(cases), CHUNK)])
-            return ndcg_at(rank)
-
-        fit = early_stopping(model, train_epoch, validate, p.epochs, p.patience, "sasrec")
+        fit = early_stopping(
+            model, lambda: _epoch(opt, torch.randperm(len(owner), generator=gen).split(p.batch_size), batch_loss),
+            lambda: _validation_ndcg(model.scores, v_inputs, v_target, v_exclude), p.epochs, p.patience, "sasrec",
+        )  # fmt: skip
     log.info("sasrec: %d windows of %d training sequences, %d items, loss %s", len(owner), sum(len(t) >= 2 for t in tokens), n, p.loss)
     return model, fit
+
+
+def _epoch(opt, batches, batch_loss) -> float:
+    """One pass of optimizer steps over `batches`; the mean loss."""
+    total, steps = 0.0, 0
+    for batch in batches:
+        loss = batch_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / steps
+
+
+def _validation_ndcg(scores_of, inputs: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor) -> float:
+    """NDCG@10 of the validation cases (0 when there are none), CHUNK cases at a time."""
+    if not len(target):
+        return 0.0
+    rank = torch.cat([ranks(scores_of(inputs[s : s + CHUNK]), target[s : s + CHUNK], exclude[s : s + CHUNK]) for s in range(0, len(target), CHUNK)])
+    return ndcg_at(rank)
 
 
 def train_bprmf(train: list[list[int]], valid_target: list[int | None], items: list[int], params: BprmfParams, seed: int) -> tuple[BPRMF, Fit]:
@@ -372,28 +382,19 @@ def train_bprmf(train: list[list[int]], valid_target: list[int | None], items: l
         model = BPRMF(len(train), n, p.dim)
         opt = torch.optim.Adam(model.parameters(), lr=p.lr)
 
-        def train_epoch() -> float:
-            total, steps = 0.0, 0
-            for batch in torch.randperm(len(pair_users), generator=gen).split(p.batch_size):
-                u, i = pair_users[batch], pair_items[batch]
-                j = _sample_negatives((len(batch),), n, seen[u], gen)
-                eu, ei, ej = model.user(u), model.item(i), model.item(j)
-                loss = -F.logsigmoid((eu * ei).sum(-1) - (eu * ej).sum(-1)).mean()
-                if p.reg:
-                    loss = loss + p.reg * (eu.pow(2).sum() + ei.pow(2).sum() + ej.pow(2).sum()) / len(batch)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
-            return total / steps
+        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+            u, i = pair_users[batch], pair_items[batch]
+            j = _sample_negatives((len(batch),), n, seen[u], gen)
+            eu, ei, ej = model.user(u), model.item(i), model.item(j)
+            loss = -F.logsigmoid((eu * ei).sum(-1) - (eu * ej).sum(-1)).mean()
+            if p.reg:
+                loss = loss + p.reg * (eu.pow(2).sum() + ei.pow(2).sum() + ej.pow(2).sum()) / len(batch)
+            return loss
 
-        def validate() -> float:
-            if not cases:
-                return 0.0
-            rank = torch.cat([ranks(model.scores(v_users[s : s + CHUNK]), v_target[s : s + CHUNK], v_exclude[s : s + CHUNK]) for s in range(0, len(cases), CHUNK)])
-            return ndcg_at(rank)
-
-        fit = early_stopping(model, train_epoch, validate, p.epochs, p.patience, "bprmf")
+        fit = early_stopping(
+            model, lambda: _epoch(opt, torch.randperm(len(pair_users), generator=gen).split(p.batch_size), batch_loss),
+            lambda: _validation_ndcg(model.scores, v_users, v_target, v_exclude), p.epochs, p.patience, "bprmf",
+        )  # fmt: skip
     return model, fit
 
 
