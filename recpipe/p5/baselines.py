@@ -290,6 +290,15 @@ def sasrec_loss(model: SASRec, h: torch.Tensor, targets: torch.Tensor, loss: str
     return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
 
 
+def _columns(train: list[list[int]], items: list[int]) -> dict[int, int]:
+    """Each item's column in the score matrix; every item of the sequences must be one of them."""
+    col = {item: j for j, item in enumerate(items)}
+    unknown = sorted({i for seq in train for i in seq} - set(col))
+    if unknown:
+        raise RecpipeError(f"baselines: the sequences name items {unknown[:5]} that are not in the item set")
+    return col
+
+
 def train_sasrec(train: list[list[int]], valid_target: list[int | None], items: list[int], params: SasrecParams, seed: int) -> tuple[SASRec, Fit]:
     """SASRec trained on item sequences `train` (one per user, the items before the user's
     validation item), every position's next item a target; early-stopped on the validation
@@ -297,10 +306,7 @@ def train_sasrec(train: list[list[int]], valid_target: list[int | None], items: 
     train[u] left out of the ranking. Deterministic for a seed on one machine (CPU; the caller's
     global RNG is left as it was)."""
     p = params
-    col = {item: j for j, item in enumerate(items)}
-    unknown = sorted({i for seq in train for i in seq} - set(col))
-    if unknown:
-        raise RecpipeError(f"baselines: the sequences name items {unknown[:5]} that are not in the item set")
+    col = _columns(train, items)
     n = len(items)
     tokens = [[col[i] + 1 for i in seq] for seq in train]
     inputs, targets, owner = sasrec_windows(tokens, p.max_len)
@@ -361,10 +367,7 @@ def train_bprmf(train: list[list[int]], valid_target: list[int | None], items: l
     validation NDCG@10 of ranking valid_target[u] (None: no validation case) with train[u] left
     out. User u is embedding row u. Deterministic for a seed (the caller's global RNG is kept)."""
     p = params
-    col = {item: j for j, item in enumerate(items)}
-    unknown = sorted({i for seq in train for i in seq} - set(col))
-    if unknown:
-        raise RecpipeError(f"baselines: the sequences name items {unknown[:5]} that are not in the item set")
+    col = _columns(train, items)
     n = len(items)
     cols = [[col[i] for i in seq] for seq in train]
     pair_users = torch.tensor([u for u, c in enumerate(cols) for _ in c], dtype=torch.long)
