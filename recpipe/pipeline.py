@@ -40,9 +40,9 @@ def textualize(p: Params, dataset: str) -> None:
 
 
 def instructions(p: Params) -> None:
-    from recpipe.tallrec.instructions import instructions as _instructions
+    from recpipe.tallrec.instructions import write_instructions
 
-    _instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)
+    write_instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)  # streamed: nothing read back
 
 
 def sample(p: Params) -> None:
