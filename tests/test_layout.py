@@ -64,7 +64,8 @@ def modules_in(package: str) -> list[Path]:
     "wing, forbidden",
     [
         ("data", ("recpipe.model", "recpipe.tallrec", "recpipe.p5", "recpipe.pipeline", "recpipe.cli")),
-        ("model", ("recpipe.tallrec", "recpipe.p5", "recpipe.pipeline", "recpipe.cli")),
+        ("model", ("recpipe.tallrec", "recpipe.p5", "recpipe.recsysllm", "recpipe.pipeline", "recpipe.cli")),
+        ("recsysllm", ("recpipe.tallrec", "recpipe.p5", "recpipe.pipeline", "recpipe.cli")),
         ("tallrec", ("recpipe.p5", "recpipe.pipeline", "recpipe.cli")),
         ("p5", ("recpipe.tallrec", "recpipe.pipeline", "recpipe.cli")),
     ],
