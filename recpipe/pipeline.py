@@ -91,7 +91,7 @@ def evaluate_base(p: Params) -> None:
 def report(p: Params) -> None:
     from recpipe.tallrec.report import report as _report
 
-    _report("reports", LIVE, "reports/report.md", p)
+    _report("reports", LIVE, "reports/report.md", p, EVAL, SAMPLES, f"{TABLES}/{p.dataset}")
 
 
 # The P5 task families (opt-in: one set of stages per dataset in p5.datasets).
