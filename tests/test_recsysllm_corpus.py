@@ -88,3 +88,18 @@ def test_documents_hold_no_held_out_event_and_span_every_name():
         assert order == (sorted(order) if user == 1 else sorted(order, reverse=True)), "oldest first"
     assert docs.equals(documents(users, items, histories, held, BehaviourSampling(length=6), seed=0))
     assert not docs.equals(documents(users, items, histories, held, BehaviourSampling(length=6), seed=1))
+
+
+def test_infill_samples_of_the_corpus_are_seeded_per_user_and_name_a_bad_row():
+    from test_recsysllm_infill import word_tokenizer
+
+    from recpipe.recsysllm.infill import InfillConfig, build_all
+
+    docs = pl.DataFrame({"user_id": [1, 2], "text": ["a b c d e f", "b c d e f a"], "spans": [[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 2, "end": 5}]]})
+    tok, ids = word_tokenizer(list("abcdef"))
+    both = build_all(docs, tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2)
+    assert len(both) == 4 and both == build_all(docs, tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2)
+    assert build_all(docs.tail(1), tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2) == both[2:]
+    bad = docs.with_columns(spans=pl.Series([[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 4, "end": 40}]]))
+    with pytest.raises(RecpipeError, match=r"corpus row 1 \(user 2\): entity span \(4, 40\) does not lie inside its text of 11 characters"):
+        build_all(bad, tok, ids, InfillConfig(), seed=0)

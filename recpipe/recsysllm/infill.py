@@ -194,6 +194,18 @@ def build(text: str, spans: list[tuple[int, int]], tokenizer, ids: dict[str, int
     return assemble(enc.input_ids, parts, intra, masked, ids[MASKS[kind]], ids, rng if config.order == "random" else None)
 
 
+def build_all(docs, tokenizer, ids: dict[str, int], config: InfillConfig, seed: int, copies: int = 1, where: str = "corpus") -> list[dict]:
+    """Samples of every text of `docs` (rows of user_id, text, spans; recsysllm.corpus.documents),
+    `copies` each with its own masks; each draw seeded by (seed, user, copy), so a sample does not
+    depend on the other rows."""
+    rows = []
+    for i, (user, text, spans) in enumerate(docs.select("user_id", "text", "spans").iter_rows()):
+        ranges = [(s["start"], s["end"]) for s in spans]
+        for copy in range(copies):
+            rows.append(build(text, ranges, tokenizer, ids, config, random.Random(f"{seed}:{user}:{copy}"), f"{where} row {i} (user {user})"))
+    return rows
+
+
 def assemble(token_ids: list[int], parts: list[tuple[int, int, bool]], intra: list[int], masked: list[tuple[int, int]], mask_id: int, ids: dict[str, int], shuffle: random.Random | None = None) -> dict:
     """Parts A and B of a text whose units `masked` (ranges of unit indices, in text order) are
     blanked with `mask_id`; the spans come in text order, or shuffled by `shuffle`."""
