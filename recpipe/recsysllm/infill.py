@@ -279,7 +279,8 @@ def collate(rows: list[dict], pad_id: int, dtype: torch.dtype = torch.float32) -
 
 class IntraEmbedding(torch.nn.Module):
     """The intra-position embedding added to the token embeddings; starts at zero, so that an
-    untrained one leaves the model as it was."""
+    untrained one leaves the model as it was. Ids past the table's end (a span longer than `size`
+    tokens) share its last row."""
 
     def __init__(self, size: int, hidden: int):
         super().__init__()
