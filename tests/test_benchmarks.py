@@ -44,6 +44,10 @@ TINY = {
         "--model {model} --batch-size 2 --length 16 --steps 2 --dtype float32 --mm-size 128",
         [r"TALLRec adapter .* [\d.]+x +[\d.]+%", r"hardware limit: torch\.mm .* GFLOP/s"],
     ),
+    "train_profile.py": (
+        "--model {model} --train {data}/sample/train.parquet --batch-size 2 --steps 1 --dtype float32 --mm-size 128",
+        [r"eager vs sdpa: [\d.]+x the tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],
+    ),
     "train_throughput.py": (
         "--model {model} --train {data}/sample/train.parquet --steps 1 --batch-size 2 --max-length 128 --mm-size 128",
         [r"speed-up: [\d.]+x over naive, [\d.]+x from the answer-only output layer .*: True", r"hardware limit: torch\.mm .* GFLOP/s"],
