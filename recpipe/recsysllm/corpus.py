@@ -93,7 +93,6 @@ def documents(users: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame,
         text, spans = user_rows[user]
         body, item_spans = render(" Watched, oldest first: {history}.", {"history": [names[i] for i in picked]}, sep=LIST_SEPARATOR)
         shift = len(text)
-        spans = [{"entity": s["entity"], "start": s["start"], "end": s["end"]} for s in spans]
-        spans += [{**s, "entity": "item", "start": s["start"] + shift, "end": s["end"] + shift} for s in item_spans]
+        spans = [*spans, *({**s, "entity": "item", "start": s["start"] + shift, "end": s["end"] + shift} for s in item_spans)]
         rows.append({"user_id": user, "text": text + body, "spans": spans})
     return pl.DataFrame(rows, schema={"user_id": pl.Int64, "text": pl.String, "spans": pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64}))})

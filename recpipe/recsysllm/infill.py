@@ -178,11 +178,12 @@ def build(text: str, spans: list[tuple[int, int]], tokenizer, ids: dict[str, int
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     tokens = [text[s:e] for s, e in enc.offset_mapping]
     entities = outer_entities(text, spans, where)
+    entity_units = units(enc.offset_mapping, entities)
     intra = [0] * len(tokens)  # a token's place in its entity, whatever the masking unit
-    for start, end, is_entity in units(enc.offset_mapping, entities):
+    for start, end, is_entity in entity_units:
         if is_entity:
             intra[start:end] = range(1, end - start + 1)
-    parts = units(enc.offset_mapping, entities, config.whole_entities)
+    parts = entity_units if config.whole_entities else units(enc.offset_mapping, entities, whole_entities=False)
     kinds, weights = zip(*config.objectives)
     kind = rng.choices(kinds, weights)[0]
     if kind == "entity":

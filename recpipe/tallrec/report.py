@@ -23,6 +23,8 @@ def _read(path: Path, made_by: str):
         raise RecpipeError(f"{path}: not found (the {made_by} stage writes it; run `dvc repro {made_by}`)")
     if path.suffix == ".json":
         return json.loads(path.read_text())
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path)
     return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
 
 
@@ -79,18 +81,15 @@ def _fmt(value) -> str:
 def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p: Params) -> dict:
     """AUCs of the base model, the tuned model and the history prior on the same test samples, with
     95% paired bootstrap intervals, and the tuned model against the other two."""
-    scores = {}
-    for name in ("base", "tuned"):
-        path = eval_dir / name / "predictions.parquet"
-        if not path.is_file():
-            raise RecpipeError(f"{path}: not found (run `dvc repro evaluate{'_base' if name == 'base' else ''}`)")
-        scores[name] = pl.read_parquet(path).sort("sample_id")
-    if not scores["base"]["sample_id"].equals(scores["tuned"]["sample_id"]):
+    base = _read(eval_dir / "base" / "predictions.parquet", "evaluate_base").sort("sample_id")
+    tuned = _read(eval_dir / "tuned" / "predictions.parquet", "evaluate").sort("sample_id")
+    if not base["sample_id"].equals(tuned["sample_id"]):
         raise RecpipeError(f"{eval_dir}: the base and tuned predictions are not of the same test samples")
-    test = pl.read_parquet(samples_path).filter(pl.col("split") == "test").sort("sample_id")
-    prior = history_prior(test, pl.read_parquet(tables_dir / "interactions.parquet"), p.instructions.like_threshold)
-    labels = scores["tuned"]["label"].cast(pl.Int64).to_list()
-    named = {"tuned": scores["tuned"]["p_yes"].to_list(), "base": scores["base"]["p_yes"].to_list(), "history_prior": prior}
+    histories = _read(samples_path, "instructions").select("sample_id", "history_item_ids")
+    tuned = tuned.join(histories, on="sample_id", how="left", maintain_order="left")  # each prediction's own history
+    prior = history_prior(tuned, _read(tables_dir / "interactions.parquet", f"ingest@{p.dataset}"), p.instructions.like_threshold)
+    labels = tuned["label"].cast(pl.Int64).to_list()
+    named = {"tuned": tuned["p_yes"].to_list(), "base": base["p_yes"].to_list(), "history_prior": prior}
     return paired_bootstrap_auc(labels, named, [("tuned", "history_prior"), ("tuned", "base")], seed=p.seed)
 
 
