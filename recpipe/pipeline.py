@@ -63,10 +63,11 @@ def scoring_model(p: Params, adapter: str | None = None):
     """(model, tokenizer) to score with: the base model in evaluate.dtype on model.device, with
     `adapter` merged into its weights if given (plain weights: faster to score). A device this
     machine lacks fails before anything is loaded."""
+    from recpipe.model.attention import pick_attention
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(p.model.device)
-    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device))
+    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device), attention=pick_attention(p.model.attention, device))
     model = model.to(device)  # before the adapter: it is loaded and merged on the same device
     if adapter is not None:
         from peft import PeftModel

@@ -221,6 +221,7 @@ def train(
     from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
+    from recpipe.model.attention import pick_attention
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(model_p.device)  # a device this machine lacks fails here, before loading
@@ -232,7 +233,7 @@ def train(
         raise RecpipeError(f"model.device {model_p.device!r}: under a launcher or DeepSpeed each process takes its own GPU; use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES")
     if ds_config:
         single_process_env()
-    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype)
+    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype, attention=pick_attention(model_p.attention, device))
     # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
     # and LoRA's initial weights must not depend on whether the model was cached already.
     set_seed(seed)
