@@ -138,7 +138,7 @@ class LoraParams(Strict):
 
 class TrainParams(Strict):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW), reached after the warmup steps.")
-    epochs: float = Field(4, gt=0, description="Passes over the training samples; a fraction stops part way.")
+    epochs: float = Field(4, gt=0, description="Passes over the training samples, at most: early stopping (patience) can end sooner; a fraction stops part way. The learning rate decays linearly over all of them.")
     batch_size: int = Field(8, ge=1, description="Samples per device per step.")
     grad_accum: int = Field(1, ge=1, description="Steps whose gradients add up to one optimizer step (effective batch: batch_size x grad_accum).")
     max_length: int = Field(512, ge=16, description="Longest prompt plus answer in tokens; a longer prompt loses its start, never the answer or the question at its end.")
@@ -147,8 +147,19 @@ class TrainParams(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Precision of the frozen weights and of the forward pass (the LoRA weights stay float32); auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32; float16 (with loss scaling) on CUDA only.")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass instead of keeping them: much less memory for long prompts or big batches, for one more forward pass per step.")
     eval_batch_size: int = Field(16, ge=1, description="Samples per batch when the validation set is scored.")
-    save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch.")
+    save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch, or one at each evaluation when eval_steps is set (then save_steps must be a multiple of eval_steps).")
+    eval_steps: int | None = Field(None, ge=1, description="Score the validation split every this many optimizer steps and at the last one, and save the best-scoring step's adapter (TALLRec: validation AUC); null: score once, after the last step, and save the last step's adapter.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations in a row without a better validation score (needs eval_steps); null: run all the epochs.")
     deepspeed: str | None = Field(None, description="null: the plain trainer; zero2 or zero3 (recpipe/configs/deepspeed/<name>.json) or a json path: DeepSpeed, for GPUs.")
+
+
+    @model_validator(mode="after")
+    def _selection(self) -> TrainParams:
+        if self.patience is not None and self.eval_steps is None:
+            raise ValueError("patience counts evaluations: set eval_steps too")
+        if self.eval_steps is not None and self.save_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}), so that the best evaluated step has a checkpoint")
+        return self
 
 
 class EvaluateParams(Strict):
