@@ -20,6 +20,15 @@ def params_reference() -> str:
     return params.reference_markdown()
 
 
+def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
+    """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or a saved copy
+    of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*."""
+    from recpipe.tallrec import sweep as _sweep
+
+    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
+    _sweep.write_sweep(exp, _sweep.reference_params(params_path, settings), out_dir)
+
+
 def download(p: Params, dataset: str) -> None:
     from recpipe.data.download import download as _download
 
