@@ -42,7 +42,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     params["model"] = {"name": str(make_tiny_model(tmp_path / "tiny-model", texts * 20))}
     params["lora"] = {"rank": 2, "alpha": 4}
     params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
-    params["evaluate"] = {"batch_size": 8, "dtype": "float32"}
+    params["evaluate"] = {"batch_size": 8, "dtype": "float32", "dataset": None, "instructions": None}  # dvc.yaml reads the last two
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
     write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
