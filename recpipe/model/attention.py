@@ -2,10 +2,11 @@
 
 On a CPU, PyTorch's fused attention (sdpa) runs its backward pass as a flash-attention kernel
 that is slow on short rows: on a TALLRec batch (8 prompts of ~200 tokens) it took half of a LoRA
-step, and plain matmul-and-softmax attention (eager) made the whole step about twice as fast. On
+step, and plain matmul-and-softmax attention (eager) made the whole step 1.6-1.8 times as fast. On
 long rows (P5's 1,250-token direct prompts) the fused kernel is about three times faster than
-eager. So "length" runs eager up to SHORT_KEYS keys and sdpa above (benchmarks/train_profile.py
-measures each on the same batch). On CUDA, auto is sdpa.
+eager, and without gradients (scoring) it is the faster one at every length. So "length" runs
+eager when gradients flow through rows of up to SHORT_KEYS keys, and sdpa otherwise
+(benchmarks/train_profile.py and eval_throughput.py measure both). On CUDA, auto is sdpa.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def length_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    if key.shape[-2] > SHORT_KEYS:
+    if key.shape[-2] > SHORT_KEYS or not torch.is_grad_enabled():
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
     return eager_attention_forward(module, query, key, value, _additive(attention_mask, query, key), **kwargs)
