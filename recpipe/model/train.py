@@ -234,10 +234,10 @@ def add_lora(model, lora: LoraParams, **extras):
 
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **extras)
     model = get_peft_model(model, config)
-    if extras:
-        # The task resized the embeddings: peft would then save the whole embedding matrices with
-        # every checkpoint and adapter, where the new rows (trainable_token_indices) are enough.
-        model.save_pretrained = partial(model.save_pretrained, save_embedding_layers=False)
+    # Never the whole embedding matrices: peft saves them with every checkpoint and adapter when
+    # the vocabulary grew (new tokens, whose rows trainable_token_indices saves alone) and looks
+    # the base model's config up on the Hub to find out.
+    model.save_pretrained = partial(model.save_pretrained, save_embedding_layers=False)
     return model
 
 
