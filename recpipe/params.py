@@ -136,6 +136,10 @@ class LoraParams(Strict):
     target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="The names of the linear layers that get an adapter.")
 
 
+# An adapter on every linear layer of the blocks (the P5 model's and the pretraining's).
+WIDE_LORA = LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+
 class TrainParams(Strict):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW), reached after the warmup steps.")
     epochs: float = Field(4, gt=0, description="Passes over the training samples; a fraction stops part way.")
@@ -218,10 +222,7 @@ class P5Params(Strict):
     top_k: int = Field(10, ge=1, description="Length of the ranked lists that HR@k and NDCG@k are computed on.")
     max_new_tokens: int = Field(32, ge=1, description="Longest generated answer in tokens (rating, yes/no and text answers).")
     eval_batch_size: int = Field(8, ge=1, description="Test prompts generated at once.")
-    lora: LoraParams = Field(
-        LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
-        description="The P5 model's own adapter (the TALLRec model's is the top-level `lora`): larger, on every linear layer of the blocks, as it has far more to learn than a yes/no; dropout 0 as 0.05 made a CPU step 2x slower (benchmarks/lora_speed.py).",
-    )  # fmt: skip
+    lora: LoraParams = Field(WIDE_LORA, description="The P5 model's own adapter (the TALLRec model's is the top-level `lora`): larger, on every linear layer of the blocks, as it has far more to learn than a yes/no; dropout 0 as 0.05 made a CPU step 2x slower (benchmarks/lora_speed.py).")
     train: TrainParams = Field(
         TrainParams(lr=1e-3, epochs=1, batch_size=4, grad_accum=2, max_length=1536, save_steps=100),
         description="The P5 model's training: many more samples than TALLRec's shots, so one epoch; long direct prompts (100 candidates after the history) need max_length 1536 and small batches.",
@@ -274,14 +275,8 @@ class RecsysllmParams(Strict):
     positions_2d: bool = Field(True, description="2D positions: part-B tokens take their blank's position and a learnable intra-position embedding is added; false: plain positions 0, 1, 2, ... over parts A and B and no intra embedding.")
     copies: int = Field(1, ge=1, description="Samples of each text per epoch, each with its own blanks.")
     valid_size: int = Field(20, ge=1, description="Users whose texts are held out of pretraining to measure its validation loss.")
-    lora: LoraParams = Field(
-        LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
-        description="The pretraining adapter: merged into the model that train.init or p5.train.init `pretrained` fine-tunes, so its rank is independent of theirs.",
-    )  # fmt: skip
-    train: TrainParams = Field(
-        TrainParams(lr=1e-3, epochs=1, batch_size=8, grad_accum=1, max_length=512, save_steps=50),
-        description="The pretraining run (texts longer than max_length are left out, with a warning); init must stay base.",
-    )  # fmt: skip
+    lora: LoraParams = Field(WIDE_LORA, description="The pretraining adapter: merged into the model that train.init or p5.train.init `pretrained` fine-tunes, so its rank is independent of theirs.")
+    train: TrainParams = Field(TrainParams(epochs=1, save_steps=50), description="The pretraining run: one epoch, a checkpoint every 50 steps; texts longer than max_length are left out, with a warning; init must stay base.")
 
     @model_validator(mode="after")
     def _infill(self) -> RecsysllmParams:
