@@ -17,11 +17,11 @@ sequence tokens/s what the model runs (the masked side adds [START], [END] and t
 from __future__ import annotations
 
 import argparse
-import time
 
 import polars as pl
 import torch
 from _hardware import hardware_line, linear_params, matmul_flops
+from _steps import time_steps, training_step
 
 from recpipe import params
 from recpipe.model.load import load
@@ -45,23 +45,9 @@ def run(name, sha, p, docs, dtype, steps, masked: bool):
         batch = PadCollator(tok.pad_token_id)(rows)
     model = add_lora(model, p.recsysllm.lora, **extras)
     model.train()
-    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p.recsysllm.train.lr)
-
-    def step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss, n, _ = loss_fn(model, batch)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad()
-        return loss.item() / int(n)
-
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
+    seconds, loss = time_steps(training_step(model, loss_fn, batch, dtype, p.recsysllm.train.lr), steps)
     sequence = sum(len(r["input_ids"]) for r in rows)
-    return (time.perf_counter() - start) / steps, text_tokens, sequence, loss
+    return seconds, text_tokens, sequence, loss
 
 
 def main() -> None:

@@ -232,3 +232,40 @@ def test_bad_input_is_one_line(archives, tiny, tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(RecpipeError, match=r"no pretrained adapter \(run the pretrain stage first"):
         Pretrained(tmp_path / "missing")
+
+
+def test_a_tied_output_layer_shares_the_trained_rows(tiny, tmp_path):
+    """SmolLM2 ties its output layer to the input embeddings: one set of token rows is trained,
+    saved and loaded, and the output layer reads the same rows."""
+    from peft import get_peft_model_state_dict
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp_path / "tied")
+    model, tok = load(str(tmp_path / "tied"))
+    r = tiny_params_section(positions_2d=True)
+    task = infill_task(pl.DataFrame({"user_id": [1], "text": ["A 24-year-old man. Watched: Heat (1995)."], "spans": [[{"entity": "item", "start": 28, "end": 39}]], "split": ["train"]}), r, 0)(model, tok)
+    assert list(task.lora_extras["trainable_token_indices"]) == ["embed_tokens"]
+    peft_model = add_lora(model, r.lora, **task.lora_extras)
+    for name, w in peft_model.named_parameters():
+        if w.requires_grad:
+            torch.nn.init.normal_(w, std=0.1)  # as if trained
+    peft_model.save_pretrained(tmp_path / "adapter")
+    base, tok2 = load(str(tmp_path / "tied"))
+    loaded = load_pretrained(base, tok2, tmp_path / "adapter", merge=False)
+    saved = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    again = get_peft_model_state_dict(loaded, save_embedding_layers=False)
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    merged = loaded.merge_and_unload()
+    ids = sorted(infill.special_token_ids(tok2).values())
+    torch.testing.assert_close(merged.get_output_embeddings().weight[ids], merged.get_input_embeddings().weight[ids])
+    torch.testing.assert_close(merged.get_input_embeddings().weight[ids], next(v for k, v in saved.items() if "delta" in k))
+
+
+def tiny_params_section(**recsysllm):
+    from recpipe.params import RecsysllmParams
+
+    return RecsysllmParams.model_validate({**TINY_RUN, **recsysllm})
