@@ -135,11 +135,6 @@ def mean_loss(model, rows: list[dict], collate: Callable, loss_fn: Callable, bat
     return total / max(count, 1)
 
 
-def mean_answer_loss(model, tokenizer, prompts: list[str], answers: list[str], max_length: int, batch_size: int) -> float:
-    """mean_loss of prompt/answer pairs under the answer-only loss."""
-    return mean_loss(model, encode(prompts, answers, tokenizer, max_length), PadCollator(tokenizer.pad_token_id), answer_loss, batch_size)
-
-
 @dataclass
 class Task:
     """What one run learns; train() is the same loop for every task.

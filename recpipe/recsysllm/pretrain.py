@@ -65,7 +65,7 @@ def add_special_tokens(model, tokenizer, positions_2d: bool) -> list[int]:
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
-        for layer in {model.get_input_embeddings(), model.get_output_embeddings()}:  # one layer when tied
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):  # tied: the same rows twice
             layer.weight[ids] = layer.weight[: ids[0]].float().mean(0).to(layer.weight.dtype)
     if positions_2d:
         model.add_module(INTRA, IntraEmbedding(INTRA_SIZE, model.config.hidden_size))
