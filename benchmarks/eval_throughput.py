@@ -6,11 +6,13 @@ takes the full logits. Both score the same test prompts (by default those of
 data/instructions/samples.parquet; --samples takes any such file) with the same model; the script
 prints prompts/s of each, the ratio, how far their P(yes) values differ, and the share of the
 hardware's torch.mm rate (measured in the same run) each reaches, counting 2 operations per matrix
-weight per prompt token for both. With --dtypes it also runs recpipe's scoring in each dtype and
-prints speed and the metric shift (P(yes) difference, AUC).
+weight per prompt token for both. With --compare it also runs recpipe's scoring with each given
+body dtype and attention (model.attention values) and prints prompts/s, the share of torch.mm's rate
+in that dtype, the AUC, the distinct scores, and how far P(yes) moves from the first setting (the
+largest difference and the rank correlation).
 
-    python benchmarks/eval_throughput.py [--n 64] [--batch-size 16] [--dtypes float32,bfloat16] [--model NAME]
-        [--samples data/instructions/samples.parquet] [--mm-size 1024]
+    python benchmarks/eval_throughput.py [--n 64] [--batch-size 16] [--model NAME]
+        [--compare float32:auto,bfloat16:sdpa,bfloat16:auto] [--samples data/instructions/samples.parquet] [--mm-size 1024]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from recpipe import params
+from recpipe.model.attention import pick_attention
 from recpipe.model.load import answer_token_ids, load
 from recpipe.tallrec.evaluate import score
 from recpipe.templates import load_template
@@ -52,7 +55,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="test prompts to score")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
-    parser.add_argument("--dtypes", default="", help="also compare dtypes, e.g. float32,bfloat16")
+    parser.add_argument("--compare", default="", help="also compare body dtype:attention settings, e.g. float32:auto,bfloat16:auto")
     parser.add_argument("--samples", default="data/instructions/samples.parquet", help="the instruction samples (their test split is scored)")
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
@@ -76,17 +79,23 @@ def main() -> None:
     print(f"speed-up: {t_single / t_batched:.2f}x   max |P(yes) batched - single|: {diff:.2e}")
     print(hardware_line(torch.float32, peak, args.mm_size))
 
-    if args.dtypes:
+    if args.compare:
+        from scipy.stats import spearmanr
+
         results = {}
-        for dtype in args.dtypes.split(","):
-            m, _ = load(name, p.model.sha256 if not args.model else None, dtype=getattr(torch, dtype))
-            results[dtype] = timed(lambda m=m: score(m, tok, prompts, yes, no, args.batch_size))
-        first = args.dtypes.split(",")[0]
-        print(f"\n{'dtype':<12}{'seconds':>9}{'prompts/s':>11}{'AUC':>9}{'max |dP(yes)| vs ' + first:>26}")
-        for dtype, (t, p_yes) in results.items():
-            shift = max(abs(a - b) for a, b in zip(p_yes, results[first][1]))
+        for setting in args.compare.split(","):
+            dtype, _, attention = setting.partition(":")
+            m, _ = load(name, p.model.sha256 if not args.model else None, dtype=getattr(torch, dtype), attention=pick_attention(attention or "auto", torch.device("cpu")))
+            score(m, tok, prompts[:2], yes, no, args.batch_size)  # warm-up
+            seconds, p_yes = timed(lambda m=m: score(m, tok, prompts, yes, no, args.batch_size))
+            results[setting] = seconds, p_yes, matmul_flops(getattr(torch, dtype), args.mm_size)
+        first = next(iter(results.values()))[1]
+        print(f"\n{'dtype:attention':<20}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}{'AUC':>9}{'distinct':>10}{'max |dP|':>10}{'spearman':>10}  vs {next(iter(results))}")
+        for setting, (seconds, p_yes, rate) in results.items():
+            shift = max(abs(a - b) for a, b in zip(p_yes, first))
             auc = f"{roc_auc_score(labels, p_yes):.4f}" if len(set(labels)) == 2 else "n/a"  # one class: undefined
-            print(f"{dtype:<12}{t:>9.2f}{len(prompts) / t:>11.2f}{auc:>9}{shift:>26.4f}")
+            rho = spearmanr(p_yes, first).statistic if len(set(first)) > 1 else float("nan")
+            print(f"{setting:<20}{seconds:>9.2f}{len(prompts) / seconds:>11.2f}{work / seconds / rate:>13.2%}{auc:>9}{len(set(p_yes)):>10}{shift:>10.4f}{rho:>10.4f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ measured in the same run, at 4 operations per matrix weight per token (forward, 
 pass's input gradients).
 
     python benchmarks/train_profile.py [--model NAME] [--train data/sample/train.parquet]
-        [--batch-size 8] [--steps 3] [--dtype bfloat16] [--attention sdpa,eager] [--top 8]
+        [--batch-size 8] [--steps 3] [--dtype bfloat16] [--attention sdpa,eager,auto] [--min-tokens 0] [--top 8]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from _hardware import hardware_line, linear_params, matmul_flops
 from _steps import time_steps, training_step
 
 from recpipe import params
+from recpipe.model.attention import pick_attention
 from recpipe.model.load import load
 from recpipe.model.train import PadCollator, add_lora, answer_loss, encode
 
@@ -43,7 +44,7 @@ def kind_of(name: str) -> str:
 def run(name, sha, p, rows, pad_id, dtype, attention, steps):
     torch.manual_seed(0)
     model, _ = load(name, sha, dtype=dtype)
-    model.set_attn_implementation(attention)
+    model.set_attn_implementation(pick_attention(attention, torch.device("cpu")))
     model = add_lora(model, p.lora)
     model.train()
     batch = PadCollator(pad_id)(rows)
@@ -68,18 +69,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    parser.add_argument("--attention", default="sdpa,eager", help="attention implementations to compare, the first is the baseline")
+    parser.add_argument("--attention", default="sdpa,eager,auto", help="attention implementations to compare (model.attention values), the first is the baseline")
+    parser.add_argument("--min-tokens", type=int, default=0, help="take only rows of at least this many tokens (e.g. 1000 for P5's direct prompts)")
     parser.add_argument("--top", type=int, default=8, help="operations listed per side")
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
     p = params.load()
     name, sha = (args.model, None) if args.model else (p.model.name, p.model.sha256)
     dtype = getattr(torch, args.dtype)
-    shots = pl.read_parquet(args.train).head(args.batch_size)
+    shots = pl.read_parquet(args.train)
     model, tok = load(name, sha)
     weights = linear_params(model)
     del model
-    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tok, p.train.max_length)
+    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tok, max(p.train.max_length, args.min_tokens + 64))
+    rows = [r for r in rows if len(r["input_ids"]) >= args.min_tokens][: args.batch_size]
     peak = matmul_flops(dtype, args.mm_size)
     sides = {a: run(name, sha, p, rows, tok.pad_token_id, dtype, a, args.steps) for a in args.attention.split(",")}
     print(f"one step, batch {args.batch_size}, {args.dtype} body, LoRA r {p.lora.rank} on {', '.join(p.lora.target_modules)}")

@@ -132,6 +132,24 @@ def run(params_path: Path = PARAMS) -> None:
     _run(list(pipeline.STEPS), params_path)
 
 
+SWEEP_SET = typer.Option([], "--set", "-S", help="key=value: a param the sweep's `dvc exp run` set beyond seed, sample.k and instructions.split (repeatable).")
+SWEEP_FROM = typer.Option(None, "--from", help="A saved `dvc exp show --json` to read instead of running it.")
+SWEEP_OUT = typer.Option("reports", "--out", "-o", help="Where tallrec_sweep.{json,md,png} go.")
+
+
+@app.command()
+def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, source: Path | None = SWEEP_FROM, out: Path = SWEEP_OUT) -> None:
+    """Aggregate the DVC experiments of a TALLRec sweep over seed, sample.k and instructions.split:
+    test AUC mean and sd per K and split, beside the paper's and the history prior's
+    (reports/tallrec_sweep.json, .md, .png). Only experiments whose other params equal the params
+    file's (with --set) count."""
+    setup_logging()
+    try:
+        pipeline.sweep(params_path, settings, source, out)
+    except RecpipeError as e:
+        raise _fail(e) from None
+
+
 @app.command("params")
 def params_command() -> None:
     """Print every key of params.yaml and datasets.yaml: dotted name, type, default and description."""

@@ -156,6 +156,7 @@ def paired_bootstrap_auc(labels: list[int], scores: dict[str, list[float]], pair
     zero, counted with one more draw: 2 / 2001 is the smallest), every scorer on the same draws."""
     import numpy as np
     from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(labels)
     if set(np.unique(y)) != {0, 1}:
@@ -171,13 +172,14 @@ def paired_bootstrap_auc(labels: list[int], scores: dict[str, list[float]], pair
 
     tail = (1 - confidence) / 2
     per = {name: aucs(np.asarray(s, dtype=float))[valid] for name, s in scores.items()}
+    whole = {name: float(roc_auc_score(y, s)) for name, s in scores.items()}  # on all samples, unrounded
     out = {}
-    for name, s in scores.items():
+    for name in scores:
         lo, hi = np.quantile(per[name], [tail, 1 - tail])
-        out[name] = {"auc": round(float(auc_metrics(labels, s)["auc"]), 5), "ci": [round(float(lo), 5), round(float(hi), 5)]}
+        out[name] = {"auc": round(whole[name], 5), "ci": [round(float(lo), 5), round(float(hi), 5)]}
     for a, b in pairs:
         d = per[a] - per[b]
         lo, hi = np.quantile(d, [tail, 1 - tail])
         p = min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (len(d) + 1))  # never 0 from finite draws
-        out[f"{a}_vs_{b}"] = {"difference": round(out[a]["auc"] - out[b]["auc"], 5), "ci": [round(float(lo), 5), round(float(hi), 5)], "p": round(float(p), 5)}
+        out[f"{a}_vs_{b}"] = {"difference": round(whole[a] - whole[b], 5), "ci": [round(float(lo), 5), round(float(hi), 5)], "p": round(float(p), 5)}
     return out

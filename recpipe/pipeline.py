@@ -9,6 +9,7 @@ from recpipe.params import Params
 
 RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"  # one folder per dataset in each
 SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
+CROSS = "data/instructions/cross_domain.parquet"  # evaluate.dataset's samples, when it is set
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
 RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = "data/recsysllm", "reports/recsysllm", "dvclive/recsysllm"  # likewise
@@ -19,6 +20,15 @@ load_params = params.load
 def params_reference() -> str:
     """Every key of params.yaml and datasets.yaml with its type, default and description (markdown)."""
     return params.reference_markdown()
+
+
+def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
+    """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or a saved copy
+    of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*."""
+    from recpipe.tallrec import sweep as _sweep
+
+    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
+    _sweep.write_sweep(exp, _sweep.reference_params(params_path, settings), out_dir)
 
 
 def download(p: Params, dataset: str) -> None:
@@ -41,9 +51,23 @@ def textualize(p: Params, dataset: str) -> None:
 
 
 def instructions(p: Params) -> None:
-    from recpipe.tallrec.instructions import write_instructions
+    """The samples of `dataset`; with evaluate.dataset set, that dataset's too, built by the same code."""
+    from pathlib import Path
+
+    from recpipe.tallrec.instructions import same_answers, write_instructions
 
     write_instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)  # streamed: nothing read back
+    if p.evaluate.dataset is None:
+        Path(CROSS).unlink(missing_ok=True)  # left by an earlier cross-domain run outside DVC
+        return
+    name, params = p.scored()
+    same_answers(p.instructions.template, params.template)
+    write_instructions(f"{TEXT}/{name}", CROSS, params)
+
+
+def test_samples(p: Params) -> str:
+    """The samples file whose test split the evaluate and report steps read."""
+    return SAMPLES if p.evaluate.dataset is None else CROSS
 
 
 def sample(p: Params) -> None:
@@ -78,10 +102,11 @@ def scoring_model(p: Params, adapter: str | None = None, init=None):
     the pretraining merged in first when `init`, start()'s, is given), with `adapter` merged into
     its weights if given (plain weights: faster to score). A device this machine lacks fails
     before anything is loaded."""
+    from recpipe.model.attention import pick_attention
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(p.model.device)
-    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device))
+    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device), attention=pick_attention(p.model.attention, device))
     model = model.to(device)  # before the adapter: it is loaded and merged on the same device
     if init is not None:
         model = init(model, tokenizer).to(device)
@@ -105,13 +130,15 @@ def evaluate_base(p: Params) -> None:
 def score_test(p: Params, name: str, model, tokenizer) -> None:
     from recpipe.tallrec.evaluate import evaluate as _evaluate
 
-    _evaluate(SAMPLES, f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
+    # Scored with the training template's answer words, the ones the adapter learned (the
+    # instructions step checks that evaluate.instructions' template has the same).
+    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
 
 
 def report(p: Params) -> None:
     from recpipe.tallrec.report import report as _report
 
-    _report("reports", LIVE, "reports/report.md", p, EVAL, SAMPLES, f"{TABLES}/{p.dataset}")
+    _report("reports", LIVE, "reports/report.md", p, EVAL, test_samples(p), f"{TABLES}/{p.scored()[0]}")
 
 
 # The P5 task families (opt-in: one set of stages per dataset in p5.datasets).
@@ -181,14 +208,18 @@ def p5_report(p: Params, dataset: str) -> None:
 
 def held_out(p: Params, dataset: str):
     """Every (user_id, item_id) a task validates or tests on in `dataset`: any P5 family's valid and
-    test pools, and TALLRec's valid and test samples when TALLRec runs on this dataset."""
+    test pools, TALLRec's valid and test samples when TALLRec trains on this dataset, and its
+    cross-domain test samples when it is evaluate.dataset."""
     import polars as pl
 
     from recpipe.p5.families import asked_pairs
 
     pairs = [asked_pairs(pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet"))]
-    if dataset == p.dataset:
-        pairs.append(pl.read_parquet(SAMPLES).filter(pl.col("split") != "train").select("user_id", "item_id"))
+    tallrec = [SAMPLES] if dataset == p.dataset else []
+    if p.evaluate.dataset is not None and dataset == p.evaluate.dataset and dataset != p.dataset:
+        tallrec.append(CROSS)
+    for path in tallrec:
+        pairs.append(pl.read_parquet(path).filter(pl.col("split") != "train").select("user_id", "item_id"))
     return pl.concat(pairs).unique().sort("user_id", "item_id")
 
 

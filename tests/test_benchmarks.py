@@ -37,8 +37,8 @@ TINY = {
         [r"scoring vs beam search: [\d.]+x faster"],
     ),
     "eval_throughput.py": (
-        "--model {model} --samples {data}/instructions/samples.parquet --n 4 --batch-size 2 --mm-size 128 --dtypes float32,bfloat16",
-        [r"speed-up: [\d.]+x", r"hardware limit: torch\.mm .* GFLOP/s"],
+        "--model {model} --samples {data}/instructions/samples.parquet --n 4 --batch-size 2 --mm-size 128 --compare float32:auto,bfloat16:auto",
+        [r"speed-up: [\d.]+x", r"bfloat16:auto +[\d.]+ +[\d.]+ +[\d.]+%", r"hardware limit: torch\.mm .* GFLOP/s"],
     ),
     "lora_speed.py": (
         "--model {model} --batch-size 2 --length 16 --steps 2 --dtype float32 --mm-size 128",
@@ -50,11 +50,11 @@ TINY = {
     ),
     "train_profile.py": (
         "--model {model} --train {data}/sample/train.parquet --batch-size 2 --steps 1 --dtype float32 --mm-size 128",
-        [r"eager vs sdpa: [\d.]+x the tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],
+        [r"eager vs sdpa: [\d.]+x the tokens/s", r"auto vs sdpa: [\d.]+x the tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],
     ),
     "train_throughput.py": (
-        "--model {model} --train {data}/sample/train.parquet --steps 1 --batch-size 2 --max-length 128 --mm-size 128",
-        [r"speed-up: [\d.]+x over naive, [\d.]+x from the answer-only output layer .*: True", r"hardware limit: torch\.mm .* GFLOP/s"],
+        "--model {model} --train {data}/sample/train.parquet --steps 1 --batch-size 2 --max-length 128 --dtype float32 --mm-size 128",
+        [r"recpipe vs naive: .* [\d.]+x the tokens/s", r"recpipe vs recpipe, sdpa attention: [\d.]+x", r"same useful tokens on every side: True", r"hardware limit: torch\.mm .* GFLOP/s"],
     ),
 }
 

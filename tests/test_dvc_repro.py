@@ -42,7 +42,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     params["model"] = {"name": str(make_tiny_model(tmp_path / "tiny-model", texts * 20))}
     params["lora"] = {"rank": 2, "alpha": 4}
     params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
-    params["evaluate"] = {"batch_size": 8, "dtype": "float32"}
+    params["evaluate"] = {"batch_size": 8, "dtype": "float32", "dataset": None, "instructions": None}  # dvc.yaml reads the last two
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
     params["recsysllm"] = {**RecsysllmParams().model_dump(mode="json"), "datasets": []}  # nor pretraining
     write(params, tmp_path)
@@ -62,13 +62,16 @@ def test_dvc_repro_tiny(archives, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "report"}, out
     assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
-    # Adding a dataset is a params change: only its own data stages run (foreach), the rest stays cached.
+    # Adding a dataset is a params change: its own data stages run (foreach); instructions and the
+    # report, which can read any prepared dataset (evaluate.dataset), run with the same result.
     params["registry"]["bookcrossing"] = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
     params["datasets"] = ["ml-100k", "bookcrossing"]
     write(params, tmp_path)
+    samples = (tmp_path / "data/instructions/samples.parquet").read_bytes()
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"download@bookcrossing", "ingest@bookcrossing", "textualize@bookcrossing"}, out
+    assert ran == {"download@bookcrossing", "ingest@bookcrossing", "textualize@bookcrossing", "instructions", "report"}, out
+    assert (tmp_path / "data/instructions/samples.parquet").read_bytes() == samples
     assert (tmp_path / "data/text/bookcrossing/items.parquet").is_file()
     # The P5 families are opt-in: listing a dataset under p5.datasets adds its own stages, and only
     # they run. Their metrics are one file per family.

@@ -52,6 +52,15 @@ def test_bad_values_name_the_parameter(archives):
         params.load("does-not-exist.yaml")
 
 
+def test_early_stopping_needs_evaluations(archives):
+    src = [source("atomic", archives["atomic"])]
+    with pytest.raises(RecpipeError, match=r"params.yaml: train: patience counts evaluations: set eval_steps too"):
+        params.parse(params_dict(src, train={"patience": 10}))
+    with pytest.raises(RecpipeError, match=r"p5.train: save_steps \(15\) must be a multiple of eval_steps \(10\)"):
+        params.parse(params_dict(src, p5={"train": {"eval_steps": 10, "save_steps": 15}}))
+    assert params.parse(params_dict(src, train={"eval_steps": 10, "patience": 10, "save_steps": 20})).train.patience == 10
+
+
 def test_params_yaml_renders_the_defaults():
     """params.yaml lists every key with exactly the models' defaults (and nothing else): the two
     cannot drift apart."""

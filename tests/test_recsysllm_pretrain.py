@@ -1,8 +1,8 @@
 """RecSysLLM's masked pretraining stage: its corpus leaves every held-out event out, it trains
 through recpipe's one training loop, and TALLRec and P5 fine-tune from what it saves."""
 
+import contextlib
 import json
-import os
 
 import polars as pl
 import pytest
@@ -60,13 +60,9 @@ def pretrained(built, tiny, archives, tmp_path_factory):  # noqa: F811
     """The pretrain stage run once, end to end, in a scratch working directory."""
     folder = workdir(built[0], tmp_path_factory.mktemp("work"))
     p = tiny_params(archives, tiny)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):
         pipeline.pretrain(p, "ml-100k")
         held = pipeline.held_out(p, "ml-100k")
-    finally:
-        os.chdir(cwd)
     return folder, p, held
 
 
@@ -75,7 +71,7 @@ def test_the_stage_writes_corpus_adapter_and_metrics(pretrained):
     out = folder / "data/recsysllm/ml-100k"
     assert {f.name for f in (out / "pretrained").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"}
     metrics = json.loads((folder / "reports/recsysllm/ml-100k/pretrain.json").read_text())
-    assert set(metrics) == {"train_loss", "valid_loss"} and metrics["train_loss"] > 0 and metrics["valid_loss"] > 0
+    assert set(metrics) == {"train_loss", "valid_loss", "best_step", "steps"} and metrics["train_loss"] > 0 and metrics["valid_loss"] > 0
     assert (folder / "dvclive/recsysllm/ml-100k/plots/metrics/train/loss.tsv").is_file()
     corpus = pl.read_parquet(out / "corpus.parquet")
     assert corpus.group_by("split").len().sort("split").rows() == [("train", corpus.height - 4), ("valid", 4)]
@@ -112,12 +108,8 @@ def test_no_held_out_event_enters_any_pretraining_text(pretrained, built):  # no
 def test_same_params_give_the_same_corpus_and_adapter_bytes(pretrained, archives, tiny, built, tmp_path):  # noqa: F811
     folder, p, _ = pretrained
     again = workdir(built[0], tmp_path)
-    cwd = os.getcwd()
-    os.chdir(again)
-    try:
+    with contextlib.chdir(again):
         pipeline.pretrain(p, "ml-100k")
-    finally:
-        os.chdir(cwd)
     for rel in ("corpus.parquet", "pretrained/adapter_model.safetensors", "pretrained/adapter_config.json"):
         assert (again / "data/recsysllm/ml-100k" / rel).read_bytes() == (folder / "data/recsysllm/ml-100k" / rel).read_bytes(), rel
 
@@ -194,14 +186,10 @@ def test_fine_tuning_starts_from_the_pretrained_model(pretrained, archives, tiny
     data["train"] = {"epochs": 1, "batch_size": 4, "lr": 1e-2, "dtype": "float32", "init": "pretrained"}
     data["evaluate"] = {"batch_size": 8, "dtype": "float32"}
     p = params.parse(data)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with contextlib.chdir(folder):
         pipeline.train(p)
         model, _ = pipeline.scoring_model(p, pipeline.ADAPTER, pipeline.start(p.train.init, p.dataset))
         pipeline.evaluate(p)
-    finally:
-        os.chdir(cwd)
     assert json.loads((folder / "reports/tuned.json").read_text())["auc"] >= 0
     assert not [k for k in load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors") if "embed" in k or "lm_head" in k]  # LoRA weights only
     start = Pretrained(folder / "data/recsysllm/ml-100k/pretrained")
@@ -269,3 +257,16 @@ def tiny_params_section(**recsysllm):
     from recpipe.params import RecsysllmParams
 
     return RecsysllmParams.model_validate({**TINY_RUN, **recsysllm})
+
+
+def test_eval_steps_keep_the_best_step_by_validation_loss(built, tiny, archives, tmp_path):  # noqa: F811
+    """recsysllm.train.eval_steps: the task's own validation loss picks the adapter kept."""
+    folder = workdir(built[0], tmp_path)
+    p = tiny_params(archives, tiny, train={**TINY_RUN["train"], "eval_steps": 2, "save_steps": 2})
+    with contextlib.chdir(folder):
+        pipeline.pretrain(p, "ml-100k")
+    metrics = json.loads((folder / "reports/recsysllm/ml-100k/pretrain.json").read_text())
+    assert metrics["steps"] > 2
+    assert metrics["best_step"] % 2 == 0 or metrics["best_step"] == metrics["steps"]  # an evaluated step
+    assert metrics["valid_loss"] > 0
+    assert (folder / "data/recsysllm/ml-100k/pretrained/adapter_model.safetensors").is_file()

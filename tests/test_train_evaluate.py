@@ -10,7 +10,7 @@ from recpipe import RecpipeError
 from recpipe.metrics import auc_metrics
 from recpipe.model.decoding import shared_prefix_length
 from recpipe.model.load import answer_token_ids, load, resolve
-from recpipe.model.train import IGNORE, PadCollator, encode, train
+from recpipe.model.train import IGNORE, PadCollator, answer_loss_trainer, encode, train
 from recpipe.params import LoraParams, ModelParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
 
@@ -69,7 +69,8 @@ def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
     )  # fmt: skip
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     # The metrics file holds what `dvc metrics diff` should compare; timings and dtype go apart.
-    assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {"train_loss", "valid_auc"}
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {"train_loss", "valid_auc", "best_step", "steps"}
+    assert metrics["best_step"] == metrics["steps"] == 8  # no eval_steps: the last step's adapter, scored once
     assert set(json.loads((tmp_path / "run.json").read_text())) == {"train_seconds", "train_tokens_per_second", "dtype"}
     assert 0 <= metrics["valid_auc"] <= 1 and metrics["train_loss"] > 0
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
@@ -269,3 +270,82 @@ def test_roc_has_a_point_per_distinct_score(tmp_path, monkeypatch):
     ev.evaluate(tmp_path / "samples.parquet", tmp_path / "eval", tmp_path / "m.json", tmp_path / "roc.csv", None, None, 4, "tallrec")
     roc = pl.read_csv(tmp_path / "roc.csv")
     assert roc.height == len(set(scores)) + 1  # sklearn's (0, 0) start, then one point per threshold
+
+
+class ScriptedScores:
+    """A validator whose score is set per optimizer step, recording the LoRA weights it saw."""
+
+    def __init__(self, by_step: dict[int, float]):
+        self.by_step, self.step, self.weights = by_step, None, {}
+
+    def __call__(self, model, tokenizer, valid):
+        self.weights[self.step] = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+        return {"valid_auc": self.by_step[self.step]}
+
+
+def scripted_trainer(scores: ScriptedScores, stop_at: int | None = None):
+    """The trainer, telling `scores` the step it evaluates; stop_at: the session ends before that step + 1."""
+    real = answer_loss_trainer()  # imported with the module: the real one, whatever a test patched in
+
+    class Scripted(real):
+        def evaluate(self, *args, **kwargs):
+            scores.step = self.state.global_step
+            return super().evaluate(*args, **kwargs)
+
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == stop_at:
+                raise KeyboardInterrupt
+            return super().training_step(*args, **kwargs)
+
+    return lambda: Scripted
+
+
+# Best at step 2, then three evaluations without a better score; the 0.9 at step 6 is never reached
+# with patience 3, and would be reached by a run that forgot its patience count or best score.
+SCRIPT = {1: 0.5, 2: 0.8, 3: 0.6, 4: 0.7, 5: 0.6, 6: 0.9, **{s: 0.1 for s in range(7, 13)}}
+
+
+def run_scripted(tiny, root, tmp_path, name, scores, monkeypatch, stop_at=None):
+    from safetensors.torch import load_file
+
+    import recpipe.model.train
+    from recpipe.model.train import Validator
+
+    monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", scripted_trainer(scores, stop_at))
+    metrics = train(
+        root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
+        ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
+        TrainParams(epochs=3, batch_size=4, lr=1e-2, dtype="float32", eval_steps=1, patience=3), seed=0,
+        live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / f"ckpt-{name}", validate=Validator(scores, "valid_auc"),
+    )  # fmt: skip
+    return metrics, load_file(tmp_path / name / "adapter_model.safetensors")
+
+
+def test_eval_steps_keep_the_best_step_and_stop_early(tiny, built, tmp_path, monkeypatch):  # noqa: F811
+    root, _ = built
+    scores = ScriptedScores(SCRIPT)
+    metrics, adapter = run_scripted(tiny, root, tmp_path, "run", scores, monkeypatch)
+    assert sorted(scores.weights) == [1, 2, 3, 4, 5]  # 12 steps allowed; patience ends it after step 5
+    assert metrics == json.loads((tmp_path / "run.json").read_text())
+    assert (metrics["best_step"], metrics["valid_auc"], metrics["steps"]) == (2, 0.8, 5)
+    # The saved adapter is step 2's weights, not the last step's.
+    best, last = scores.weights[2], scores.weights[5]
+    assert all(torch.equal(adapter[k], best[f"{k[: -len('.weight')]}.default.weight"]) for k in adapter)
+    assert not all(torch.equal(adapter[k], last[f"{k[: -len('.weight')]}.default.weight"]) for k in adapter)
+    # dvclive has every evaluation's score.
+    logged = (tmp_path / "live-run" / "plots" / "metrics" / "eval" / "valid_auc.tsv").read_text().splitlines()
+    assert [line.split("\t")[-1] for line in logged[1:]] == ["0.5", "0.8", "0.6", "0.7", "0.6"]
+
+
+def test_resumed_run_keeps_its_best_step_and_patience(tiny, built, tmp_path, monkeypatch):  # noqa: F811
+    """Stopped after step 4 (best step 2, two evaluations without a better score since), the
+    resumed run evaluates step 5, stops there and saves step 2's adapter, as the unbroken run does."""
+    root, _ = built
+    unbroken_metrics, unbroken = run_scripted(tiny, root, tmp_path, "unbroken", ScriptedScores(SCRIPT), monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_scripted(tiny, root, tmp_path, "resumed", ScriptedScores(SCRIPT), monkeypatch, stop_at=4)
+    resumed_scores = ScriptedScores(SCRIPT)
+    metrics, resumed = run_scripted(tiny, root, tmp_path, "resumed", resumed_scores, monkeypatch)
+    assert sorted(resumed_scores.weights) == [5]
+    assert {k: v for k, v in metrics.items() if k != "train_loss"} == {k: v for k, v in unbroken_metrics.items() if k != "train_loss"}
+    assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)

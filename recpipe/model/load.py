@@ -149,16 +149,17 @@ def pick_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) on the CPU, the weights in `dtype`. GGUF weights are dequantized into
-    an ordinary, trainable model."""
+def load(name: str, sha256: str | None = None, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
+    """Load (model, tokenizer) on the CPU, the weights in `dtype`, attention as transformers'
+    `attn_implementation` (recpipe.model.attention.pick_attention resolves model.attention). GGUF
+    weights are dequantized into an ordinary, trainable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = resolve(name, sha256)
     if gguf:
         where = _dequantized(where, gguf)
     tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attention)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

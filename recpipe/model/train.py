@@ -26,8 +26,29 @@ from recpipe.io import atomic_dir, write_json
 from recpipe.params import LoraParams, ModelParams, TrainParams
 
 IGNORE = -100  # label value the loss skips
-# Scores the tuned model on the validation rows: (model, tokenizer, rows) -> metrics.
-Validator = Callable[[Any, Any, pl.DataFrame], dict]
+
+
+@dataclass(frozen=True)
+class Validator:
+    """Scores the tuned model on the validation rows: score(model, tokenizer, rows) -> metrics.
+    `metric`, one of those metrics, picks the best step under train.eval_steps: lower is better
+    for a name ending in "loss" (the Trainer's rule), higher for any other."""
+
+    score: Callable[[Any, Any, pl.DataFrame], dict]
+    metric: str
+
+    def __call__(self, model, tokenizer, valid: pl.DataFrame) -> dict:
+        return self.score(model, tokenizer, valid)
+
+
+def loss_validator(task: Task, batch_size: int) -> Validator:
+    """The validator of any task: its mean loss per target on its own validation rows
+    (valid_loss); the validation DataFrame it is handed is not read."""
+
+    def score(model, tokenizer, valid) -> dict:
+        return {"valid_loss": round(mean_loss(model, task.valid, task.collate, task.loss, batch_size), 5)}
+
+    return Validator(score, "valid_loss")
 
 
 def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int, spans: list[list[list[int]]] | None = None) -> list[dict]:
@@ -108,15 +129,33 @@ def summed_loss(out, wanted: torch.Tensor):
 
 
 def answer_loss_trainer():
-    """The HF Trainer with a task's loss: answer_loss unless train() sets `task_loss`."""
+    """The HF Trainer with a task's loss: answer_loss unless train() sets `task_loss`. Its
+    evaluation, when eval_steps asks for one, is `validator` on the `valid` rows with
+    `valid_tokenizer` (set on the instance; not the Trainer's processing_class, which it would
+    save into every checkpoint): the Trainer's own machinery then keeps the best checkpoint
+    (load_best_model_at_end), the EarlyStoppingCallback counts patience, and dvclive gets the
+    scores through the log."""
     from transformers import Trainer
 
     class AnswerLossTrainer(Trainer):
+        validator: Validator | None = None
+        valid: pl.DataFrame | None = None
+        valid_tokenizer: Any = None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # getattr: the class is also called unbound (self None) to compute the default loss.
             loss, n, out = getattr(self, "task_loss", answer_loss)(model, inputs)
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else n)
             return (loss, out) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            scores = self.validator(self.model, self.valid_tokenizer, self.valid)
+            if scores.get(self.validator.metric) is None:
+                raise RecpipeError(f"train.eval_steps: the validation {self.validator.metric} is undefined (is the validation split all one label?), so no step can be picked")
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics  # training_step puts the model back in training mode
 
     return AnswerLossTrainer
 
@@ -280,13 +319,20 @@ def train(
     only (the losses and validation scores `dvc metrics diff` compares); run_path, if given, how the
     run went (seconds, tokens/s, dtype), which differ from run to run and machine to machine.
 
+    params.eval_steps: the validator also runs every that many optimizer steps (and at the last
+    one); the adapter saved is the best-scoring step's, and metrics_path records that step
+    (best_step) and its score. params.patience stops the run after that many evaluations without a
+    better score. A resumed run keeps its best score, best checkpoint and patience count: they
+    are part of each checkpoint's trainer state.
+
     The model runs on model_p.device; its frozen weights are loaded in params.dtype, and the LoRA
     weights stay float32 (peft's default): the optimizer updates float32 weights, and float16 loss
     scaling unscales float32 gradients only."""
-    from transformers import TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
 
     from dvclive import Live
+    from recpipe.model.attention import pick_attention
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(model_p.device)  # a device this machine lacks fails here, before loading
@@ -298,7 +344,7 @@ def train(
         raise RecpipeError(f"model.device {model_p.device!r}: under a launcher or DeepSpeed each process takes its own GPU; use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES")
     if ds_config:
         single_process_env()
-    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype)
+    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype, attention=pick_attention(model_p.attention, device))
     # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
     # and LoRA's initial weights must not depend on whether the model was cached already.
     set_seed(seed)
@@ -312,6 +358,8 @@ def train(
     start_key = () if init is None else (getattr(init, "key", repr(init)),)
     key = run_key(model_p, lora, params, seed, *start_key, *(job.key if job.key is not None else (rows,)))
     ckpt_dir = Path(checkpoints) / key
+    validator = validate if validate is not None else loss_validator(job, params.eval_batch_size)
+    selecting = params.eval_steps is not None  # evaluate during training, keep the best step
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=params.batch_size,
@@ -322,9 +370,15 @@ def train(
         weight_decay=params.weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="steps" if params.save_steps else "epoch",
-        save_steps=params.save_steps or 500,  # unused with save_strategy "epoch"
-        save_total_limit=1,
+        save_strategy="steps" if params.save_steps or selecting else "epoch",
+        save_steps=params.save_steps or params.eval_steps or 500,  # unused with save_strategy "epoch"
+        save_total_limit=1,  # under load_best_model_at_end the Trainer keeps the best one too
+        eval_strategy="steps" if selecting else "no",
+        eval_steps=params.eval_steps,
+        load_best_model_at_end=selecting,
+        metric_for_best_model=validator.metric if selecting else None,
+        # The early-stopping count is saved in each checkpoint's trainer state; restore it on resume.
+        restore_callback_states_from_checkpoint=selecting,
         train_sampling_strategy="group_by_length",
         seed=seed,
         data_seed=seed,
@@ -344,8 +398,15 @@ def train(
     # Only the first process logs: a second Live on another rank would clear the same folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
-    trainer = answer_loss_trainer()(model=model, args=args, train_dataset=rows, data_collator=job.collate, callbacks=callbacks)
+    if params.patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.patience))
+    valid = pl.read_parquet(valid_path) if validate is not None else None
+    trainer = answer_loss_trainer()(
+        model=model, args=args, train_dataset=rows, data_collator=job.collate, callbacks=callbacks,
+        eval_dataset=job.valid if selecting else None,  # read by our evaluate() only: the Trainer asks that there be one
+    )  # fmt: skip
     trainer.task_loss = job.loss
+    trainer.validator, trainer.valid, trainer.valid_tokenizer = validator, valid, tokenizer
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("train: resuming from %s, step %d", resume[0], resume[1])
@@ -353,13 +414,14 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     seconds = time.time() - start
     # Tokens/s of this process only: a resumed run did the first steps elsewhere.
-    done = 1 - (resume[1] if resume else 0) / max(trainer.state.global_step, 1)
-    tokens = sum(len(r["input_ids"]) for r in rows) * params.epochs * done
-    if validate is not None:
-        validation = validate(model, tokenizer, pl.read_parquet(valid_path))
+    state = trainer.state
+    done = 1 - (resume[1] if resume else 0) / max(state.global_step, 1)
+    tokens = sum(len(r["input_ids"]) for r in rows) * state.epoch * done  # epochs run: early stopping ends sooner
+    if selecting:  # the Trainer has loaded the best step's adapter; its score is known
+        validation = {validator.metric: state.best_metric, "best_step": state.best_global_step}
     else:
-        validation = {"valid_loss": round(mean_loss(model, job.valid, job.collate, job.loss, params.eval_batch_size), 5)}
-    metrics = {"train_loss": round(result.training_loss, 5), **validation}
+        validation = {**validator(model, tokenizer, valid), "best_step": state.global_step}
+    metrics = {"train_loss": round(result.training_loss, 5), **validation, "steps": state.global_step}
     run = {"train_seconds": round(seconds, 1), "train_tokens_per_second": round(tokens / seconds, 1), "dtype": str(dtype).removeprefix("torch.")}
     # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save
     # needs them all), but only the first process writes files.

@@ -17,6 +17,7 @@ from recpipe.model.decoding import (
     shared_prefix_length,
 )
 from recpipe.model.load import answer_token_ids
+from recpipe.model.train import Validator
 from recpipe.templates import load_template
 
 
@@ -69,14 +70,15 @@ def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, templa
     return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)
 
 
-def valid_auc(template: str, batch_size: int):
-    """The trainer's validator for TALLRec: AUC of P(yes) on the validation samples."""
+def valid_auc(template: str, batch_size: int) -> Validator:
+    """The trainer's validator for TALLRec: AUC of P(yes) on the validation samples, which also
+    picks the best step under train.eval_steps."""
 
     def validate(model, tokenizer, valid: pl.DataFrame) -> dict:
         p_yes = score_frame(model, tokenizer, valid, batch_size, template)
         return {"valid_auc": auc_metrics(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
 
-    return validate
+    return Validator(validate, "valid_auc")
 
 
 def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str) -> dict:

@@ -167,6 +167,17 @@ def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -
     return pl.concat([*batches(samples, long, quoted, tpl, params)], how="vertical") if samples.height else pl.DataFrame(schema=SCHEMA)
 
 
+def same_answers(trained: str, scored: str) -> None:
+    """A model trained on template `trained` answers with its words: samples built with template
+    `scored` can be scored by it only if that template's answers are the same."""
+    a, b = load_template(trained, REQUIRED), load_template(scored, REQUIRED)
+    if (a["answer_yes"], a["answer_no"]) != (b["answer_yes"], b["answer_no"]):
+        raise RecpipeError(
+            f"evaluate.instructions.template {scored!r} answers {b['answer_yes']!r}/{b['answer_no']!r}, but the model is trained "
+            f"on {trained!r}, which answers {a['answer_yes']!r}/{a['answer_no']!r}: use a template with the same answers"
+        )
+
+
 def write_instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> int:
     """Build the samples from textualize's histories and item names and stream them to out_path;
     returns how many were written."""

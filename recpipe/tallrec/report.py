@@ -87,7 +87,8 @@ def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p: Params) -
         raise RecpipeError(f"{eval_dir}: the base and tuned predictions are not of the same test samples")
     histories = _read(samples_path, "instructions").select("sample_id", "history_item_ids")
     tuned = tuned.join(histories, on="sample_id", how="left", maintain_order="left")  # each prediction's own history
-    prior = history_prior(tuned, _read(tables_dir / "interactions.parquet", f"ingest@{p.dataset}"), p.instructions.like_threshold)
+    dataset, instructions = p.scored()  # cross-domain: the other dataset's ratings and threshold
+    prior = history_prior(tuned, _read(tables_dir / "interactions.parquet", f"ingest@{dataset}"), instructions.like_threshold)
     labels = tuned["label"].cast(pl.Int64).to_list()
     named = {"tuned": tuned["p_yes"].to_list(), "base": base["p_yes"].to_list(), "history_prior": prior}
     return paired_bootstrap_auc(labels, named, [("tuned", "history_prior"), ("tuned", "base")], seed=p.seed)
@@ -108,9 +109,12 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         mine = k == p.sample.k
         here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
         paper.append([f"**{k}** (this run)" if mine else str(k), *(f"{a:.2f}" for a in aucs), here])
+    scored_on, instructions = p.scored()
+    cross = [f"Cross-domain: trained on {p.dataset}, scored on the test split of {scored_on} (the paper's table below is in-domain).", ""]
     lines = [
         f"# recpipe report: TALLRec on {p.dataset}, K = {p.sample.k}, seed {p.seed}",
         "",
+        *(cross if scored_on != p.dataset else []),
         "## Test split",
         "",
         *table(["metric", "base model", "LoRA-tuned"], ([r, _fmt(base.get(r)), _fmt(tuned.get(r))] for r in rows)),
@@ -143,6 +147,8 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         "lora": f"rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)}",
         "train": ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()),
     }
+    if p.evaluate.dataset is not None:
+        params["evaluate"] = f"dataset {scored_on}, instructions: template {instructions.template}, history {instructions.history_len}, liked if rating > {instructions.like_threshold:g}, split {instructions.split}"
     lines += ["", *params_section(params)]
     return "\n".join(lines)
 

@@ -1,0 +1,249 @@
+"""A sweep of TALLRec experiments (dvc exp run --queue over seed, sample.k, instructions.split)
+aggregated into reports/tallrec_sweep.{json,md,png}: the test AUC's mean and sd over seeds per K
+and split, beside the paper's figure and the history prior."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recpipe import RecpipeError, log
+from recpipe.io import atomic_path, read_mapping, write_json
+from recpipe.markdown import table
+
+SWEPT = ("instructions.split", "sample.k", "seed")  # what a sweep varies; every other param must match
+PARAMS_FILE = "params.yaml"
+AUC = ("reports/tuned.json", "auc")  # the tuned model's test AUC, written by the evaluate stage
+PRIOR = ("reports/intervals.json", "history_prior", "auc")  # written by the report stage
+REFERENCES = Path(__file__).parents[1] / "references"
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """Nested mappings as one dotted key per leaf: {"sample": {"k": 64}} -> {"sample.k": 64}."""
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _same(a, b) -> bool:
+    """Equal params; numbers by value (1e-3 written by `-S` and 0.001 in params.yaml are the same)."""
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    return float(a) == float(b) if numbers else a == b
+
+
+def _get(data, path: tuple):
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def records(exp_show: list) -> list[dict]:
+    """`dvc exp show --json` as one record per committed baseline and experiment: {name, timestamp,
+    params (params.yaml's, flattened), metrics ({file: data})}. The workspace row is left out: it
+    is either a committed run again or uncommitted work."""
+    if not isinstance(exp_show, list) or not all(isinstance(row, dict) and "rev" in row for row in exp_show):
+        raise RecpipeError(f"dvc exp show --json: expected a list of revisions, each with a 'rev', got {type(exp_show).__name__}")
+    out = []
+
+    def add(row: dict, name: str) -> None:
+        data = row.get("data") or {}
+        params = _get(data, ("params", PARAMS_FILE, "data")) or {}
+        metrics = {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)}
+        out.append({"name": name, "timestamp": data.get("timestamp"), "params": flatten(params), "metrics": metrics})
+
+    for baseline in exp_show:
+        if baseline["rev"] == "workspace":
+            continue
+        add(baseline, baseline.get("name") or baseline["rev"][:7])
+        for exp in baseline.get("experiments") or []:
+            for row in exp.get("revs") or []:
+                add(row, row.get("name") or exp.get("name") or str(row.get("rev", "?"))[:7])
+    return out
+
+
+@dataclass
+class Sweep:
+    """The aggregate: table[split][k] = {mean, sd, seeds, aucs} (AUC as a fraction), the history
+    prior's test AUC per split, and notes on what was left out."""
+
+    table: dict = field(default_factory=dict)
+    prior: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def aggregate(recs: list[dict], reference: dict) -> Sweep:
+    """Aggregate experiment records (see `records`) whose params equal `reference` (flattened
+    params) in every key but SWEPT. Left out, and counted in the notes: records with other params,
+    and records without a test AUC (queued, running or failed experiments). The same (split, K,
+    seed) run more than once counts once: the newest run's AUC, with a note if the AUCs differ."""
+    fixed = {k: v for k, v in reference.items() if k not in SWEPT}
+    runs: dict[tuple, list[dict]] = {}
+    other, unfinished = [], []
+    for rec in recs:
+        params = rec["params"]
+        rest = {k: v for k, v in params.items() if k not in SWEPT}
+        if rest.keys() != fixed.keys() or not all(_same(rest[k], fixed[k]) for k in fixed) or any(k not in params for k in SWEPT):
+            other.append(rec["name"])
+            continue
+        auc = _get(rec["metrics"], AUC)
+        if not isinstance(auc, (int, float)) or isinstance(auc, bool):
+            unfinished.append(rec["name"])
+            continue
+        key = (str(params["instructions.split"]), int(params["sample.k"]), int(params["seed"]))
+        runs.setdefault(key, []).append({**rec, "auc": float(auc), "prior": _get(rec["metrics"], PRIOR)})
+    sweep = Sweep()
+    if other:
+        sweep.notes.append(f"{len(other)} experiment(s) with other params than the reference's (beyond {', '.join(SWEPT)}) left out: {', '.join(sorted(other))}")
+    if unfinished:
+        sweep.notes.append(f"{len(unfinished)} experiment(s) without a test AUC ({AUC[0]}) left out: {', '.join(sorted(unfinished))}")
+    priors: dict[str, list[float]] = {}
+    for (split, k, seed), dups in sorted(runs.items()):
+        newest = max(dups, key=lambda r: r["timestamp"] or "")
+        if len({r["auc"] for r in dups}) > 1:
+            seen = ", ".join(f"{r['name']} {r['auc']:.4f}" for r in dups)
+            sweep.notes.append(f"split {split}, K {k}, seed {seed}: {len(dups)} runs with different AUCs ({seen}); the newest, {newest['name']}, counts")
+        cell = sweep.table.setdefault(split, {}).setdefault(k, {"seeds": [], "aucs": []})
+        cell["seeds"].append(seed)
+        cell["aucs"].append(newest["auc"])
+        if isinstance(newest["prior"], (int, float)):
+            priors.setdefault(split, []).append(float(newest["prior"]))
+    for cells in sweep.table.values():
+        for cell in cells.values():
+            cell["mean"] = round(statistics.fmean(cell["aucs"]), 5)
+            cell["sd"] = round(statistics.stdev(cell["aucs"]), 5) if len(cell["aucs"]) > 1 else None
+    for split, values in priors.items():
+        # The prior reads the test split only, which the swept K and seed do not change.
+        sweep.prior[split] = round(statistics.fmean(values), 5)
+        if max(values) - min(values) > 1e-9:
+            sweep.notes.append(f"split {split}: the history prior's AUC differs between experiments ({min(values):.4f} to {max(values):.4f}); the mean is shown")
+    return sweep
+
+
+def paper_line(reference: dict) -> dict[int, float]:
+    """The paper's own model's AUC per K, as a fraction (the last method of the reference table)."""
+    return {int(k): round(aucs[-1] / reference["scale"], 5) for k, aucs in reference["auc_by_k"].items()}
+
+
+def render(sweep: Sweep, reference: dict) -> str:
+    paper = paper_line(reference)
+    method = reference["methods"][-1]
+    rows = []
+    for split, cells in sorted(sweep.table.items()):
+        for k, cell in sorted(cells.items()):
+            sd = f" ± {cell['sd']:.4f}" if cell["sd"] is not None else ""
+            prior = sweep.prior.get(split)
+            rows.append([split, str(k), str(len(cell["seeds"])), f"{cell['mean']:.4f}{sd}", f"{paper[k]:.4f}" if k in paper else "n/a", f"{prior:.4f}" if prior is not None else "n/a"])
+    lines = [
+        "# TALLRec sweep: test AUC against K",
+        "",
+        "Mean ± sample standard deviation over seeds of the LoRA-tuned model's test AUC, per split and",
+        f"number of training shots K; beside it {method} as published ({reference['table']} of arXiv",
+        f"{reference['arxiv']}, on its own split of {reference['dataset']}) and the history prior (the share of liked",
+        "items in the prompt's history, used alone as a score) on the same test split.",
+        "",
+        *table(["split", "K", "seeds", "AUC (mean ± sd)", "paper", "history prior"], rows),
+        "",
+        "![AUC against K](tallrec_sweep.png)",
+    ]
+    if sweep.notes:
+        lines += ["", "## Left out", "", *(f"- {note}" for note in sweep.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(sweep: Sweep, reference: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recpipe.tallrec.report import _save
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = dict(zip(sorted(sweep.table), ["tab:blue", "tab:orange", "tab:green", "tab:red"] * 4))
+    for split, cells in sorted(sweep.table.items()):
+        ks = sorted(cells)
+        for k in ks:
+            ax.scatter([k] * len(cells[k]["aucs"]), cells[k]["aucs"], color=colors[split], alpha=0.5, s=14)
+        ax.plot(ks, [cells[k]["mean"] for k in ks], color=colors[split], marker="o", label=f"recpipe, {split} split (mean; dots: seeds)")
+        if split in sweep.prior:
+            ax.axhline(sweep.prior[split], color=colors[split], linestyle=":", label=f"history prior, {split} split")
+    paper = paper_line(reference)
+    ax.plot(sorted(paper), [paper[k] for k in sorted(paper)], color="black", linestyle="--", marker="s", label=f"paper: {reference['methods'][-1]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K (training shots)")
+    ax.set_ylabel("test AUC")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def exp_show() -> list:
+    """`dvc exp show --json` of the current repository (the experiments of HEAD's commit)."""
+    try:
+        run = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RecpipeError("dvc not found: install recpipe's environment, or pass --from a saved `dvc exp show --json`") from None
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RecpipeError(f"dvc exp show --json failed: {last}")
+    return json.loads(run.stdout)
+
+
+def read_exp_show(path: str | Path) -> list:
+    """A saved `dvc exp show --json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found (save one with `dvc exp show --json > {path.name}`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
+    """params.yaml's keys, flattened, with `key=value` overrides (the -S of the sweep's
+    `dvc exp run`, for keys the sweep changed beyond SWEPT)."""
+    import yaml
+
+    reference = flatten(read_mapping(params_path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in reference:
+            raise RecpipeError(f"--set {item!r}: expected key=value with a dotted key of {params_path} (e.g. train.lr=1e-4)")
+        value = yaml.safe_load(text)
+        if isinstance(value, str):  # YAML reads 1e-4 as a string; -S writes it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        reference[key] = value
+    return reference
+
+
+def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "tallrec") -> Sweep:
+    """Aggregate `exp` (dvc exp show --json) against the flattened `params` and write
+    tallrec_sweep.json, .md and .png to out_dir."""
+    out = Path(out_dir)
+    sweep = aggregate(records(exp), params)
+    if not sweep.table:
+        raise RecpipeError("no finished experiment matches the reference params: " + ("; ".join(sweep.notes) or "dvc exp show lists none"))
+    ref = read_mapping(REFERENCES / f"{reference}.yaml")
+    write_json(sweep.table, out / "tallrec_sweep.json")
+    with atomic_path(out / "tallrec_sweep.md") as tmp:
+        tmp.write_text(render(sweep, ref))
+    plot(sweep, ref, out / "tallrec_sweep.png")
+    for note in sweep.notes:
+        log.warning("sweep: %s", note)
+    log.info("sweep: wrote %s/tallrec_sweep.{json,md,png}", out)
+    return sweep

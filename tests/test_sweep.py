@@ -1,0 +1,125 @@
+import json
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from recpipe import RecpipeError
+from recpipe.cli import app
+from recpipe.tallrec.sweep import (
+    aggregate,
+    flatten,
+    paper_line,
+    records,
+    reference_params,
+    render,
+    write_sweep,
+)
+
+BASE = {"seed": 0, "instructions": {"split": "temporal", "history_len": 10}, "sample": {"k": 64}, "train": {"lr": 0.001, "eval_steps": None}}
+
+
+def row(name, seed, k, split="temporal", auc=None, prior=0.79, timestamp="2026-01-01T00:00:00", **changes):
+    """One revision as `dvc exp show --json` (dvc 3) writes it."""
+    params = json.loads(json.dumps(BASE))
+    params["seed"], params["sample"]["k"], params["instructions"]["split"] = seed, k, split
+    for key, value in changes.items():
+        section, leaf = key.split("__")
+        params[section][leaf] = value
+    metrics = {} if auc is None else {"reports/tuned.json": {"data": {"auc": auc, "accuracy": 0.5}}, "reports/intervals.json": {"data": {"history_prior": {"auc": prior, "ci": [0.7, 0.8]}}}}
+    data = {"rev": f"{name}-rev", "timestamp": timestamp, "params": {"params.yaml": {"data": params}, "datasets.yaml": {"data": {}}}, "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}
+    return {"rev": f"{name}-rev", "name": name, "data": data, "error": None, "experiments": None}
+
+
+def exp_show(baseline, *exps):
+    """The JSON shape: the workspace, then each baseline commit with its experiments."""
+    workspace = {**row("workspace", 9, 64, auc=0.99), "rev": "workspace", "name": None}
+    return [workspace, {**baseline, "experiments": [{"revs": [e], "executor": None, "name": e["name"]} for e in exps]}]
+
+
+def test_records_flatten_the_params_and_skip_the_workspace():
+    recs = records(exp_show(row("main", 0, 64, auc=0.6), row("a", 1, 16, auc=0.55)))
+    assert [r["name"] for r in recs] == ["main", "a"]  # the workspace's 0.99 is not a run of its own
+    assert recs[1]["params"]["sample.k"] == 16 and recs[1]["params"]["instructions.split"] == "temporal"
+    assert recs[1]["metrics"]["reports/tuned.json"]["auc"] == 0.55
+
+
+def test_aggregate_mean_sd_seeds_per_split_and_k():
+    exps = [row(f"t{k}-{s}", s, k, auc=round(0.5 + s / 100 + k / 10000, 5)) for k in (16, 256) for s in (2, 0, 1)]
+    exps.append(row("p16", 0, 16, split="paper", auc=0.7, prior=0.65))
+    sweep = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), flatten(BASE))
+    t16 = sweep.table["temporal"][16]
+    assert t16["seeds"] == [0, 1, 2] and t16["aucs"] == [0.5016, 0.5116, 0.5216]
+    assert t16["mean"] == round(statistics.fmean(t16["aucs"]), 5) and t16["sd"] == round(statistics.stdev(t16["aucs"]), 5)
+    assert sweep.table["temporal"][64] == {"seeds": [0], "aucs": [0.6], "mean": 0.6, "sd": None}  # the baseline commit's run counts
+    assert sweep.table["paper"][16]["aucs"] == [0.7] and sweep.prior == {"temporal": 0.79, "paper": 0.65}
+    assert sweep.notes == []
+
+
+def test_duplicates_count_once_and_the_newest_wins_when_they_differ():
+    exps = [
+        row("a", 0, 16, auc=0.6, timestamp="2026-01-01T00:00:00"),
+        row("a-again", 0, 16, auc=0.6, timestamp="2026-01-02T00:00:00"),
+        row("b-old", 1, 16, auc=0.5, timestamp="2026-01-01T00:00:00"),
+        row("b-new", 1, 16, auc=0.7, timestamp="2026-01-03T00:00:00"),
+    ]
+    sweep = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), flatten(BASE))
+    assert sweep.table["temporal"][16]["aucs"] == [0.6, 0.7]
+    assert len(sweep.notes) == 1 and "seed 1: 2 runs with different AUCs" in sweep.notes[0] and "the newest, b-new, counts" in sweep.notes[0]
+
+
+def test_missing_metrics_and_other_params_are_left_out_with_a_note():
+    exps = [
+        row("queued", 0, 16),  # no metrics yet
+        row("lr", 1, 16, auc=0.9, train__lr=1e-4),  # another setting: not this sweep's
+        row("ok", 2, 16, auc=0.6),
+    ]
+    sweep = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), flatten(BASE))
+    assert sweep.table["temporal"][16]["seeds"] == [2]
+    assert any("without a test AUC" in n and "queued" in n for n in sweep.notes)
+    assert any("other params" in n and "lr" in n for n in sweep.notes)
+    # The same experiments, with the reference set to that other setting: only it counts.
+    other = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), {**flatten(BASE), "train.lr": 0.0001})
+    assert other.table == {"temporal": {16: {"seeds": [1], "aucs": [0.9], "mean": 0.9, "sd": None}}}
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    with pytest.raises(RecpipeError, match="expected a list of revisions"):
+        records({"not": "a list"})
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(BASE))
+    with pytest.raises(RecpipeError, match=r"--set 'train.lrr=1': expected key=value with a dotted key"):
+        reference_params(params, ["train.lrr=1"])
+    assert reference_params(params, ["train.lr=1e-4"])["train.lr"] == 1e-4
+    with pytest.raises(RecpipeError, match="no finished experiment matches"):
+        write_sweep(exp_show(row("main", 0, 64)), flatten(BASE), tmp_path / "out")
+    bad = tmp_path / "exp.json"
+    bad.write_text("[{")
+    result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(bad)])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "exp.json: not valid JSON" in result.output
+
+
+def test_cli_writes_json_markdown_and_plot(tmp_path):
+    exps = [row(f"{split}-{k}-{s}", s, k, split=split, auc=round(0.55 + s / 100, 5)) for split in ("temporal", "paper") for k in (16, 64, 256) for s in range(5)]
+    saved = tmp_path / "exp.json"
+    saved.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.55), *exps)))
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(BASE))
+    result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(tmp_path / "reports")])
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "reports" / "tallrec_sweep.json").read_text())
+    assert sorted(out) == ["paper", "temporal"] and sorted(out["paper"], key=int) == ["16", "64", "256"]
+    assert out["temporal"]["64"] == {"mean": 0.57, "sd": round(statistics.stdev([0.55, 0.56, 0.57, 0.58, 0.59]), 5), "seeds": [0, 1, 2, 3, 4], "aucs": [0.55, 0.56, 0.57, 0.58, 0.59]}
+    md = (tmp_path / "reports" / "tallrec_sweep.md").read_text()
+    assert "| temporal | 64 | 5 | 0.5700 ± 0.0158 | 0.6748 | 0.7900 |" in md
+    assert (tmp_path / "reports" / "tallrec_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_line_is_the_papers_own_model_as_a_fraction():
+    from recpipe.io import read_mapping
+    from recpipe.tallrec.sweep import REFERENCES
+
+    ref = read_mapping(REFERENCES / "tallrec.yaml")
+    assert paper_line(ref) == {16: 0.6724, 64: 0.6748, 256: 0.7198}
+    sweep = aggregate(records(exp_show(row("main", 0, 32, auc=0.6))), flatten({**BASE, "sample": {"k": 32}}))
+    assert "| temporal | 32 | 1 | 0.6000 | n/a | 0.7900 |" in render(sweep, ref)  # no paper row for K = 32
