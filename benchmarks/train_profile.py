@@ -16,12 +16,12 @@ pass's input gradients).
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
 import polars as pl
 import torch
 from _hardware import hardware_line, linear_params, matmul_flops
+from _steps import time_steps, training_step
 
 from recpipe import params
 from recpipe.model.attention import pick_attention
@@ -48,22 +48,8 @@ def run(name, sha, p, rows, pad_id, dtype, attention, steps):
     model = add_lora(model, p.lora)
     model.train()
     batch = PadCollator(pad_id)(rows)
-    opt = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=p.train.lr)
-
-    def step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss, n, _ = answer_loss(model, batch)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad()
-        return loss.item() / int(n)
-
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    seconds = (time.perf_counter() - start) / steps
+    step = training_step(model, answer_loss, batch, dtype, p.train.lr)
+    seconds, loss = time_steps(step, steps)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:

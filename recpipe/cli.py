@@ -61,6 +61,9 @@ def _run(steps: list[str], params_path: Path, dataset: str | None = None, need_p
             elif step in pipeline.PER_P5_DATASET:
                 for name in [dataset] if dataset else p.p5.datasets:
                     pipeline.STEPS[step](p, name)
+            elif step in pipeline.PER_RECSYSLLM_DATASET:
+                for name in [dataset] if dataset else p.recsysllm.datasets:
+                    pipeline.STEPS[step](p, name)
             else:
                 pipeline.STEPS[step](p)
     except RecpipeError as e:
@@ -125,7 +128,7 @@ def p5(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--d
 @app.command()
 def run(params_path: Path = PARAMS) -> None:
     """Run every step in order, without DVC's caching (use `dvc repro` for that); the P5 steps
-    for each dataset in p5.datasets."""
+    for each dataset in p5.datasets, the pretraining for each in recsysllm.datasets."""
     _run(list(pipeline.STEPS), params_path)
 
 

@@ -137,6 +137,10 @@ class LoraParams(Strict):
     target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), description="The names of the linear layers that get an adapter.")
 
 
+# An adapter on every linear layer of the blocks (the P5 model's and the pretraining's).
+WIDE_LORA = LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+
 class TrainParams(Strict):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW), reached after the warmup steps.")
     epochs: float = Field(4, gt=0, description="Passes over the training samples, at most: early stopping (patience) can end sooner; a fraction stops part way. The learning rate decays linearly over all of them.")
@@ -152,7 +156,7 @@ class TrainParams(Strict):
     eval_steps: int | None = Field(None, ge=1, description="Score the validation split every this many optimizer steps and at the last one, and save the best-scoring step's adapter (TALLRec: validation AUC); null: score once, after the last step, and save the last step's adapter.")
     patience: int | None = Field(None, ge=1, description="Stop after this many evaluations in a row without a better validation score (needs eval_steps); null: run all the epochs.")
     deepspeed: str | None = Field(None, description="null: the plain trainer; zero2 or zero3 (recpipe/configs/deepspeed/<name>.json) or a json path: DeepSpeed, for GPUs.")
-
+    init: Literal["base", "pretrained"] = Field("base", description="Where training starts: base, the base model; pretrained, the base model with the dataset's RecSysLLM masked pretraining merged in (data/recsysllm/<dataset>/pretrained: list the dataset in recsysllm.datasets); evaluation then starts from it too.")
 
     @model_validator(mode="after")
     def _selection(self) -> TrainParams:
@@ -238,10 +242,7 @@ class P5Params(Strict):
     top_k: int = Field(10, ge=1, description="Length of the ranked lists that HR@k and NDCG@k are computed on.")
     max_new_tokens: int = Field(32, ge=1, description="Longest generated answer in tokens (rating, yes/no and text answers).")
     eval_batch_size: int = Field(8, ge=1, description="Test prompts generated at once.")
-    lora: LoraParams = Field(
-        LoraParams(rank=16, alpha=32, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
-        description="The P5 model's own adapter (the TALLRec model's is the top-level `lora`): larger, on every linear layer of the blocks, as it has far more to learn than a yes/no; dropout 0 as 0.05 made a CPU step 2x slower (benchmarks/lora_speed.py).",
-    )  # fmt: skip
+    lora: LoraParams = Field(WIDE_LORA, description="The P5 model's own adapter (the TALLRec model's is the top-level `lora`): larger, on every linear layer of the blocks, as it has far more to learn than a yes/no; dropout 0 as 0.05 made a CPU step 2x slower (benchmarks/lora_speed.py).")
     train: TrainParams = Field(
         TrainParams(lr=1e-3, epochs=1, batch_size=4, grad_accum=2, max_length=1536, save_steps=100),
         description="The P5 model's training: many more samples than TALLRec's shots, so one epoch; long direct prompts (100 candidates after the history) need max_length 1536 and small batches.",
@@ -255,6 +256,57 @@ class P5Params(Strict):
             raise ValueError(f"p5.weights must be >= 0 with at least one above 0, got {dict(self.weights)}")
         if self.beams < self.top_k:
             raise ValueError(f"p5.beams ({self.beams}) must be at least p5.top_k ({self.top_k})")
+        return self
+
+
+class SamplingParams(Strict):
+    """Which of a user's events make up their pretraining text (recpipe.recsysllm.corpus)."""
+
+    mode: Literal["temporal", "uniform", "recent"] = Field("temporal", description="temporal: drawn from the long-, medium- and short-term windows by `shares`; uniform: drawn from the whole history; recent: the last ones.")
+    length: int = Field(20, ge=1, description="Events per behaviour sequence (all of them for a shorter history).")
+    shares: tuple[float, float, float] = Field((0.1, 0.3, 0.6), description="The long-, medium- and short-term shares of a sequence (temporal mode): three numbers >= 0 summing to 1.")
+    short_days: float = Field(7, gt=0, description="Short-term: events at most this many days before the user's last one.")
+    medium_days: float = Field(90, gt=0, description="Medium-term: events up to this many days before the user's last one (older ones are long-term); above short_days.")
+
+    @model_validator(mode="after")
+    def _windows(self) -> SamplingParams:
+        if min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError(f"recsysllm.sampling.shares must be three numbers >= 0 summing to 1, got {list(self.shares)}")
+        if self.short_days >= self.medium_days:
+            raise ValueError(f"recsysllm.sampling.short_days ({self.short_days}) must be below medium_days ({self.medium_days})")
+        return self
+
+
+Objective = Literal["entity", "sentence", "document"]
+
+
+class RecsysllmParams(Strict):
+    """RecSysLLM's masked pretraining: GLM-style blank infilling over each user's text and behaviour
+    sequence, never splitting an entity. Opt-in: one pretrain stage per dataset in `datasets`."""
+
+    datasets: tuple[str, ...] = Field((), description="The datasets to pretrain on, each one of the top-level `datasets`; empty: no pretrain stage at all.")
+    sampling: SamplingParams = Field(SamplingParams(), description="The behaviour sequence of each user's text.")
+    objectives: dict[Objective, float] = Field({"entity": 0.6, "sentence": 0.2, "document": 0.2}, description="The mix of blanks, one kind drawn per text by weight (>= 0, at least one above 0): entity (spans of whole entities, Poisson span lengths), sentence (whole sentences), document (the text's end).")
+    ratio: float = Field(0.15, gt=0, lt=1, description="The share of a text's units (entities and other tokens) that entity and sentence blanks cover, in (0, 1).")
+    span_mean: float = Field(3.0, gt=0, description="The Poisson mean of an entity blank's length, in units.")
+    document: tuple[float, float] = Field((0.5, 1.0), description="The range of the share of a text's tokens that a document blank covers: [low, high] within (0, 1].")
+    whole_entities: bool = Field(True, description="Mask entities whole (an item name or attribute is blanked whole or not at all); false: single tokens, GLM's own masking (the ablation).")
+    order: Literal["chronological", "random"] = Field("chronological", description="The order of the blanks in part B: chronological (their order in the text) or random (GLM's, the ablation).")
+    positions_2d: bool = Field(True, description="2D positions: part-B tokens take their blank's position and a learnable intra-position embedding is added; false: plain positions 0, 1, 2, ... over parts A and B and no intra embedding.")
+    copies: int = Field(1, ge=1, description="Samples of each text per epoch, each with its own blanks.")
+    valid_size: int = Field(20, ge=1, description="Users whose texts are held out of pretraining to measure its validation loss.")
+    lora: LoraParams = Field(WIDE_LORA, description="The pretraining adapter: merged into the model that train.init or p5.train.init `pretrained` fine-tunes, so its rank is independent of theirs.")
+    train: TrainParams = Field(TrainParams(epochs=1, save_steps=50), description="The pretraining run: one epoch, a checkpoint every 50 steps; texts longer than max_length are left out, with a warning; init must stay base.")
+
+    @model_validator(mode="after")
+    def _infill(self) -> RecsysllmParams:
+        if any(w < 0 for w in self.objectives.values()) or not any(self.objectives.values()):
+            raise ValueError(f"recsysllm.objectives must be >= 0 with at least one above 0, got {dict(self.objectives)}")
+        lo, hi = self.document
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"recsysllm.document must be a range [low, high] within (0, 1], got {list(self.document)}")
+        if self.train.init != "base":
+            raise ValueError("recsysllm.train.init must be base: pretraining starts from the base model")
         return self
 
 
@@ -272,21 +324,26 @@ class Params(Strict):
     train: TrainParams = Field(TrainParams(), description="The TALLRec model's training.")
     evaluate: EvaluateParams = Field(EvaluateParams(), description="Scoring the test split.")
     p5: P5Params = Field(P5Params(), description="The P5 task families.")
+    recsysllm: RecsysllmParams = Field(RecsysllmParams(), description="RecSysLLM's masked pretraining.")
     registry: dict[str, DatasetParams] = Field(default_factory=dict, exclude=True, description="The dataset registry: datasets.yaml, read by `load`.")
 
     @model_validator(mode="after")
     def _known_dataset(self, info: ValidationInfo) -> Params:
         where = (info.context or {}).get("datasets_file", DATASETS_FILE)
         scored = [self.evaluate.dataset] if self.evaluate.dataset is not None else []
-        for name in (*self.datasets, self.dataset, *scored, *self.p5.datasets):
+        for name in (*self.datasets, self.dataset, *scored, *self.p5.datasets, *self.recsysllm.datasets):
             if name not in self.registry:
                 raise ValueError(f"dataset {name!r} has no entry in {where} ({sorted(self.registry)})")
-        for name in (self.dataset, *scored, *self.p5.datasets):
+        for name in (self.dataset, *scored, *self.p5.datasets, *self.recsysllm.datasets):
             if name not in self.datasets:
                 raise ValueError(f"dataset {name!r} is not among the prepared datasets {list(self.datasets)}")
         if self.evaluate.dataset == self.dataset and self.evaluate.instructions is not None:
             # Split another way, the training dataset's "test" samples could be training samples.
             raise ValueError(f"evaluate.instructions: evaluate.dataset is the training dataset {self.dataset!r}, whose test split is the one `instructions` made")
+        for key, init, names in (("train.init", self.train.init, [self.dataset]), ("p5.train.init", self.p5.train.init, self.p5.datasets)):
+            for name in names if init == "pretrained" else []:
+                if name not in self.recsysllm.datasets:
+                    raise ValueError(f"{key} pretrained: dataset {name!r} has no pretraining (add it to recsysllm.datasets {list(self.recsysllm.datasets)})")
         return self
 
     def scored(self) -> tuple[str, InstructionsParams]:

@@ -12,6 +12,7 @@ SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
 CROSS = "data/instructions/cross_domain.parquet"  # evaluate.dataset's samples, when it is set
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
+RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = "data/recsysllm", "reports/recsysllm", "dvclive/recsysllm"  # likewise
 
 load_params = params.load
 
@@ -80,19 +81,35 @@ def train(p: Params) -> None:
     from recpipe.tallrec.evaluate import valid_auc
 
     validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
-    _train(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed, live_dir=LIVE, validate=validate, run_path="reports/train_run.json")
+    _train(
+        f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed,
+        live_dir=LIVE, validate=validate, run_path="reports/train_run.json", init=start(p.train.init, p.dataset),
+    )  # fmt: skip
 
 
-def scoring_model(p: Params, adapter: str | None = None):
-    """(model, tokenizer) to score with: the base model in evaluate.dtype on model.device, with
-    `adapter` merged into its weights if given (plain weights: faster to score). A device this
-    machine lacks fails before anything is loaded."""
+def start(init: str, dataset: str):
+    """train's `init` for train.init / p5.train.init: None (the base model), or the dataset's
+    pretrained model (recsysllm.pretrain.Pretrained)."""
+    if init == "base":
+        return None
+    from recpipe.recsysllm.pretrain import Pretrained
+
+    return Pretrained(f"{RECSYSLLM_DATA}/{dataset}/pretrained")
+
+
+def scoring_model(p: Params, adapter: str | None = None, init=None):
+    """(model, tokenizer) to score with: the base model in evaluate.dtype on model.device (with
+    the pretraining merged in first when `init`, start()'s, is given), with `adapter` merged into
+    its weights if given (plain weights: faster to score). A device this machine lacks fails
+    before anything is loaded."""
     from recpipe.model.attention import pick_attention
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(p.model.device)
     model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device), attention=pick_attention(p.model.attention, device))
     model = model.to(device)  # before the adapter: it is loaded and merged on the same device
+    if init is not None:
+        model = init(model, tokenizer).to(device)
     if adapter is not None:
         from peft import PeftModel
 
@@ -100,19 +117,22 @@ def scoring_model(p: Params, adapter: str | None = None):
     return model.eval(), tokenizer
 
 
-def evaluate(p: Params, tuned: bool = True) -> None:
-    """Score the test split with the tuned adapter, or (tuned=False) with the untouched base model."""
-    from recpipe.tallrec.evaluate import evaluate as _evaluate
-
-    model, tokenizer = scoring_model(p, ADAPTER if tuned else None)
-    name = "tuned" if tuned else "base"
-    # Scored with the training template's answer words, the ones the adapter learned (the
-    # instructions step checks that evaluate.instructions' template has the same).
-    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
+def evaluate(p: Params) -> None:
+    """Score the test split with the tuned adapter (on the pretrained model with train.init pretrained)."""
+    score_test(p, "tuned", *scoring_model(p, ADAPTER, start(p.train.init, p.dataset)))
 
 
 def evaluate_base(p: Params) -> None:
-    evaluate(p, tuned=False)
+    """Score the test split with the untouched base model."""
+    score_test(p, "base", *scoring_model(p))
+
+
+def score_test(p: Params, name: str, model, tokenizer) -> None:
+    from recpipe.tallrec.evaluate import evaluate as _evaluate
+
+    # Scored with the training template's answer words, the ones the adapter learned (the
+    # instructions step checks that evaluate.instructions' template has the same).
+    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
 
 
 def report(p: Params) -> None:
@@ -144,14 +164,14 @@ def p5_train(p: Params, dataset: str) -> None:
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
         p.model, p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
-        checkpoints=f".recpipe/checkpoints/p5-{dataset}",
+        checkpoints=f".recpipe/checkpoints/p5-{dataset}", init=start(p.p5.train.init, dataset),
     )  # fmt: skip
 
 
 def p5_evaluate(p: Params, dataset: str) -> None:
     from recpipe.p5.evaluate import evaluate_p5
 
-    model, tokenizer = scoring_model(p, f"{P5_DATA}/{dataset}/adapter")
+    model, tokenizer = scoring_model(p, f"{P5_DATA}/{dataset}/adapter", start(p.p5.train.init, dataset))
     d = p.registry[dataset]
     evaluate_p5(
         f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
@@ -183,17 +203,49 @@ def p5_report(p: Params, dataset: str) -> None:
     write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions)
 
 
+# RecSysLLM's masked pretraining (opt-in: one stage per dataset in recsysllm.datasets).
+
+
+def held_out(p: Params, dataset: str):
+    """Every (user_id, item_id) a task validates or tests on in `dataset`: any P5 family's valid and
+    test pools, TALLRec's valid and test samples when TALLRec trains on this dataset, and its
+    cross-domain test samples when it is evaluate.dataset."""
+    import polars as pl
+
+    from recpipe.p5.families import asked_pairs
+
+    pairs = [asked_pairs(pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet"))]
+    tallrec = [SAMPLES] if dataset == p.dataset else []
+    if p.evaluate.dataset is not None and dataset == p.evaluate.dataset and dataset != p.dataset:
+        tallrec.append(CROSS)
+    for path in tallrec:
+        pairs.append(pl.read_parquet(path).filter(pl.col("split") != "train").select("user_id", "item_id"))
+    return pl.concat(pairs).unique().sort("user_id", "item_id")
+
+
+def pretrain(p: Params, dataset: str) -> None:
+    from recpipe.recsysllm.pretrain import pretrain as _pretrain
+
+    out = f"{RECSYSLLM_DATA}/{dataset}"
+    _pretrain(
+        f"{TEXT}/{dataset}", held_out(p, dataset), f"{out}/corpus.parquet", f"{out}/pretrained", f"{RECSYSLLM_REPORTS}/{dataset}/pretrain.json",
+        p.model, p.recsysllm, p.seed, live_dir=f"{RECSYSLLM_LIVE}/{dataset}", checkpoints=f".recpipe/checkpoints/recsysllm-{dataset}",
+        run_path=f"{RECSYSLLM_REPORTS}/{dataset}/pretrain_run.json",
+    )  # fmt: skip
+
+
 STEPS = {
     "download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions,
-    "sample": sample, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate, "report": report,
+    "sample": sample, "pretrain": pretrain, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate, "report": report,
     "families": families, "p5_sample": p5_sample, "p5_train": p5_train, "p5_evaluate": p5_evaluate,
     "baselines": baselines, "p5_report": p5_report,
 }  # fmt: skip
 
 
-# dvc.yaml runs these once per dataset (foreach over `datasets`, or over `p5.datasets`).
+# dvc.yaml runs these once per dataset (foreach over `datasets`, `p5.datasets` or `recsysllm.datasets`).
 PER_DATASET = {"download", "ingest", "textualize"}
 PER_P5_DATASET = {"families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"}
+PER_RECSYSLLM_DATASET = {"pretrain"}
 
 
 def main(step: str) -> None:
@@ -202,8 +254,8 @@ def main(step: str) -> None:
     setup_logging()
     try:
         p = params.load()
-        if step in PER_DATASET | PER_P5_DATASET:
-            allowed, where = (p.datasets, "datasets") if step in PER_DATASET else (p.p5.datasets, "p5.datasets")
+        if step in PER_DATASET | PER_P5_DATASET | PER_RECSYSLLM_DATASET:
+            allowed, where = (p.datasets, "datasets") if step in PER_DATASET else (p.p5.datasets, "p5.datasets") if step in PER_P5_DATASET else (p.recsysllm.datasets, "recsysllm.datasets")
             if len(sys.argv) != 2 or sys.argv[1] not in allowed:
                 raise RecpipeError(f"usage: {step}.py <dataset>, one of {where}: {list(allowed)}")
             STEPS[step](p, sys.argv[1])

@@ -44,6 +44,10 @@ TINY = {
         "--model {model} --batch-size 2 --length 16 --steps 2 --dtype float32 --mm-size 128",
         [r"TALLRec adapter .* [\d.]+x +[\d.]+%", r"hardware limit: torch\.mm .* GFLOP/s"],
     ),
+    "pretrain_throughput.py": (
+        "--model {model} --text {data}/text --batch-size 2 --steps 1 --dtype float32 --mm-size 128",
+        [r"masked vs causal: [\d.]+x the text tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],
+    ),
     "train_profile.py": (
         "--model {model} --train {data}/sample/train.parquet --batch-size 2 --steps 1 --dtype float32 --mm-size 128",
         [r"eager vs sdpa: [\d.]+x the tokens/s", r"auto vs sdpa: [\d.]+x the tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],

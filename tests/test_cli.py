@@ -80,7 +80,7 @@ def test_p5_with_no_p5_datasets_says_how_to_turn_it_on(tmp_path, monkeypatch):
     # `run` runs every step: with no P5 datasets, just no P5 steps.
     result = CliRunner().invoke(app, ["run", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    assert ran == [s for s in pipeline.STEPS if s not in pipeline.PER_P5_DATASET]
+    assert ran == [s for s in pipeline.STEPS if s not in pipeline.PER_P5_DATASET | pipeline.PER_RECSYSLLM_DATASET]
     # --dataset runs P5 on one dataset even with p5.datasets empty.
     ran.clear()
     result = CliRunner().invoke(app, ["p5", "--params", str(params), "--dataset", "ml-100k"])

@@ -11,7 +11,7 @@ import yaml
 from conftest import make_tiny_model, params_dict, source
 from test_formats import bx_source, bx_zip
 
-from recpipe.params import P5Params
+from recpipe.params import P5Params, RecsysllmParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
     params["evaluate"] = {"batch_size": 8, "dtype": "float32", "dataset": None, "instructions": None}  # dvc.yaml reads the last two
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
+    params["recsysllm"] = {**RecsysllmParams().model_dump(mode="json"), "datasets": []}  # nor pretraining
     write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)
@@ -97,6 +98,18 @@ def test_dvc_repro_tiny(archives, tmp_path):
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"baselines@ml-100k", "p5_report@ml-100k"}, out
+    # Pretraining is opt-in the same way: listing the dataset adds its one stage, and only it runs.
+    params["recsysllm"] |= {
+        "datasets": ["ml-100k"], "valid_size": 4, "sampling": {**params["recsysllm"]["sampling"], "length": 6},
+        "lora": {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "train": {**params["recsysllm"]["train"], "batch_size": 8, "dtype": "float32", "max_length": 256},
+    }  # fmt: skip
+    write(params, tmp_path)
+    out = run([*DVC, "repro"], tmp_path).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"pretrain@ml-100k"}, out
+    assert (tmp_path / "data/recsysllm/ml-100k/pretrained/adapter_model.safetensors").is_file()
+    assert "valid_loss" in run([*DVC, "metrics", "show", "reports/recsysllm/ml-100k/pretrain.json"], tmp_path).stdout
     # A misspelled key fails the stage with a clear message.
     params["sample"]["kk"] = 8
     write(params, tmp_path)

@@ -1,4 +1,8 @@
-"""Stage 6: LoRA-tune the model on the K-shot set, loss on the answer tokens only."""
+"""Stage 6: LoRA-tune the model on the K-shot set, loss on the answer tokens only.
+
+train() is one loop for every task: a Task brings its rows, its collator and its loss (by default
+TALLRec's and P5's prompt/answer rows with the answer-only loss), and may add tokens and modules
+to the model that are trained and saved with the adapter (RecSysLLM's masked pretraining)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +41,12 @@ class Validator:
         return self.score(model, tokenizer, valid)
 
 
-def loss_validator(params: TrainParams) -> Validator:
-    """The validator of any task: the mean answer-token loss (valid_loss)."""
+def loss_validator(task: Task, batch_size: int) -> Validator:
+    """The validator of any task: its mean loss per target on its own validation rows
+    (valid_loss); the validation DataFrame it is handed is not read."""
 
-    def score(model, tokenizer, valid: pl.DataFrame) -> dict:
-        loss = mean_answer_loss(model, tokenizer, valid["prompt"].to_list(), valid["answer"].to_list(), params.max_length, params.eval_batch_size)
-        return {"valid_loss": round(loss, 5)}
+    def score(model, tokenizer, valid) -> dict:
+        return {"valid_loss": round(mean_loss(model, task.valid, task.collate, task.loss, batch_size), 5)}
 
     return Validator(score, "valid_loss")
 
@@ -100,24 +105,36 @@ def answer_loss(model, batch: dict[str, torch.Tensor]):
       row computes its whole prompt."""
     from recpipe.model.decoding import PrefixCache, shared_prefix_length
 
-    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-    columns = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions any row needs
+    targets, columns = labelled_columns(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     checkpointing = model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing else 0
     cache = PrefixCache(model, ids[:1, :shared]).rows(len(ids))
     out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
-    wanted = targets[:, columns]
+    return summed_loss(out, targets[:, columns])
+
+
+def labelled_columns(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token targets (position t predicts token t + 1) and the positions any row of the
+    batch has a target at: only those need logits."""
+    targets = batch["labels"][:, 1:]
+    return targets, (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
+
+
+def summed_loss(out, wanted: torch.Tensor):
+    """Summed cross-entropy of the output's logits against `wanted` (IGNORE skipped), the number
+    of targets, and the output."""
     loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss, (wanted != IGNORE).sum(), out
 
 
 def answer_loss_trainer():
-    """The HF Trainer with recpipe's answer-only loss (answer_loss). Its evaluation, when
-    eval_steps asks for one, is `validator` on the `valid` rows with `valid_tokenizer` (set on the
-    instance; not the Trainer's processing_class, which it would save into every checkpoint): the
-    Trainer's own machinery then keeps the best checkpoint (load_best_model_at_end), the
-    EarlyStoppingCallback counts patience, and dvclive gets the scores through the log."""
+    """The HF Trainer with a task's loss: answer_loss unless train() sets `task_loss`. Its
+    evaluation, when eval_steps asks for one, is `validator` on the `valid` rows with
+    `valid_tokenizer` (set on the instance; not the Trainer's processing_class, which it would
+    save into every checkpoint): the Trainer's own machinery then keeps the best checkpoint
+    (load_best_model_at_end), the EarlyStoppingCallback counts patience, and dvclive gets the
+    scores through the log."""
     from transformers import Trainer
 
     class AnswerLossTrainer(Trainer):
@@ -126,7 +143,8 @@ def answer_loss_trainer():
         valid_tokenizer: Any = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, n, out = answer_loss(model, inputs)
+            # getattr: the class is also called unbound (self None) to compute the default loss.
+            loss, n, out = getattr(self, "task_loss", answer_loss)(model, inputs)
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else n)
             return (loss, out) if return_outputs else loss
 
@@ -143,18 +161,56 @@ def answer_loss_trainer():
 
 
 @torch.no_grad()
-def mean_answer_loss(model, tokenizer, prompts: list[str], answers: list[str], max_length: int, batch_size: int) -> float:
-    """Validation loss: mean cross-entropy per answer token, batches grouped by length."""
+def mean_loss(model, rows: list[dict], collate: Callable, loss_fn: Callable, batch_size: int) -> float:
+    """Validation loss: mean cross-entropy per target token, batches grouped by length."""
     model.eval()
     device = next(model.parameters()).device
-    rows = sorted(encode(prompts, answers, tokenizer, max_length), key=lambda r: len(r["input_ids"]))
-    collate = PadCollator(tokenizer.pad_token_id)
+    rows = sorted(rows, key=lambda r: len(r["input_ids"]))
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
-        loss, n, _ = answer_loss(model, batch)
+        loss, n, _ = loss_fn(model, batch)
         total, count = total + loss.item(), count + int(n)
     return total / max(count, 1)
+
+
+@dataclass
+class Task:
+    """What one run learns; train() is the same loop for every task.
+
+    rows and valid: training and validation rows, each with its input_ids (their lengths group
+    the batches); collate: rows -> batch; loss: (model, batch) -> (summed loss, target count,
+    output); key: what identifies the data (a checkpoint resumes only the same run); lora_extras:
+    more LoraConfig fields, e.g. trainable_token_indices (new token rows) or modules_to_save
+    (modules the task added to the model), trained and saved with the adapter."""
+
+    rows: list[dict]
+    valid: list[dict]
+    collate: Callable
+    loss: Callable = answer_loss
+    key: Any = None
+    lora_extras: dict = field(default_factory=dict)
+
+
+# (model, tokenizer) -> Task, called after loading and before LoRA: it may add tokens and modules.
+TaskBuilder = Callable[[Any, Any], Task]
+
+
+def answer_task(train_path, valid_path, max_length: int) -> TaskBuilder:
+    """TALLRec's and P5's task: prompt/answer rows (P5's with `spans`, history items as targets
+    too) and the answer-only loss."""
+
+    def build(model, tokenizer) -> Task:
+        shots, valid = pl.read_parquet(train_path), pl.read_parquet(valid_path)
+        spans = shots["spans"].to_list() if "spans" in shots.columns else None
+        prompts, answers = shots["prompt"].to_list(), shots["answer"].to_list()
+        return Task(
+            rows=encode(prompts, answers, tokenizer, max_length, spans),
+            valid=encode(valid["prompt"].to_list(), valid["answer"].to_list(), tokenizer, max_length),
+            collate=PadCollator(tokenizer.pad_token_id), key=(prompts, answers, spans),
+        )  # fmt: skip
+
+    return build
 
 
 DEEPSPEED_CONFIGS = Path(__file__).parents[1] / "configs" / "deepspeed"
@@ -206,11 +262,17 @@ def pin_device(args, device: torch.device) -> None:
     args._n_gpu = 1
 
 
-def add_lora(model, lora: LoraParams):
+def add_lora(model, lora: LoraParams, **extras):
+    """The model with a fresh LoRA adapter; `extras`: more LoraConfig fields (Task.lora_extras)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **extras)
+    model = get_peft_model(model, config)
+    # Never the whole embedding matrices: peft saves them with every checkpoint and adapter when
+    # the vocabulary grew (new tokens, whose rows trainable_token_indices saves alone) and looks
+    # the base model's config up on the Hub to find out.
+    model.save_pretrained = partial(model.save_pretrained, save_embedding_layers=False)
+    return model
 
 
 def canonical_json(path: Path) -> None:
@@ -246,10 +308,14 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
 def train(
     train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int,
     live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", validate: Validator | None = None, run_path=None,
+    task: TaskBuilder | None = None, init: Callable | None = None,
 ) -> dict:  # fmt: skip
-    """LoRA-tune on train_path's prompt/answer pairs and save the adapter. `validate(model, tokenizer,
-    valid)` scores the tuned model on valid_path's rows and returns its metrics (TALLRec: valid_auc);
-    None: the mean answer-token loss (valid_loss), which fits any task. metrics_path gets the metrics
+    """LoRA-tune and save the adapter. `task` builds what is learnt (None: answer_task on
+    train_path's and valid_path's prompt/answer pairs); `init(model, tokenizer)` returns the model
+    to put the new adapter on (None: the base model as loaded; recpipe.recsysllm: the pretrained
+    one). `validate(model, tokenizer, valid)` scores the tuned model on valid_path's rows and returns
+    its metrics (TALLRec: valid_auc); None: the task's mean loss on its validation rows
+    (valid_loss), which fits any task. metrics_path gets the metrics
     only (the losses and validation scores `dvc metrics diff` compares); run_path, if given, how the
     run went (seconds, tokens/s, dtype), which differ from run to run and machine to machine.
 
@@ -282,13 +348,17 @@ def train(
     # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
     # and LoRA's initial weights must not depend on whether the model was cached already.
     set_seed(seed)
-    model = add_lora(model, lora)
-    shots = pl.read_parquet(train_path)
-    spans = shots["spans"].to_list() if "spans" in shots.columns else None  # P5 samples: history items as targets
-    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tokenizer, params.max_length, spans)
-    key = run_key(model_p, lora, params, seed, shots["prompt"].to_list(), shots["answer"].to_list(), spans)
+    if init is not None:
+        model = init(model, tokenizer)
+    job = (task or answer_task(train_path, valid_path, params.max_length))(model, tokenizer)
+    model = add_lora(model, lora, **job.lora_extras)
+    rows = job.rows
+    # A starting point other than the base model names itself (`init.key`, e.g. the pretrained
+    # adapter's hash): a checkpoint must not resume on top of another start.
+    start_key = () if init is None else (getattr(init, "key", repr(init)),)
+    key = run_key(model_p, lora, params, seed, *start_key, *(job.key if job.key is not None else (rows,)))
     ckpt_dir = Path(checkpoints) / key
-    validator = validate if validate is not None else loss_validator(params)
+    validator = validate if validate is not None else loss_validator(job, params.eval_batch_size)
     selecting = params.eval_steps is not None  # evaluate during training, keep the best step
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -330,11 +400,12 @@ def train(
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
     if params.patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.patience))
-    valid = pl.read_parquet(valid_path)
+    valid = pl.read_parquet(valid_path) if validate is not None else None
     trainer = answer_loss_trainer()(
-        model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks,
-        eval_dataset=valid if selecting else None,  # read by our evaluate() only: the Trainer asks that there be one
+        model=model, args=args, train_dataset=rows, data_collator=job.collate, callbacks=callbacks,
+        eval_dataset=job.valid if selecting else None,  # read by our evaluate() only: the Trainer asks that there be one
     )  # fmt: skip
+    trainer.task_loss = job.loss
     trainer.validator, trainer.valid, trainer.valid_tokenizer = validator, valid, tokenizer
     resume = last_checkpoint(ckpt_dir)
     if resume:

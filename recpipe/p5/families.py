@@ -153,6 +153,15 @@ def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]
     return {item: str(1000 + rank) for rank, item in enumerate(perm)}
 
 
+def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Every (user_id, item_id) any family can validate or test on: the leave-one-out valid and
+    test items and the valid and test part of the time split (the pools that cases are drawn from,
+    so whichever cases are drawn, none is outside this set)."""
+    inter = interactions.filter(pl.col("rating").is_not_null())
+    held = [t.filter(pl.col("split") != "train").select("user_id", "item_id") for t in (leave_one_out(inter), split(inter, "temporal", None, FRACTIONS))]
+    return pl.concat(held).unique().sort("user_id", "item_id")
+
+
 def build(
     interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
     seed: int, max_rating: float,

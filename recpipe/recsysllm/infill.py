@@ -292,17 +292,18 @@ class IntraEmbedding(torch.nn.Module):
         return self.embedding(intra_ids.clamp(max=self.embedding.num_embeddings - 1))
 
 
-def infill_forward(model, batch: dict[str, torch.Tensor], intra: IntraEmbedding | None = None, cache=None):
+def infill_forward(model, batch: dict[str, torch.Tensor], intra: IntraEmbedding | None = None, cache=None, logits_to_keep: int | torch.Tensor = 0):
     """The model's output on a collated batch: its own rotary positions take the inter positions,
     the intra embedding (None: 2D positions off) is added to the token embeddings. `cache`: a
-    transformers Cache to extend (generation)."""
+    transformers Cache to extend (generation); logits_to_keep: the positions that need logits
+    (0: all)."""
     embeds = model.get_input_embeddings()(batch["input_ids"])
     if intra is not None:
         embeds = embeds + intra(batch["intra_ids"]).to(embeds.dtype)
     mask = batch["attention_mask"]
     if mask.dtype != embeds.dtype:  # blocked entries must hold this dtype's own minimum
         mask = torch.zeros_like(mask, dtype=embeds.dtype).masked_fill(mask < 0, torch.finfo(embeds.dtype).min)
-    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"], cache=cache, use_cache=cache is not None)
+    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"], cache=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep)
 
 
 def entity_trie(texts, tokenizer) -> pygtrie.Trie:
