@@ -145,10 +145,15 @@ def report(p: Params) -> None:
 
 
 def families(p: Params, dataset: str) -> None:
-    from recpipe.p5.families import families as _families
+    import polars as pl
 
+    from recpipe.p5.families import families as _families
+    from recpipe.p5.indexing import item_names
+
+    items, interactions = pl.read_parquet(f"{TEXT}/{dataset}/items.parquet"), pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
+    names = item_names(items, interactions, p.p5.indexing, p.seed, p.p5.clusters)
     rating_max = p.registry[dataset].rating_max
-    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max)
+    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max, names)
 
 
 def p5_sample(p: Params, dataset: str) -> None:
