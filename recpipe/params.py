@@ -225,7 +225,8 @@ class P5Params(Strict):
     datasets: tuple[str, ...] = Field((), description="The datasets to run the P5 stages on, each one of the top-level `datasets`; empty: no P5 stages at all.")
     families: tuple[Family, ...] | None = Field(None, description="The families to build; null: every family the dataset can feed (explanation and review need review text).")
     templates: str = Field("p5", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml.")
-    item_ids: bool = Field(False, description="Write items as ids from a seeded permutation instead of their names.")
+    indexing: Literal["names", "random", "sequential", "collaborative"] = Field("names", description="How prompts write items (OpenP5's indexings, from training interactions only): names, their titles; random, numbers from a seeded permutation; sequential, numbers in order of first appearance in the users' histories (consecutive ids give away sequence order, P5's known leak); collaborative, a path of spectral clusters of the item co-occurrence graph, e.g. `c3 c17 c5`.")
+    clusters: int = Field(20, ge=2, description="Collaborative indexing: clusters per split, and the most items a cluster holds before it is split again.")
     history_len: int = Field(10, ge=1, description="How many of the user's previous items a sequential or direct prompt lists.")
     sequential_stride: int = Field(11, ge=1, description="Sequential training samples every this many positions of a user's history, counted back from the last training item; history_len + 1 (with history_targets) tiles the history, so an epoch learns each training interaction once.")
     like_threshold: float = Field(3, description="The yes/no templates: a rating above this means yes.")
@@ -380,7 +381,10 @@ def _known_keys(loc: tuple) -> list[str]:
     return [k for k in models[0].model_fields if (models[0], k) != (Params, REGISTRY)] if models else []
 
 
-MOVED = {"download": f"the dataset registry is {DATASETS_FILE}, next to {PARAMS_FILE}"}
+MOVED = {
+    "download": f"the dataset registry is {DATASETS_FILE}, next to {PARAMS_FILE}",
+    "p5.item_ids": "replaced by p5.indexing: names for false, random for true",
+}
 
 
 def parse(data: dict, where: str = PARAMS_FILE, datasets_where: str = DATASETS_FILE) -> Params:

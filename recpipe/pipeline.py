@@ -145,10 +145,15 @@ def report(p: Params) -> None:
 
 
 def families(p: Params, dataset: str) -> None:
-    from recpipe.p5.families import families as _families
+    import polars as pl
 
+    from recpipe.p5.families import families as _families
+    from recpipe.p5.indexing import item_names
+
+    items, interactions = pl.read_parquet(f"{TEXT}/{dataset}/items.parquet"), pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
+    names = item_names(items, interactions, p.p5.indexing, p.seed, p.p5.clusters)
     rating_max = p.registry[dataset].rating_max
-    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max)
+    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max, names)
 
 
 def p5_sample(p: Params, dataset: str) -> None:
@@ -200,7 +205,7 @@ def p5_report(p: Params, dataset: str) -> None:
     summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
     predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
-    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions)
+    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions, p.p5.indexing)
 
 
 # RecSysLLM's masked pretraining (opt-in: one stage per dataset in recsysllm.datasets).

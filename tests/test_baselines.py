@@ -61,7 +61,8 @@ def walk():
     items = pl.DataFrame({"item_id": range(1, N_ITEMS + 1), "name": [f"Item {i}" for i in range(1, N_ITEMS + 1)]})
     users = pl.DataFrame({"user_id": range(1, N_USERS + 1), "text": ["A user."] * N_USERS})
     p5 = P5Params(negatives=9, history_targets=False, sequential_stride=1)
-    samples = build(inter, items, users, load_templates("p5", ["direct"]), ["direct"], p5, seed=0, max_rating=5)
+    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
+    samples = build(inter, names, users, load_templates("p5", ["direct"]), ["direct"], p5, seed=0, max_rating=5)
     return inter, samples, baselines(inter, samples, FAST, seed=0, bprmf=FAST_MF)[0]
 
 

@@ -14,6 +14,7 @@ from recpipe.p5.families import (
     first_sentence,
     load_templates,
 )
+from recpipe.p5.indexing import item_names
 from recpipe.params import P5Params
 
 
@@ -33,7 +34,8 @@ def make(tables, families, seed: int = 0, **p5):
     history spans, unless p5 (P5Params fields) says otherwise."""
     inter, items, users = tables
     p5 = P5Params(**{"negatives": 10, "history_targets": False, "sequential_stride": 1, **p5})
-    return build(inter, items, users, load_templates("p5", families), families, p5, seed=seed, max_rating=5)
+    names = item_names(items, inter, p5.indexing, seed, p5.clusters)
+    return build(inter, names, users, load_templates("p5", families), families, p5, seed=seed, max_rating=5)
 
 
 def test_every_family_on_review_data(amazon):
@@ -62,7 +64,7 @@ def test_leave_one_out_tests_each_users_last_item(amazon):
 def test_deterministic_and_ids_do_not_follow_order(amazon):
     a, b = make(amazon, ["sequential"], seed=3), make(amazon, ["sequential"], seed=3)
     assert a.equals(b)
-    with_ids = make(amazon, ["sequential"], item_ids=True, seed=3)
+    with_ids = make(amazon, ["sequential"], indexing="random", seed=3)
     target_ids = with_ids.filter(pl.col("split") == "test")["target"].cast(pl.Int64)
     assert target_ids.min() >= 1000
     # Numbered by a seeded shuffle: item ids in id order are not numbered in order.
@@ -121,23 +123,21 @@ def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(ama
     items.write_parquet(tmp_path / "text" / "items.parquet")
     users.write_parquet(tmp_path / "text" / "users.parquet")
     inter.write_parquet(tmp_path / "tables" / "interactions.parquet")
-    p5 = P5Params(negatives=10, item_ids=True)
-    samples = families(tmp_path / "tables", tmp_path / "text", tmp_path / "out", "amazon-x", p5, 0, 5)
+    p5 = P5Params(negatives=10, indexing="random")
+    samples = families(tmp_path / "tables", tmp_path / "text", tmp_path / "out", "amazon-x", p5, 0, 5, item_names(items, inter, "random", 0))
     names = pl.read_parquet(tmp_path / "out" / "names.parquet")
     assert names.height == items.height and names["name"].str.contains(r"^\d+$").all()  # ids as written
     assert pl.read_parquet(tmp_path / "out" / "samples.parquet").equals(samples)
     # Every user with a single rating: no history to learn a next item from.
     inter.group_by("user_id").head(1).write_parquet(tmp_path / "tables" / "interactions.parquet")
     with pytest.raises(RecpipeError, match="families: sequential has no .* samples on amazon-x: .* histories are too short"):
-        families(tmp_path / "tables", tmp_path / "text", tmp_path / "out2", "amazon-x", P5Params(families=["sequential"], negatives=10), 0, 5)
+        families(tmp_path / "tables", tmp_path / "text", tmp_path / "out2", "amazon-x", P5Params(families=["sequential"], negatives=10), 0, 5, item_names(items, inter, "names", 0))
     assert not (tmp_path / "out2").exists()
 
 
 def test_history_spans_mark_each_history_item_of_train_prompts(amazon):
-    from recpipe.p5.families import item_names
-
     samples = make(amazon, ["rating", "sequential", "direct"], history_targets=True)
-    names = item_names(amazon[1], False, 0)
+    names = item_names(amazon[1], amazon[0], "names", 0)
     train = samples.filter(pl.col("split") == "train")
     assert train.filter(pl.col("family") == "sequential")["spans"].list.len().sum() > 0
     assert train.filter(pl.col("family") == "rating")["spans"].list.len().sum() == 0  # no history in its prompts

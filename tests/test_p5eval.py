@@ -164,10 +164,10 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
 def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # noqa: F811
     from recpipe.model.decoding import likelihood_ranking
     from recpipe.p5.evaluate import rank
-    from recpipe.p5.families import item_names
+    from recpipe.p5.indexing import item_names
 
     model, tok = load(str(tiny))
-    names = item_names(amazon[1], False, 0)
+    names = item_names(amazon[1], amazon[0], "names", 0)
     rows = make(amazon, ["direct"]).filter((pl.col("split") == "test") & (pl.col("kind") == "item")).head(4)
     p5 = P5Params(top_k=3, beams=4, eval_batch_size=2)
     exact = rank(rows, model, tok, names, None, p5.model_copy(update={"direct_ranking": "likelihood"}))
@@ -185,10 +185,10 @@ def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # no
 def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny):  # noqa: F811
     from recpipe.model.decoding import likelihood_ranking
     from recpipe.p5.evaluate import rank
-    from recpipe.p5.families import item_names
+    from recpipe.p5.indexing import item_names
 
     model, tok = load(str(tiny))
-    names = item_names(amazon[1], False, 0)
+    names = item_names(amazon[1], amazon[0], "names", 0)
     history = {u: set(h) for u, h in loo_histories(amazon[0])[0].items()}
     rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
     out = rank(rows, model, tok, names, history, P5Params(top_k=5, beams=5, eval_batch_size=2, sequential_ranking="likelihood"))
@@ -205,10 +205,10 @@ def test_beam_ranking_gives_k_unseen_items_when_the_history_covers_most(amazon, 
     """A history of all but 7 items: the search never writes a history item, so each case still
     ranks k = 5 items with 5 beams, and short_lists counts the one user with 3 unseen items left."""
     from recpipe.p5.evaluate import group_metrics, rank
-    from recpipe.p5.families import item_names
+    from recpipe.p5.indexing import item_names
 
     model, tok = load(str(tiny))
-    names = item_names(amazon[1], False, 0)
+    names = item_names(amazon[1], amazon[0], "names", 0)
     rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
     users = rows["user_id"].to_list()
     everything = sorted(names)

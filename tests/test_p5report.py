@@ -139,6 +139,8 @@ def test_write_p5_report_writes_the_file(tmp_path):
     assert "| p5.families | rating, sequential |" in text and "| p5.train.epochs | 2 |" in text
     assert "| Popularity | this run | n/a | 0.0110 | 0.0070 |" in text
     assert [p.name for p in out.parent.iterdir()] == ["p5.md"]
+    text = write_p5_report("ml-100k", metrics, baselines, out, summary, indexing="sequential")
+    assert "| recpipe (seen prompts) | sequential | this run | 0.0300 |" in text
 
 
 def test_write_p5_report_names_a_bad_metrics_file_and_leaves_nothing(tmp_path):
@@ -209,3 +211,23 @@ def test_paired_tests_count_the_cases_only_one_method_hits():
     p = 2 * sum(math.comb(8, i) for i in range(3)) / 2**8  # the exact two-sided binomial test, 2 of 8
     assert lines == {"sequential": f"Paired on the same cases, HR@10 (cases only one of the two hits, exact McNemar p): recpipe (seen prompts) 2 vs Popularity 6, p {p:.3f} (n 10)."}
     assert "Paired on the same cases" in p5_tables("ml-100k", OURS, BASELINES, load_references(), lines)
+
+
+def test_openp5_indexings_sit_beside_this_runs_sequential_figures():
+    ref = load_references()["openp5"]
+    assert ref["arxiv"] == "2306.11134" and ref["model"] == "T5-small" and ref["prompts"] == "seen"
+    assert {r["indexing"]: [r[c] for c in COLUMNS["sequential"]] for r in ref["datasets"]["ml-100k"]["sequential"]} == {
+        "random": [0.0551, 0.0352, 0.0922, 0.0470],
+        "sequential": [0.0678, 0.0427, 0.1208, 0.0595],
+        "collaborative": [0.0530, 0.0331, 0.1006, 0.0481],
+    }
+    text = p5_tables("ml-100k", OURS, BASELINES, load_references(), indexing="collaborative")
+    assert "## Item indexing (OpenP5, arXiv 2306.11134)" in text
+    assert "| OpenP5 (T5-small, seen prompts) | sequential | published | 0.0678 | 0.0427 | 0.1208 | 0.0595 |" in text
+    assert "| recpipe (seen prompts) | collaborative | this run | 0.0300 | 0.0200 | 0.0500 | 0.0250 |" in text
+    assert "not a matched comparison" in text and "consecutive ids give away sequence order" in text
+    # After the sequential table, before the next family's.
+    assert text.index("## Sequential recommendation") < text.index("## Item indexing") < text.index("## Explanation generation")
+    assert "this run writes items as `p5.indexing` says" in text.lower()
+    assert "## Item indexing" not in p5_tables("amazon-beauty", OURS, BASELINES, load_references())  # OpenP5 rows are ML-100K's
+    assert "## Item indexing" not in p5_tables("ml-100k", {"rating": OURS["rating"]}, None, load_references())  # no sequential figures

@@ -175,12 +175,13 @@ def tokenizers():
     return ["tiny", "p5", pytest.param(smollm2[0].parent if smollm2 else None, id="smollm2", marks=pytest.mark.skipif(not smollm2, reason="SmolLM2 is not cached"))]
 
 
+@pytest.mark.parametrize("indexing", ["names", "random", "sequential", "collaborative"])
 @pytest.mark.parametrize("which", tokenizers())
-def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which, tiny, built, tmp_path):  # noqa: F811
-    """Every item of the fixture: the tokens of its name inside a training prompt's history (found
-    by character offsets), the tokens the history-span loss labels, the answer tokens `encode`
-    gives when it is the target, the trie's path to it and the tokens likelihood_ranking scores
-    are one sequence."""
+def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which, indexing, tiny, built, tmp_path):  # noqa: F811
+    """Every item of the fixture, under each p5.indexing: the tokens of its name or id inside a
+    training prompt's history (found by character offsets), the tokens the history-span loss
+    labels, the answer tokens `encode` gives when it is the target, the trie's path to it and the
+    tokens likelihood_ranking scores are one sequence."""
     import polars as pl
     import torch
     from conftest import make_tiny_model
@@ -188,17 +189,18 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
 
     from recpipe.model.decoding import likelihood_ranking
     from recpipe.model.train import encode
-    from recpipe.p5.families import build, item_names, load_templates
+    from recpipe.p5.families import build, load_templates
+    from recpipe.p5.indexing import item_names
     from recpipe.p5.sample import p5_mixture
     from recpipe.params import P5Params
 
     root = built[0]
     inter, items, users = (pl.read_parquet(root / d / f"{t}.parquet") for d, t in (("tables", "interactions"), ("text", "items"), ("text", "users")))
     families = ["sequential", "direct"]
-    p5 = P5Params(negatives=10, history_targets=True, sequential_stride=1, k=None, families=families)
-    samples = build(inter, items, users, load_templates("p5", families), families, p5, seed=0, max_rating=5)
+    p5 = P5Params(negatives=10, history_targets=True, sequential_stride=1, k=None, families=families, indexing=indexing, clusters=4)
+    names = item_names(items, inter, indexing, 0, clusters=4)
+    samples = build(inter, names, users, load_templates("p5", families), families, p5, seed=0, max_rating=5)
     train, _, _ = p5_mixture(samples, p5, 0)
-    names = item_names(items, False, 0)
     if which == "tiny":
         model, tok = load(str(tiny))
     else:
@@ -226,6 +228,13 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
             assert encoded["input_ids"][-1] == eos
             assert as_answer.setdefault(row["item_id"], encoded["input_ids"][p:-1]) == encoded["input_ids"][p:-1]
     assert len(in_prompt) == len(names) and len(as_answer) > 20  # every item sits in some history
+    if indexing == "collaborative":  # a cluster's items share its path's tokens: the trie branches as the hierarchy does
+        for item, toks in in_prompt.items():
+            words = names[item].split()
+            assert len(words) >= 2 and all(w.startswith("c") for w in words)
+            for depth in range(1, len(words)):
+                path = name_tokens(tok, " ".join(words[:depth]))
+                assert toks[: len(path)] == path, (names[item], tok.convert_ids_to_tokens(toks))
 
     trie = ItemTrie(names, tok)
     for item, toks in in_prompt.items():

@@ -14,9 +14,9 @@ guard also takes held-out pairs out of the spans). With `sequential_stride` = hi
 sequential training windows (history and target) tile each user's history, the last one ending
 at the last training item, so an epoch learns every training interaction once.
 
-Items are written as their names by default. With `item_ids`, they are written as numbers from a
-seeded random permutation, so an id says nothing about when the item first appeared (P5's
-consecutive ids leak sequence order)."""
+Items are written as `names` says: their titles, or the ids of a `p5.indexing` (random, sequential
+or collaborative, after OpenP5), made by recpipe.p5.indexing from training interactions only. Every
+prompt, target and names.parquet writes an item the same way."""
 
 from __future__ import annotations
 
@@ -143,16 +143,6 @@ def feature_hint(sentence: str) -> str:
     return max(words, key=len) if words else sentence.split()[0]
 
 
-def item_names(items: pl.DataFrame, item_ids: bool, seed: int) -> dict[int, str]:
-    """How prompts write each item: its name, or (item_ids) a number from a seeded permutation."""
-    names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
-    if not item_ids:
-        return names
-    perm = sorted(names)
-    random.Random(f"item-ids-{seed}").shuffle(perm)
-    return {item: str(1000 + rank) for rank, item in enumerate(perm)}
-
-
 def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
     """Every (user_id, item_id) any family can validate or test on: the leave-one-out valid and
     test items and the valid and test part of the time split (the pools that cases are drawn from,
@@ -163,17 +153,17 @@ def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
 
 
 def build(
-    interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
+    interactions: pl.DataFrame, names: dict[int, str], users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
     seed: int, max_rating: float,
 ) -> pl.DataFrame:  # fmt: skip
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
     each history item in train prompts; empty otherwise). Deterministic for a seed. No leak guard
     yet: that is recpipe.p5.sample.p5_mixture's, once it knows which cases are asked. `p5` gives
-    history_len, negatives, like_threshold, item_ids, direct_train_share, history_targets and
-    sequential_stride; max_rating is the dataset's (its rating prompts name the scale)."""
+    history_len, negatives, like_threshold, direct_train_share, history_targets and
+    sequential_stride; names: each item as prompts write it (recpipe.p5.indexing.item_names);
+    max_rating is the dataset's (its rating prompts name the scale)."""
     rng = random.Random(seed)
-    names = item_names(items, p5.item_ids, seed)
     profiles = dict(zip(users["user_id"].to_list(), users["text"].to_list()))
     all_items = sorted(names)
     inter = interactions.filter(pl.col("rating").is_not_null())
@@ -251,14 +241,16 @@ def build(
     return out
 
 
-def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float) -> pl.DataFrame:
+def families(
+    tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float,
+    names: dict[int, str],
+) -> pl.DataFrame:  # fmt: skip
     """The families stage: samples.parquet (every family's samples) and names.parquet (each item
-    as the prompts write it, which decoding and scoring need)."""
+    as the prompts write it, `names`, which decoding and scoring need)."""
     interactions = pl.read_parquet(Path(tables_dir) / "interactions.parquet")
-    items = pl.read_parquet(Path(text_dir) / "items.parquet")
     users = pl.read_parquet(Path(text_dir) / "users.parquet")
     chosen = choose(list(p5.families) if p5.families is not None else None, interactions, dataset)
-    samples = build(interactions, items, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating)
+    samples = build(interactions, names, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating)
     for family in chosen:
         split_names = set(samples.filter(pl.col("family") == family)["split"])
         if not {"train", "test"} <= split_names:
@@ -266,7 +258,6 @@ def families(tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, 
                 f"families: {family} has no {'train' if 'train' not in split_names else 'test'} samples on {dataset}: "
                 "its users' histories are too short (leave-one-out needs 3+ rated items per user)"
             )
-    names = item_names(items, p5.item_ids, seed)
     with atomic_dir(out_dir) as tmp:
         write_parquet(samples, tmp / "samples.parquet")
         write_parquet(pl.DataFrame({"item_id": list(names), "name": list(names.values())}, schema={"item_id": pl.Int64, "name": pl.String}), tmp / "names.parquet")

@@ -223,9 +223,42 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
     return lines
 
 
-def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None) -> str:
+def _openp5_section(dataset: str, mine: dict | None, indexing: str, references: dict) -> list[str]:
+    """OpenP5's published sequential figures per item indexing, beside this run's seen-prompt ones
+    (the run has one indexing, `p5.indexing`); nothing when OpenP5 has no rows for the dataset."""
+    ref = references.get("openp5") or {}
+    rows = ((ref.get("datasets") or {}).get(dataset) or {}).get("sequential") or []
+    if not rows:
+        return []
+    columns = COLUMNS["sequential"]
+    cells = [[f"OpenP5 ({ref.get('model', '?')}, {ref.get('prompts', '?')} prompts)", r["indexing"], "published", *(_cell(c, r.get(c)) for c in columns)] for r in rows]
+    seen = (mine or {}).get("seen") or {}
+    cells.append(["recpipe (seen prompts)", indexing, "this run", *(_cell(c, seen.get(c)) for c in columns)])
+    return [
+        f"## Item indexing (OpenP5, arXiv {ref.get('arxiv', '2306.11134')})",
+        "",
+        *table(["method", "indexing", "from", *(_label(c) for c in columns)], cells),
+        "",
+        (
+            "OpenP5's rows are its published sequential recommendation results, one per item indexing. Its split, data "
+            "preparation, prompts, model and test users are its own, not recpipe's: they show what each indexing reached "
+            "there, not a matched comparison. This run writes items as `p5.indexing` says; each other indexing is a run of its own (`dvc exp run -S p5.indexing=sequential`)."
+        ),
+        "",
+        (
+            "Sequential indexing numbers items in order of first appearance in the users' histories, so consecutive ids give "
+            "away sequence order (P5's known leak): a model can learn that the next item's id is often the last one's plus one. "
+            "recpipe numbers items from training interactions only, so no valid or test item is numbered by its place, but the "
+            "order of the training histories still shows in the ids."
+        ),
+        "",
+    ]
+
+
+def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None, indexing: str = "names") -> str:
     """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}}),
-    with paired_tests' line for that family under it when given."""
+    with paired_tests' line for that family under it when given, and OpenP5's item indexings beside
+    the sequential figures of this run's `indexing` where OpenP5 reports the dataset."""
     unknown = [f for f in ours if f not in COLUMNS]
     if unknown:
         raise RecpipeError(f"p5 report: unknown task families {unknown} (known: {list(COLUMNS)})")
@@ -236,6 +269,8 @@ def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict
     for family in COLUMNS:
         if family in ours:
             lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references, (paired or {}).get(family))
+        if family == "sequential" and family in ours:
+            lines += _openp5_section(dataset, ours[family], indexing, references)
     return "\n".join(lines)
 
 
@@ -256,11 +291,11 @@ def read_ours(path: str | Path) -> dict:
     return {family: _check_family(f"{path}: {family}", m) for family, m in read_mapping(path, "p5_evaluate").items()}
 
 
-def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None) -> str:
+def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None, indexing: str = "names") -> str:
     """Read our per-family metrics and the baselines' (baselines_path may be None), write the markdown
     report to out_path and return it. predictions: {"recpipe": p5_evaluate's predictions.parquet,
-    "baselines": the baselines stage's}, for the paired tests (None: none). Atomic: on any error an
-    old report stays as it was and no temporary file is left."""
+    "baselines": the baselines stage's}, for the paired tests (None: none); indexing: the run's
+    p5.indexing. Atomic: on any error an old report stays as it was and no temporary file is left."""
     import polars as pl
 
     ours = read_ours(ours_path_or_dir)
@@ -274,7 +309,7 @@ def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_
     text = "\n".join([
         f"# recpipe P5 report: {dataset}",
         "",
-        p5_tables(dataset, ours, baselines, load_references(), paired),
+        p5_tables(dataset, ours, baselines, load_references(), paired, indexing),
         *params_section(params_summary),
     ])
     out = Path(out_path)
