@@ -77,13 +77,16 @@ def sample(p: Params) -> None:
 
 
 def train(p: Params) -> None:
+    from recpipe.model.train import answer_task
     from recpipe.model.train import train as _train
     from recpipe.tallrec.evaluate import valid_auc
 
-    validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
+    positions = intra_positions(p, p.train.init, p.dataset)
+    validate = valid_auc(p.instructions.template, p.train.eval_batch_size, positions)
     _train(
         f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed,
         live_dir=LIVE, validate=validate, run_path="reports/train_run.json", init=start(p.train.init, p.dataset),
+        task=answer_task(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", p.train.max_length, positions),
     )  # fmt: skip
 
 
@@ -95,6 +98,21 @@ def start(init: str, dataset: str):
     from recpipe.recsysllm.pretrain import Pretrained
 
     return Pretrained(f"{RECSYSLLM_DATA}/{dataset}/pretrained")
+
+
+def intra_positions(p: Params, init: str, dataset: str):
+    """(model, tokenizer) -> intra positions for a model fine-tuned from `init`, or None (plain):
+    recsysllm.dynamic_positions on a pretraining with 2D positions (recpipe.recsysllm.positions)."""
+    if not p.intra_positions(init):
+        return None
+    from recpipe.recsysllm.positions import EntityPositions
+
+    return EntityPositions(f"{RECSYSLLM_DATA}/{dataset}/corpus.parquet")
+
+
+def with_positions(positions, model, tokenizer):
+    """intra_positions' factory applied to a loaded model, or None."""
+    return positions(model, tokenizer) if positions is not None else None
 
 
 def scoring_model(p: Params, adapter: str | None = None, init=None):
@@ -119,7 +137,8 @@ def scoring_model(p: Params, adapter: str | None = None, init=None):
 
 def evaluate(p: Params) -> None:
     """Score the test split with the tuned adapter (on the pretrained model with train.init pretrained)."""
-    score_test(p, "tuned", *scoring_model(p, ADAPTER, start(p.train.init, p.dataset)))
+    model, tokenizer = scoring_model(p, ADAPTER, start(p.train.init, p.dataset))
+    score_test(p, "tuned", model, tokenizer, with_positions(intra_positions(p, p.train.init, p.dataset), model, tokenizer))
 
 
 def evaluate_base(p: Params) -> None:
@@ -127,12 +146,12 @@ def evaluate_base(p: Params) -> None:
     score_test(p, "base", *scoring_model(p))
 
 
-def score_test(p: Params, name: str, model, tokenizer) -> None:
+def score_test(p: Params, name: str, model, tokenizer, positions=None) -> None:
     from recpipe.tallrec.evaluate import evaluate as _evaluate
 
     # Scored with the training template's answer words, the ones the adapter learned (the
     # instructions step checks that evaluate.instructions' template has the same).
-    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
+    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template, positions)
 
 
 def report(p: Params) -> None:
@@ -158,13 +177,16 @@ def p5_sample(p: Params, dataset: str) -> None:
 
 
 def p5_train(p: Params, dataset: str) -> None:
+    from recpipe.model.train import answer_task
     from recpipe.model.train import train as _train
 
     shots = f"{P5_DATA}/{dataset}/shots"
+    positions = intra_positions(p, p.p5.train.init, dataset)
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
         p.model, p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}", init=start(p.p5.train.init, dataset),
+        task=answer_task(f"{shots}/train.parquet", f"{shots}/valid.parquet", p.p5.train.max_length, positions),
     )  # fmt: skip
 
 
@@ -176,6 +198,7 @@ def p5_evaluate(p: Params, dataset: str) -> None:
     evaluate_p5(
         f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
         f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
+        with_positions(intra_positions(p, p.p5.train.init, dataset), model, tokenizer),
     )  # fmt: skip
 
 
