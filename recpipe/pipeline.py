@@ -31,6 +31,17 @@ def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") ->
     _sweep.write_sweep(exp, _sweep.reference_params(params_path, settings), out_dir)
 
 
+def ablations(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
+    """Aggregate RecSysLLM's ablation and LoRA rank experiments (`dvc exp show --json`, or a saved
+    copy) against the full recipe, params_path's params with `settings` (key=value):
+    reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png."""
+    from recpipe import ablations as _ablations
+    from recpipe.tallrec import sweep as _sweep
+
+    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
+    _ablations.write_ablations(exp, _sweep.reference_params(params_path, settings), out_dir)
+
+
 def download(p: Params, dataset: str) -> None:
     from recpipe.data.download import download as _download
 
