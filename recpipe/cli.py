@@ -150,6 +150,23 @@ def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, source: P
         raise _fail(e) from None
 
 
+ABLATION_SET = typer.Option([], "--set", "-S", help="key=value: a param of the full recipe beyond params.yaml's, as its `dvc exp run` set it (repeatable), e.g. train.init=pretrained.")
+ABLATION_OUT = typer.Option("reports", "--out", "-o", help="Where recsysllm_ablations.{json,md} and recsysllm_lora_rank.png go.")
+
+
+@app.command()
+def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, source: Path | None = SWEEP_FROM, out: Path = ABLATION_OUT) -> None:
+    """Aggregate RecSysLLM's ablation (one switch at a time) and LoRA rank experiments against the
+    full recipe (the params file with --set): P5 sequential and rating metrics, seen and unseen,
+    and TALLRec's AUC, mean ± sd over seeds and the difference from the full recipe
+    (reports/recsysllm_ablations.json, .md; recsysllm_lora_rank.png: the metrics against rank)."""
+    setup_logging()
+    try:
+        pipeline.ablations(params_path, settings, source, out)
+    except RecpipeError as e:
+        raise _fail(e) from None
+
+
 @app.command("params")
 def params_command() -> None:
     """Print every key of params.yaml and datasets.yaml: dotted name, type, default and description."""

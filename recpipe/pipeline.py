@@ -31,6 +31,17 @@ def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") ->
     _sweep.write_sweep(exp, _sweep.reference_params(params_path, settings), out_dir)
 
 
+def ablations(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
+    """Aggregate RecSysLLM's ablation and LoRA rank experiments (`dvc exp show --json`, or a saved
+    copy) against the full recipe, params_path's params with `settings` (key=value):
+    reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png."""
+    from recpipe import ablations as _ablations
+    from recpipe.tallrec import sweep as _sweep
+
+    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
+    _ablations.write_ablations(exp, _sweep.reference_params(params_path, settings), out_dir)
+
+
 def download(p: Params, dataset: str) -> None:
     from recpipe.data.download import download as _download
 
@@ -77,13 +88,16 @@ def sample(p: Params) -> None:
 
 
 def train(p: Params) -> None:
+    from recpipe.model.train import answer_task
     from recpipe.model.train import train as _train
     from recpipe.tallrec.evaluate import valid_auc
 
-    validate = valid_auc(p.instructions.template, p.train.eval_batch_size)
+    positions = intra_positions(p, p.train.init, p.dataset)
+    validate = valid_auc(p.instructions.template, p.train.eval_batch_size, positions)
     _train(
         f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed,
         live_dir=LIVE, validate=validate, run_path="reports/train_run.json", init=start(p.train.init, p.dataset),
+        task=answer_task(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", p.train.max_length, positions),
     )  # fmt: skip
 
 
@@ -95,6 +109,21 @@ def start(init: str, dataset: str):
     from recpipe.recsysllm.pretrain import Pretrained
 
     return Pretrained(f"{RECSYSLLM_DATA}/{dataset}/pretrained")
+
+
+def intra_positions(p: Params, init: str, dataset: str):
+    """(model, tokenizer) -> intra positions for a model fine-tuned from `init`, or None (plain):
+    recsysllm.dynamic_positions on a pretraining with 2D positions (recpipe.recsysllm.positions)."""
+    if not p.intra_positions(init):
+        return None
+    from recpipe.recsysllm.positions import EntityPositions
+
+    return EntityPositions(f"{RECSYSLLM_DATA}/{dataset}/corpus.parquet")
+
+
+def with_positions(positions, model, tokenizer):
+    """intra_positions' factory applied to a loaded model, or None."""
+    return positions(model, tokenizer) if positions is not None else None
 
 
 def scoring_model(p: Params, adapter: str | None = None, init=None):
@@ -119,7 +148,8 @@ def scoring_model(p: Params, adapter: str | None = None, init=None):
 
 def evaluate(p: Params) -> None:
     """Score the test split with the tuned adapter (on the pretrained model with train.init pretrained)."""
-    score_test(p, "tuned", *scoring_model(p, ADAPTER, start(p.train.init, p.dataset)))
+    model, tokenizer = scoring_model(p, ADAPTER, start(p.train.init, p.dataset))
+    score_test(p, "tuned", model, tokenizer, with_positions(intra_positions(p, p.train.init, p.dataset), model, tokenizer))
 
 
 def evaluate_base(p: Params) -> None:
@@ -127,12 +157,12 @@ def evaluate_base(p: Params) -> None:
     score_test(p, "base", *scoring_model(p))
 
 
-def score_test(p: Params, name: str, model, tokenizer) -> None:
+def score_test(p: Params, name: str, model, tokenizer, positions=None) -> None:
     from recpipe.tallrec.evaluate import evaluate as _evaluate
 
     # Scored with the training template's answer words, the ones the adapter learned (the
     # instructions step checks that evaluate.instructions' template has the same).
-    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template)
+    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template, positions)
 
 
 def report(p: Params) -> None:
@@ -163,13 +193,16 @@ def p5_sample(p: Params, dataset: str) -> None:
 
 
 def p5_train(p: Params, dataset: str) -> None:
+    from recpipe.model.train import answer_task
     from recpipe.model.train import train as _train
 
     shots = f"{P5_DATA}/{dataset}/shots"
+    positions = intra_positions(p, p.p5.train.init, dataset)
     _train(
         f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
         p.model, p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
         checkpoints=f".recpipe/checkpoints/p5-{dataset}", init=start(p.p5.train.init, dataset),
+        task=answer_task(f"{shots}/train.parquet", f"{shots}/valid.parquet", p.p5.train.max_length, positions),
     )  # fmt: skip
 
 
@@ -181,6 +214,7 @@ def p5_evaluate(p: Params, dataset: str) -> None:
     evaluate_p5(
         f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
         f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
+        with_positions(intra_positions(p, p.p5.train.init, dataset), model, tokenizer),
     )  # fmt: skip
 
 

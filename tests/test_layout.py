@@ -130,3 +130,28 @@ def test_the_dependency_finder_sees_lazy_imports():
     assert "recpipe.model.load" in imports(PACKAGE / "model" / "train.py")
     assert {"recpipe.model.train", "recpipe.tallrec.evaluate"} <= stage_code("train")
     assert not any(m.startswith("recpipe.model") for m in stage_code("ingest"))
+
+
+def test_pretraining_runs_before_the_fine_tuning_that_starts_from_it(tmp_path):
+    """The fine-tuning stages cannot depend on the optional pretrained folder: they track the
+    recsysllm params, and DVC must run pretrain@<d> first (stages that do not depend on each other
+    run in dvc.yaml's order), so that an experiment switching a pretraining param retrains on the
+    new pretraining."""
+    import shutil
+    import subprocess
+
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import plan_repro
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    for name in ("dvc.yaml", "datasets.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["recsysllm"]["datasets"] = params["p5"]["datasets"] = ["ml-100k"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    order = [s.name for s in plan_repro(Repo(str(tmp_path)).index.graph)]
+    for stage in ("train", "p5_train@ml-100k", "evaluate", "p5_evaluate@ml-100k"):
+        assert order.index("pretrain@ml-100k") < order.index(stage), order
+    for stage in ("train", "p5_train"):
+        assert "recsysllm" in dvc_stages()[stage]["params"]

@@ -270,3 +270,36 @@ def test_eval_steps_keep_the_best_step_by_validation_loss(built, tiny, archives,
     assert metrics["best_step"] % 2 == 0 or metrics["best_step"] == metrics["steps"]  # an evaluated step
     assert metrics["valid_loss"] > 0
     assert (folder / "data/recsysllm/ml-100k/pretrained/adapter_model.safetensors").is_file()
+
+
+def test_dynamic_positions_reach_fine_tuning_and_scoring(pretrained, archives, tiny):
+    """train.init pretrained with 2D positions: recsysllm.dynamic_positions on trains and scores
+    with the pretrained intra embedding (other adapter, other scores than off); off leaves it
+    unused, so the pretrained model fine-tunes and scores as a plain one."""
+    folder, _, _ = pretrained
+    data = params_dict([source("atomic", archives["atomic"])], recsysllm=TINY_RUN)
+    data["model"] = {"name": str(tiny)}
+    data["train"] = {"epochs": 1, "batch_size": 4, "lr": 1e-2, "dtype": "float32", "init": "pretrained"}
+    data["evaluate"] = {"batch_size": 8, "dtype": "float32"}
+    results = {}
+    for dynamic in (True, False):
+        p = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": dynamic}})
+        with contextlib.chdir(folder):
+            positions = pipeline.intra_positions(p, p.train.init, p.dataset)
+            assert (positions is not None) == dynamic
+            pipeline.train(p)
+            pipeline.evaluate(p)
+        adapter = load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors")
+        scores = pl.read_parquet(folder / pipeline.EVAL / "tuned" / "predictions.parquet")["p_yes"].to_list()
+        results[dynamic] = adapter, scores
+    (on, on_scores), (off, off_scores) = results[True], results[False]
+    assert on.keys() == off.keys() and any(not torch.equal(on[k], off[k]) for k in on)
+    assert on_scores != off_scores
+    model, tok = load(str(tiny))
+    with contextlib.chdir(folder):
+        start = pipeline.start("pretrained", "ml-100k")(model, tok)
+        on = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": True}})
+        positions = pipeline.intra_positions(on, "pretrained", "ml-100k")(start, tok)
+        prompts = pl.read_parquet("data/sample/train.parquet")["prompt"].to_list()
+    assert positions.embedding is intra_module(start) and positions.embedding.embedding.weight.abs().sum() > 0  # trained, merged
+    assert max(max(positions.run(tok(t).input_ids)[0]) for t in prompts) >= 2  # the prompts' entities get intra ids

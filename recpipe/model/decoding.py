@@ -166,6 +166,15 @@ def float32_logits(model, rows: list[int] | None = None, keep: int | torch.Tenso
     return logits if bias is None else logits + bias
 
 
+def model_inputs(model, input_ids: torch.Tensor, intra_ids: torch.Tensor | None = None, intra=None) -> dict:
+    """The model's input for `input_ids`: the ids themselves, or with an intra embedding `intra`
+    (recsysllm.dynamic_positions) the token embeddings plus the intra embedding of `intra_ids`."""
+    if intra is None:
+        return {"input_ids": input_ids}
+    embeds = model.get_input_embeddings()(input_ids)
+    return {"inputs_embeds": embeds + intra(intra_ids.to(embeds.device)).to(embeds.dtype)}
+
+
 class PrefixCache:
     """The keys and values of a token prefix, computed by one model pass and handed out to each
     later pass that continues it (rows), expanded to that pass's rows.
@@ -175,11 +184,12 @@ class PrefixCache:
     concatenation, never writing into the tensors it starts from. No deep copy: the repeat is an
     autograd op, so with gradients on, the prefix runs once and every row's gradient reaches it."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, intra_ids=None, intra=None):
         self.cache = None
         if input_ids.shape[1]:
             self.cache = DynamicCache()
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+            inputs = model_inputs(model, input_ids, intra_ids, intra)
+            model(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
 
     def rows(self, n: int) -> DynamicCache | None:
         """A cache for a pass over n rows per prefix row (each prefix row repeated n times in a
@@ -264,7 +274,10 @@ def candidate_block_mask(past: int, lengths: list[int], dtype: torch.dtype, devi
 
 
 @torch.no_grad()
-def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates") -> list[list[int]]:
+def likelihood_ranking(
+    model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates",
+    positions=None,
+) -> list[list[int]]:  # fmt: skip
     """Each prompt's candidates, best first, by the mean log-probability per token of writing the
     candidate's name and then EOS after the prompt: the score beam search ranks finished items by,
     computed for every candidate instead of those the beams kept (ties: lower item id first).
@@ -274,7 +287,10 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
     (candidate_block_mask): one pass scores them all, and the prompt's keys and values are not
     copied for each candidate. Names are the tokens name_tokens gives, as in training and in ItemTrie.
     The log-softmax over the vocabulary is taken in float32 (float32_logits), whatever dtype the
-    model runs in: a bfloat16 output layer would tie candidates that differ."""
+    model runs in: a bfloat16 output layer would tie candidates that differ.
+
+    positions (recpipe.recsysllm.positions.Positions): add intra positions, the prompt's and then
+    each candidate's as if it were written after the prompt."""
     model.eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -288,21 +304,27 @@ def likelihood_ranking(model, tokenizer, prompts: list[str], candidates: list[li
                 tokens[c] = name_tokens(tokenizer, names[c]) + [end]
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
         past = ids.shape[1] - 1
-        prefix = PrefixCache(model, ids[:, :-1])
+        intra = positions.embedding if positions is not None else None
+        if intra is not None:
+            prompt_intra, state = positions.run(ids[0].tolist())
+        prefix = PrefixCache(model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra)
         scores: list[float] = []
         for start in range(0, len(cands), chunk):
             # Each candidate: the prompt's last token, then the name and EOS it must predict.
             seqs = [[int(ids[0, -1])] + tokens[c] for c in cands[start : start + chunk]]
             lengths = [len(q) for q in seqs]
             x = torch.tensor([t for q in seqs for t in q], device=device)[None]
-            positions = torch.cat([torch.arange(past, past + n, device=device) for n in lengths])[None]
+            at = torch.cat([torch.arange(past, past + n, device=device) for n in lengths])[None]
             mask = candidate_block_mask(past, lengths, dtype, device)
+            intra_ids = None
+            if intra is not None:  # each candidate goes on from the prompt's state
+                intra_ids = torch.tensor([[i for q in seqs for i in [prompt_intra[-1], *positions.run(q[1:], state)[0]]]])
             # Logits only where a token is predicted: not at a candidate's EOS, which predicts nothing
             # (the output layer over the whole vocabulary is a large share of the pass).
             starts = [sum(lengths[:j]) for j in range(len(lengths))]
             keep = torch.tensor([s + t for s, n in zip(starts, lengths) for t in range(n - 1)], device=device)
             # A cache of the chunk's own, starting from the prompt's (the pass appends the chunk's keys and values).
-            logits = float32_logits(model, keep=keep, head=head, input_ids=x, attention_mask=mask, position_ids=positions, cache=prefix.rows(1), use_cache=True)
+            logits = float32_logits(model, keep=keep, head=head, **model_inputs(model, x, intra_ids, intra), attention_mask=mask, position_ids=at, cache=prefix.rows(1), use_cache=True)
             logp = logits[0].log_softmax(-1)
             offset = 0
             for q in seqs:
@@ -375,14 +397,18 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate") -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate", positions=None) -> list[str]:
     """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
     decoded and stripped. Prompts are batched by token length and left-padded.
 
     Each next token is the argmax of float32 logits (float32_logits), whatever dtype the model runs
     in: a bfloat16 output layer ties close tokens and the argmax then takes the lower id. Plain
-    greedy decoding: what a model's generation_config adds (penalties, forced tokens) is not applied."""
+    greedy decoding: what a model's generation_config adds (penalties, forced tokens) is not applied.
+
+    positions (recpipe.recsysllm.positions.Positions): add intra positions, the prompt's and then,
+    token by token, each written token's as the trie decides it."""
     model.eval()
+    intra = positions.embedding if positions is not None else None
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     head = output_layer(model)  # float32, once
@@ -390,18 +416,26 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     answers = [""] * len(prompts)
     for idx in length_batches(lengths, batch_size, desc):
         ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
-        positions, cache = left_padded_positions(mask), DynamicCache()
+        at, cache = left_padded_positions(mask), DynamicCache()
+        intra_ids, states = None, None
+        if intra is not None:  # padding (left, mask 0) is 0
+            runs = [positions.run(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+            intra_ids = torch.tensor([[0] * (ids.shape[1] - len(r)) + r for r, _ in runs])
+            states = [state for _, state in runs]
         written = torch.empty((len(idx), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            logits = float32_logits(model, head=head, input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            logits = float32_logits(model, head=head, **model_inputs(model, ids, intra_ids, intra), attention_mask=mask, position_ids=at, cache=cache, use_cache=True)
             ids = logits[:, -1].argmax(-1).masked_fill(done, eos)[:, None]  # finished rows write EOS on
             written = torch.cat([written, ids], dim=1)
             done |= ids[:, 0] == eos
             if done.all():
                 break
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
-            positions = positions[:, -1:] + 1
+            at = at[:, -1:] + 1
+            if intra is not None:
+                states = [positions.run([t], state)[1] for t, state in zip(ids[:, 0].tolist(), states)]
+                intra_ids = torch.tensor([[state[1]] for state in states])
         for i, row in zip(idx, written.tolist()):
             row = row[: row.index(eos)] if eos in row else row
             answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

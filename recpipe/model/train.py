@@ -72,7 +72,8 @@ def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int, s
 
 
 class PadCollator:
-    """Pads each batch to its own longest row (the trainer groups rows of similar length)."""
+    """Pads each batch to its own longest row (the trainer groups rows of similar length); rows
+    with intra_ids (recsysllm.dynamic_positions) get them padded with 0."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -82,15 +83,19 @@ class PadCollator:
         ids = torch.full((len(rows), n), self.pad_id)
         labels = torch.full((len(rows), n), IGNORE)
         mask = torch.zeros((len(rows), n), dtype=torch.long)
+        intra = torch.zeros((len(rows), n), dtype=torch.long) if "intra_ids" in rows[0] else None
         for i, r in enumerate(rows):
             k = len(r["input_ids"])
             ids[i, :k] = torch.tensor(r["input_ids"])
             labels[i, :k] = torch.tensor(r["labels"])
             mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            if intra is not None:
+                intra[i, :k] = torch.tensor(r["intra_ids"])
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return batch if intra is None else {**batch, "intra_ids": intra}
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]):
+def answer_loss(model, batch: dict[str, torch.Tensor], intra=None):
     """Summed cross-entropy over the labelled tokens (the answer, and any prompt tokens `encode`
     marked), their count, and the model's output.
 
@@ -102,15 +107,20 @@ def answer_loss(model, batch: dict[str, torch.Tensor]):
       prompt's tokens): its keys and values are computed once, with gradients, and every row
       attends to that copy (PrefixCache). LoRA dropout then draws one mask for that shared part.
       Not under gradient checkpointing, whose layers drop any cache they are given: there every
-      row computes its whole prompt."""
-    from recpipe.model.decoding import PrefixCache, shared_prefix_length
+      row computes its whole prompt.
+
+    intra: the model's intra embedding, added at the batch's intra_ids (recsysllm.dynamic_positions)."""
+    from recpipe.model.decoding import PrefixCache, model_inputs, shared_prefix_length
 
     targets, columns = labelled_columns(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    intra_ids = batch.get("intra_ids")
     checkpointing = model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing else 0
-    cache = PrefixCache(model, ids[:1, :shared]).rows(len(ids))
-    out = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
+    # A token's intra id depends only on the tokens before it: the shared prefix's are every row's.
+    cache = PrefixCache(model, ids[:1, :shared], intra_ids=None if intra is None else intra_ids[:1, :shared], intra=intra).rows(len(ids))
+    inputs = model_inputs(model, ids[:, shared:], None if intra is None else intra_ids[:, shared:], intra)
+    out = model(**inputs, attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
     return summed_loss(out, targets[:, columns])
 
 
@@ -196,18 +206,26 @@ class Task:
 TaskBuilder = Callable[[Any, Any], Task]
 
 
-def answer_task(train_path, valid_path, max_length: int) -> TaskBuilder:
+def answer_task(train_path, valid_path, max_length: int, positions: Callable | None = None) -> TaskBuilder:
     """TALLRec's and P5's task: prompt/answer rows (P5's with `spans`, history items as targets
-    too) and the answer-only loss."""
+    too) and the answer-only loss. positions: (model, tokenizer) -> Positions or None
+    (recpipe.recsysllm.positions.EntityPositions): each row then gets the intra ids scoring gives
+    the same text."""
 
     def build(model, tokenizer) -> Task:
         shots, valid = pl.read_parquet(train_path), pl.read_parquet(valid_path)
         spans = shots["spans"].to_list() if "spans" in shots.columns else None
         prompts, answers = shots["prompt"].to_list(), shots["answer"].to_list()
+        rows = encode(prompts, answers, tokenizer, max_length, spans)
+        valid_rows = encode(valid["prompt"].to_list(), valid["answer"].to_list(), tokenizer, max_length)
+        intra = positions(model, tokenizer) if positions is not None else None
+        if intra is None:
+            return Task(rows=rows, valid=valid_rows, collate=PadCollator(tokenizer.pad_token_id), key=(prompts, answers, spans))
+        rows, valid_rows = ([{**r, "intra_ids": intra.run(r["input_ids"])[0]} for r in part] for part in (rows, valid_rows))
+        # The embedding module itself: the adapter, which does not target it, leaves it in place.
         return Task(
-            rows=encode(prompts, answers, tokenizer, max_length, spans),
-            valid=encode(valid["prompt"].to_list(), valid["answer"].to_list(), tokenizer, max_length),
-            collate=PadCollator(tokenizer.pad_token_id), key=(prompts, answers, spans),
+            rows=rows, valid=valid_rows, collate=PadCollator(tokenizer.pad_token_id), loss=partial(answer_loss, intra=intra.embedding),
+            key=(prompts, answers, spans, "intra positions"),
         )  # fmt: skip
 
     return build

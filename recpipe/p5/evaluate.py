@@ -71,14 +71,15 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
     return tries
 
 
-def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params) -> pl.DataFrame:
+def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None) -> pl.DataFrame:
     """Item rows with `ranked` (top p5.top_k item ids, never one of the user's history), `validity` (share of the
     row's beams that named an item; 1 for rows ranked by likelihood, which only score real items)
     and `prediction` (the top item's name, "" if none remains). p5.direct_ranking: "likelihood"
     scores every candidate of rows that have a candidate list; "beam" runs beam search (p5.beams
     wide, p5.eval_batch_size prompts at once) on them too. p5.sequential_ranking: "beam" searches
     all items for rows without a list; "likelihood" scores every item outside the user's history
-    (exact, and about 1,600 candidates a prompt on ML-100K)."""
+    (exact, and about 1,600 candidates a prompt on ML-100K). positions: intra positions
+    (recpipe.recsysllm.positions.Positions), which likelihood ranking takes and beam search does not."""
     k = p5.top_k
     missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
     if missing:
@@ -90,13 +91,15 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     listed = rows["candidates"].to_list()
     scored = [i for i, c in enumerate(listed) if (p5.direct_ranking if c is not None else p5.sequential_ranking) == "likelihood"]
     searched = sorted(set(range(rows.height)) - set(scored))
+    if searched and positions is not None:
+        raise RecpipeError("recsysllm.dynamic_positions: beam search does not take intra positions; set p5.direct_ranking and p5.sequential_ranking to likelihood")
     ranked: list[list[int]] = [[] for _ in range(rows.height)]
     validity = [1.0] * rows.height
     if scored:
         everything = sorted(names)
         candidates = [listed[i] if listed[i] is not None else [c for c in everything if c not in exclude[i]] for i in scored]
         prompts = rows["prompt"].to_list()
-        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], candidates, names)):
+        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], candidates, names, positions=positions)):
             ranked[i] = [c for c in order if c not in exclude[i]][:k]
     if searched:
         part = rows[searched]
@@ -115,7 +118,7 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
 COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target", "prediction", "ranked", "validity"]
 
 
-def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params) -> pl.DataFrame:
+def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None) -> pl.DataFrame:
     """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
     item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
     if "split" in test.columns:
@@ -132,9 +135,9 @@ def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history
     texts = test.filter(pl.col("kind") != "item")
     parts = []
     if items.height:
-        parts.append(rank(items, model, tokenizer, names, history, p5))
+        parts.append(rank(items, model, tokenizer, names, history, p5, positions))
     if texts.height:
-        answers = generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size)
+        answers = generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size, positions=positions)
         parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
     return pl.concat([p.select("_row", *COLUMNS) for p in parts]).sort("_row").drop("_row")
 
@@ -181,7 +184,7 @@ def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float],
 
 def evaluate_families(
     test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params,
-    rating_range: tuple[float, float], predictions_path: str | Path | None = None,
+    rating_range: tuple[float, float], predictions_path: str | Path | None = None, positions=None,
 ) -> dict:  # fmt: skip
     """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
     docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
@@ -189,7 +192,7 @@ def evaluate_families(
     direct_ranking, sequential_ranking, max_new_tokens, eval_batch_size). predictions_path: where to save predict's frame.
     (predict and family_metrics are the two halves, for the frame in memory.)"""
     started = time.perf_counter()
-    predictions = predict(test, model, tokenizer, names, history, p5)
+    predictions = predict(test, model, tokenizer, names, history, p5, positions)
     metrics = family_metrics(predictions, rating_range, cutoffs(p5.top_k))
     for family, groups in metrics.items():
         log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
@@ -201,14 +204,16 @@ def evaluate_families(
 
 def evaluate_p5(
     test_path, names_path, interactions_path, eval_dir, metrics_dir, model, tokenizer, p5: P5Params, rating_range: tuple[float, float],
+    positions=None,
 ) -> dict:  # fmt: skip
     """The p5_evaluate stage: eval_dir/predictions.parquet (predict's frame) and one
-    metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}."""
+    metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}. positions: intra
+    positions (recpipe.recsysllm.positions.Positions) or None."""
     names_frame = pl.read_parquet(names_path)
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
     history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path))[0].items()}
     with atomic_dir(eval_dir) as tmp:
-        metrics = evaluate_families(pl.read_parquet(test_path), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet")
+        metrics = evaluate_families(pl.read_parquet(test_path), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet", positions)
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():
             write_json(groups, tmp / f"{family}.json")

@@ -13,6 +13,7 @@ from recpipe.model.decoding import (
     float32_logits,
     left_padded_positions,
     length_batches,
+    model_inputs,
     output_layer,
     shared_prefix_length,
 )
@@ -22,7 +23,7 @@ from recpipe.templates import load_template
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score") -> list[float]:
+def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score", positions=None) -> list[float]:
     """P(yes) = softmax over the yes/no logits at the position right after each prompt.
 
     Every prompt starts with the same instruction: its keys and values are computed once and
@@ -34,12 +35,17 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     bfloat16 output layer their difference moves in steps of 0.125 (logits between 16 and 32) and
     most prompts would tie.
     Batches depend only on the prompts and their order (length_batches), so the same model,
-    prompts and batch size give the same scores."""
+    prompts and batch size give the same scores.
+
+    positions (recpipe.recsysllm.positions.Positions): add the prompts' intra positions (a
+    token's depends only on the tokens before it, so the shared prefix's are the same in every row)."""
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(p).input_ids for p in prompts]
+    intra = positions.embedding if positions is not None else None
+    intra_ids = [positions.run(e)[0] for e in encoded] if intra is not None else encoded  # unused without intra
     shared = max(shared_prefix_length(encoded) - 1, 0) if len(encoded) > 1 else 0  # keep >= 1 own token
-    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device))
+    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device), intra_ids=torch.tensor([intra_ids[0][:shared]]), intra=intra)
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
     rows = [yes_id, no_id]
@@ -48,44 +54,47 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
         rest = [encoded[i][shared:] for i in idx]
         n = max(len(r) for r in rest)
         ids = torch.full((len(idx), n), pad)
+        own_intra = torch.zeros((len(idx), n), dtype=torch.long)
         mask = torch.zeros((len(idx), shared + n), dtype=torch.long)
         mask[:, :shared] = 1
-        for row, r in enumerate(rest):
+        for row, (i, r) in enumerate(zip(idx, rest)):
             ids[row, n - len(r) :] = torch.tensor(r)
+            own_intra[row, n - len(r) :] = torch.tensor(intra_ids[i][shared:])
             mask[row, shared + n - len(r) :] = 1
-        positions = left_padded_positions(mask)[:, shared:]
+        at = left_padded_positions(mask)[:, shared:]
         cache = prefix.rows(len(idx))
         pair = float32_logits(
-            model, rows, head=head, input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), cache=cache,
-            use_cache=cache is not None,
+            model, rows, head=head, **model_inputs(model, ids.to(device), own_intra, intra), attention_mask=mask.to(device), position_ids=at.to(device),
+            cache=cache, use_cache=cache is not None,
         )[:, -1]  # fmt: skip
         for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
             p_yes[i] = p
     return p_yes
 
 
-def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str) -> list[float]:
+def score_frame(model, tokenizer, samples: pl.DataFrame, batch_size: int, template: str, positions=None) -> list[float]:
     tpl = load_template(template, {})
     yes_id, no_id = answer_token_ids(tokenizer, tpl["answer_yes"], tpl["answer_no"])
-    return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size)
+    return score(model, tokenizer, samples["prompt"].to_list(), yes_id, no_id, batch_size, positions=positions)
 
 
-def valid_auc(template: str, batch_size: int) -> Validator:
+def valid_auc(template: str, batch_size: int, positions=None) -> Validator:
     """The trainer's validator for TALLRec: AUC of P(yes) on the validation samples, which also
-    picks the best step under train.eval_steps."""
+    picks the best step under train.eval_steps. positions: (model, tokenizer) -> Positions or None
+    (recpipe.recsysllm.positions.EntityPositions), the intra positions to score with."""
 
     def validate(model, tokenizer, valid: pl.DataFrame) -> dict:
-        p_yes = score_frame(model, tokenizer, valid, batch_size, template)
+        p_yes = score_frame(model, tokenizer, valid, batch_size, template, positions(model, tokenizer) if positions else None)
         return {"valid_auc": auc_metrics(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
 
     return Validator(validate, "valid_auc")
 
 
-def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str) -> dict:
+def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str, positions=None) -> dict:
     from sklearn.metrics import roc_curve
 
     test = pl.read_parquet(samples_path).filter(pl.col("split") == "test")
-    p_yes = score_frame(model, tokenizer, test, batch_size, template)
+    p_yes = score_frame(model, tokenizer, test, batch_size, template, positions)
     labels = test["label"].cast(pl.Int64).to_list()
     metrics = auc_metrics(labels, p_yes)
     fpr, tpr, _ = roc_curve(labels, p_yes, drop_intermediate=False)  # a point per distinct score
