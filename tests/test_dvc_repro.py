@@ -41,10 +41,15 @@ def test_dvc_repro_tiny(archives, tmp_path):
     texts = ["### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: Will the user enjoy ### Response:\nYes. No."]
     params["model"] = {"name": str(make_tiny_model(tmp_path / "tiny-model", texts * 20))}
     params["lora"] = {"rank": 2, "alpha": 4}
-    params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
+    params["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32", "init": "base"}  # dvc.yaml reads train.init
     params["evaluate"] = {"batch_size": 8, "dtype": "float32", "dataset": None, "instructions": None}  # dvc.yaml reads the last two
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}  # dvc.yaml reads these: no P5 stages yet
-    params["recsysllm"] = {**RecsysllmParams().model_dump(mode="json"), "datasets": []}  # nor pretraining
+    recsysllm = RecsysllmParams().model_dump(mode="json")
+    params["recsysllm"] = recsysllm | {  # no pretraining yet; its params sized for the tiny data
+        "datasets": [], "valid_size": 4, "sampling": {**recsysllm["sampling"], "length": 6},
+        "lora": {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "train": {**recsysllm["train"], "batch_size": 8, "dtype": "float32", "max_length": 256},
+    }  # fmt: skip
     write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)
@@ -99,11 +104,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"baselines@ml-100k", "p5_report@ml-100k"}, out
     # Pretraining is opt-in the same way: listing the dataset adds its one stage, and only it runs.
-    params["recsysllm"] |= {
-        "datasets": ["ml-100k"], "valid_size": 4, "sampling": {**params["recsysllm"]["sampling"], "length": 6},
-        "lora": {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "train": {**params["recsysllm"]["train"], "batch_size": 8, "dtype": "float32", "max_length": 256},
-    }  # fmt: skip
+    params["recsysllm"]["datasets"] = ["ml-100k"]
     write(params, tmp_path)
     out = run([*DVC, "repro"], tmp_path).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
