@@ -43,9 +43,10 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     device = next(model.parameters()).device
     encoded = [tokenizer(p).input_ids for p in prompts]
     intra = positions.embedding if positions is not None else None
-    intra_ids = [positions.run(e)[0] for e in encoded] if intra is not None else encoded  # unused without intra
+    intra_ids = [positions.run(e)[0] for e in encoded] if intra is not None else None
     shared = max(shared_prefix_length(encoded) - 1, 0) if len(encoded) > 1 else 0  # keep >= 1 own token
-    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device), intra_ids=torch.tensor([intra_ids[0][:shared]]), intra=intra)
+    prefix_intra = torch.tensor([intra_ids[0][:shared]]) if intra is not None else None
+    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device), intra_ids=prefix_intra, intra=intra)
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
     rows = [yes_id, no_id]
@@ -54,12 +55,13 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
         rest = [encoded[i][shared:] for i in idx]
         n = max(len(r) for r in rest)
         ids = torch.full((len(idx), n), pad)
-        own_intra = torch.zeros((len(idx), n), dtype=torch.long)
+        own_intra = torch.zeros((len(idx), n), dtype=torch.long) if intra is not None else None
         mask = torch.zeros((len(idx), shared + n), dtype=torch.long)
         mask[:, :shared] = 1
         for row, (i, r) in enumerate(zip(idx, rest)):
             ids[row, n - len(r) :] = torch.tensor(r)
-            own_intra[row, n - len(r) :] = torch.tensor(intra_ids[i][shared:])
+            if own_intra is not None:
+                own_intra[row, n - len(r) :] = torch.tensor(intra_ids[i][shared:])
             mask[row, shared + n - len(r) :] = 1
         at = left_padded_positions(mask)[:, shared:]
         cache = prefix.rows(len(idx))
