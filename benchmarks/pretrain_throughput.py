@@ -24,6 +24,7 @@ from _hardware import hardware_line, linear_params, matmul_flops
 from _steps import time_steps, training_step
 
 from recpipe import params
+from recpipe.model.attention import pick_attention
 from recpipe.model.load import load
 from recpipe.model.train import PadCollator, add_lora, answer_loss, encode
 from recpipe.recsysllm.corpus import documents
@@ -32,7 +33,7 @@ from recpipe.recsysllm.pretrain import infill_loss, infill_task, sampling
 
 def run(name, sha, p, docs, dtype, steps, masked: bool):
     """(seconds per step, text tokens, sequence tokens, last loss) of one side."""
-    model, tok = load(name, sha, dtype=dtype)
+    model, tok = load(name, sha, dtype=dtype, attention=pick_attention(p.model.attention, torch.device("cpu")))  # as the trainer runs it
     torch.manual_seed(0)
     text_tokens = sum(len(tok(t, add_special_tokens=False).input_ids) for t in docs["text"].to_list())
     if masked:

@@ -43,8 +43,7 @@ def kind_of(name: str) -> str:
 
 def run(name, sha, p, rows, pad_id, dtype, attention, steps):
     torch.manual_seed(0)
-    model, _ = load(name, sha, dtype=dtype)
-    model.set_attn_implementation(pick_attention(attention, torch.device("cpu")))
+    model, _ = load(name, sha, dtype=dtype, attention=pick_attention(attention, torch.device("cpu")))
     model = add_lora(model, p.lora)
     model.train()
     batch = PadCollator(pad_id)(rows)
