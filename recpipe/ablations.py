@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recpipe import RecpipeError, log
+from recpipe.experiments import get_path, records, same_value
 from recpipe.io import atomic_path, write_json
 from recpipe.markdown import table
-from recpipe.tallrec.sweep import _get, _same, records
 
 # Each switch: the keys that turn it (set together), one ablation row per setting.
 SWITCHES = {
@@ -49,7 +49,7 @@ def classify(params: dict, reference: dict) -> tuple[str, str] | None:
     "") when equal, ("lora rank", "") when only ranks differ, None when several switches (or
     other params) differ."""
     keys = (set(params) | set(reference)) - {SEED}
-    diff = sorted(k for k in keys if k not in params or k not in reference or not _same(params[k], reference[k]))
+    diff = sorted(k for k in keys if k not in params or k not in reference or not same_value(params[k], reference[k]))
     if not diff:
         return FULL, ""
     if set(diff) <= set(RANKS.values()):
@@ -92,7 +92,7 @@ def _number(value) -> float | None:
 
 
 def aggregate(recs: list[dict], reference: dict) -> Ablations:
-    """Aggregate experiment records (recpipe.tallrec.sweep.records) against the full recipe's
+    """Aggregate experiment records (recpipe.experiments.records) against the full recipe's
     flattened params. The same row and seed run twice counts once: the newest run."""
     datasets = reference.get("p5.datasets")
     if not isinstance(datasets, list) or len(datasets) != 1:
@@ -106,7 +106,7 @@ def aggregate(recs: list[dict], reference: dict) -> Ablations:
         if where is None or not isinstance(seed, int):
             other.append(rec["name"])
             continue
-        values = {name: _number(_get(rec["metrics"], (path, *keys))) for name, (_, path, keys) in wanted.items()}
+        values = {name: _number(get_path(rec["metrics"], (path, *keys))) for name, (_, path, keys) in wanted.items()}
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             empty.append(rec["name"])

@@ -25,10 +25,11 @@ def params_reference() -> str:
 def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
     """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or a saved copy
     of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*."""
+    from recpipe import experiments
     from recpipe.tallrec import sweep as _sweep
 
-    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
-    _sweep.write_sweep(exp, _sweep.reference_params(params_path, settings), out_dir)
+    exp = experiments.read_exp_show(exp_json) if exp_json is not None else experiments.exp_show()
+    _sweep.write_sweep(exp, experiments.reference_params(params_path, settings), out_dir)
 
 
 def ablations(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
@@ -36,10 +37,10 @@ def ablations(params_path, settings: list[str], exp_json=None, out_dir="reports"
     copy) against the full recipe, params_path's params with `settings` (key=value):
     reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png."""
     from recpipe import ablations as _ablations
-    from recpipe.tallrec import sweep as _sweep
+    from recpipe import experiments
 
-    exp = _sweep.read_exp_show(exp_json) if exp_json is not None else _sweep.exp_show()
-    _ablations.write_ablations(exp, _sweep.reference_params(params_path, settings), out_dir)
+    exp = experiments.read_exp_show(exp_json) if exp_json is not None else experiments.exp_show()
+    _ablations.write_ablations(exp, experiments.reference_params(params_path, settings), out_dir)
 
 
 def download(p: Params, dataset: str) -> None:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from recpipe import RecpipeError
 from recpipe.ablations import FULL, aggregate, classify, render, write_ablations
 from recpipe.cli import app
-from recpipe.tallrec.sweep import flatten, records
+from recpipe.experiments import flatten, records
 
 FULL_PARAMS = {
     "seed": 0,

@@ -14,8 +14,9 @@ from recpipe.model.load import load, pick_device, pick_dtype
 from recpipe.model.train import (
     PadCollator,
     add_lora,
-    answer_loss_trainer,
+    answer_loss,
     encode,
+    mean_batch_loss,
     pin_device,
     train,
 )
@@ -149,7 +150,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_adapter_gradients(tiny):
 
     def loss_and_grads():
         model.zero_grad()
-        loss = answer_loss_trainer().compute_loss(None, model, dict(batch))
+        loss = mean_batch_loss(answer_loss, model, dict(batch))[0]
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 

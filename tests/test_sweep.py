@@ -6,15 +6,8 @@ from typer.testing import CliRunner
 
 from recpipe import RecpipeError
 from recpipe.cli import app
-from recpipe.tallrec.sweep import (
-    aggregate,
-    flatten,
-    paper_line,
-    records,
-    reference_params,
-    render,
-    write_sweep,
-)
+from recpipe.experiments import flatten, records, reference_params
+from recpipe.tallrec.sweep import aggregate, paper_line, render, write_sweep
 
 BASE = {"seed": 0, "instructions": {"split": "temporal", "history_len": 10}, "sample": {"k": 64}, "train": {"lr": 0.001, "eval_steps": None}}
 

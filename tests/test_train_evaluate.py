@@ -101,20 +101,20 @@ def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F
 
 
 def test_answer_only_loss_equals_the_models_own_loss(tiny):
-    from recpipe.model.train import answer_loss_trainer
+    from recpipe.model.train import answer_loss, mean_batch_loss
 
     model, tok = load(str(tiny))
     rows = encode(["### Response:\n", "a much longer prompt " * 5 + "### Response:\n"], ["Yes.", "No."], tok, max_length=128)
     batch = PadCollator(tok.pad_token_id)(rows)
     full = model(**batch).loss
-    ours = answer_loss_trainer().compute_loss(None, model, dict(batch))
+    ours = mean_batch_loss(answer_loss, model, dict(batch))[0]
     assert torch.allclose(ours, full, rtol=1e-5)
 
 
 def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
     """The loss computes the instruction every row starts with once per batch: its loss and its
     LoRA gradients must match the model's own full pass (LoRA B is random so every path counts)."""
-    from recpipe.model.train import add_lora, answer_loss_trainer
+    from recpipe.model.train import add_lora, answer_loss, mean_batch_loss
 
     model, tok = load(str(tiny))
     model = add_lora(model, LoraParams(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
@@ -134,7 +134,7 @@ def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     plain, plain_grads = loss_and_grads(lambda: model(**batch).loss)
-    ours, our_grads = loss_and_grads(lambda: answer_loss_trainer().compute_loss(None, model, dict(batch)))
+    ours, our_grads = loss_and_grads(lambda: mean_batch_loss(answer_loss, model, dict(batch))[0])
     assert torch.allclose(ours, plain, rtol=1e-5)
     for name, grad in plain_grads.items():
         assert torch.allclose(our_grads[name], grad, atol=1e-6, rtol=1e-4), name

@@ -138,8 +138,15 @@ def summed_loss(out, wanted: torch.Tensor):
     return loss, (wanted != IGNORE).sum(), out
 
 
+def mean_batch_loss(loss_fn: Callable, model, inputs: dict, num_items_in_batch=None):
+    """loss_fn's summed loss over the batch's targets, or over the Trainer's count of targets
+    across the accumulated batches when it passes one; and the model's output."""
+    loss, n, out = loss_fn(model, inputs)
+    return loss / (num_items_in_batch if num_items_in_batch is not None else n), out
+
+
 def answer_loss_trainer():
-    """The HF Trainer with a task's loss: answer_loss unless train() sets `task_loss`. Its
+    """The HF Trainer with a task's loss (`task_loss`: answer_loss unless train() sets another). Its
     evaluation, when eval_steps asks for one, is `validator` on the `valid` rows with
     `valid_tokenizer` (set on the instance; not the Trainer's processing_class, which it would
     save into every checkpoint): the Trainer's own machinery then keeps the best checkpoint
@@ -152,10 +159,10 @@ def answer_loss_trainer():
         valid: pl.DataFrame | None = None
         valid_tokenizer: Any = None
 
+        task_loss = staticmethod(answer_loss)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # getattr: the class is also called unbound (self None) to compute the default loss.
-            loss, n, out = getattr(self, "task_loss", answer_loss)(model, inputs)
-            loss = loss / (num_items_in_batch if num_items_in_batch is not None else n)
+            loss, out = mean_batch_loss(self.task_loss, model, inputs, num_items_in_batch)
             return (loss, out) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):

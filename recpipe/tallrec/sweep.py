@@ -4,71 +4,19 @@ and split, beside the paper's figure and the history prior."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from recpipe import RecpipeError, log
+from recpipe.experiments import get_path, records, same_value
 from recpipe.io import atomic_path, read_mapping, write_json
 from recpipe.markdown import table
 
 SWEPT = ("instructions.split", "sample.k", "seed")  # what a sweep varies; every other param must match
-PARAMS_FILE = "params.yaml"
 AUC = ("reports/tuned.json", "auc")  # the tuned model's test AUC, written by the evaluate stage
 PRIOR = ("reports/intervals.json", "history_prior", "auc")  # written by the report stage
 REFERENCES = Path(__file__).parents[1] / "references"
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    """Nested mappings as one dotted key per leaf: {"sample": {"k": 64}} -> {"sample.k": 64}."""
-    out = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def _same(a, b) -> bool:
-    """Equal params; numbers by value (1e-3 written by `-S` and 0.001 in params.yaml are the same)."""
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
-    return float(a) == float(b) if numbers else a == b
-
-
-def _get(data, path: tuple):
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def records(exp_show: list) -> list[dict]:
-    """`dvc exp show --json` as one record per committed baseline and experiment: {name, timestamp,
-    params (params.yaml's, flattened), metrics ({file: data})}. The workspace row is left out: it
-    is either a committed run again or uncommitted work."""
-    if not isinstance(exp_show, list) or not all(isinstance(row, dict) and "rev" in row for row in exp_show):
-        raise RecpipeError(f"dvc exp show --json: expected a list of revisions, each with a 'rev', got {type(exp_show).__name__}")
-    out = []
-
-    def add(row: dict, name: str) -> None:
-        data = row.get("data") or {}
-        params = _get(data, ("params", PARAMS_FILE, "data")) or {}
-        metrics = {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)}
-        out.append({"name": name, "timestamp": data.get("timestamp"), "params": flatten(params), "metrics": metrics})
-
-    for baseline in exp_show:
-        if baseline["rev"] == "workspace":
-            continue
-        add(baseline, baseline.get("name") or baseline["rev"][:7])
-        for exp in baseline.get("experiments") or []:
-            for row in exp.get("revs") or []:
-                add(row, row.get("name") or exp.get("name") or str(row.get("rev", "?"))[:7])
-    return out
 
 
 @dataclass
@@ -92,15 +40,15 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
     for rec in recs:
         params = rec["params"]
         rest = {k: v for k, v in params.items() if k not in SWEPT}
-        if rest.keys() != fixed.keys() or not all(_same(rest[k], fixed[k]) for k in fixed) or any(k not in params for k in SWEPT):
+        if rest.keys() != fixed.keys() or not all(same_value(rest[k], fixed[k]) for k in fixed) or any(k not in params for k in SWEPT):
             other.append(rec["name"])
             continue
-        auc = _get(rec["metrics"], AUC)
+        auc = get_path(rec["metrics"], AUC)
         if not isinstance(auc, (int, float)) or isinstance(auc, bool):
             unfinished.append(rec["name"])
             continue
         key = (str(params["instructions.split"]), int(params["sample.k"]), int(params["seed"]))
-        runs.setdefault(key, []).append({**rec, "auc": float(auc), "prior": _get(rec["metrics"], PRIOR)})
+        runs.setdefault(key, []).append({**rec, "auc": float(auc), "prior": get_path(rec["metrics"], PRIOR)})
     sweep = Sweep()
     if other:
         sweep.notes.append(f"{len(other)} experiment(s) with other params than the reference's (beyond {', '.join(SWEPT)}) left out: {', '.join(sorted(other))}")
@@ -186,49 +134,6 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
-
-
-def exp_show() -> list:
-    """`dvc exp show --json` of the current repository (the experiments of HEAD's commit)."""
-    try:
-        run = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise RecpipeError("dvc not found: install recpipe's environment, or pass --from a saved `dvc exp show --json`") from None
-    if run.returncode != 0:
-        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RecpipeError(f"dvc exp show --json failed: {last}")
-    return json.loads(run.stdout)
-
-
-def read_exp_show(path: str | Path) -> list:
-    """A saved `dvc exp show --json`."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecpipeError(f"{path}: not found (save one with `dvc exp show --json > {path.name}`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-
-
-def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
-    """params.yaml's keys, flattened, with `key=value` overrides (the -S of the sweep's
-    `dvc exp run`, for keys the sweep changed beyond SWEPT)."""
-    import yaml
-
-    reference = flatten(read_mapping(params_path))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in reference:
-            raise RecpipeError(f"--set {item!r}: expected key=value with a dotted key of {params_path} (e.g. train.lr=1e-4)")
-        value = yaml.safe_load(text)
-        if isinstance(value, str):  # YAML reads 1e-4 as a string; -S writes it as a number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        reference[key] = value
-    return reference
 
 
 def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "tallrec") -> Sweep:
