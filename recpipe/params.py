@@ -294,7 +294,7 @@ class RecsysllmParams(Strict):
     whole_entities: bool = Field(True, description="Mask entities whole (an item name or attribute is blanked whole or not at all); false: single tokens, GLM's own masking (the ablation).")
     order: Literal["chronological", "random"] = Field("chronological", description="The order of the blanks in part B: chronological (their order in the text) or random (GLM's, the ablation).")
     positions_2d: bool = Field(True, description="2D positions: part-B tokens take their blank's position and a learnable intra-position embedding is added; false: plain positions 0, 1, 2, ... over parts A and B and no intra embedding.")
-    dynamic_positions: bool = Field(True, description="Fine-tuning and scoring from a pretraining with 2D positions (train.init or p5.train.init pretrained) add its intra embedding, each token's intra id decided by a trie of the pretraining corpus's entities as the text is read or written (recpipe.recsysllm.positions); P5 item rows must then be ranked by likelihood. false: the intra embedding is left unused.")
+    dynamic_positions: bool = Field(True, description="Fine-tuning and scoring from a pretraining with 2D positions (train.init or p5.train.init pretrained) add its intra embedding, each token's intra id decided by a trie of the pretraining corpus's entities as the text is read or written (recpipe.recsysllm.positions), in likelihood ranking and in beam search alike. false: the intra embedding is left unused.")
     copies: int = Field(1, ge=1, description="Samples of each text per epoch, each with its own blanks.")
     valid_size: int = Field(20, ge=1, description="Users whose texts are held out of pretraining to measure its validation loss.")
     lora: LoraParams = Field(WIDE_LORA, description="The pretraining adapter: merged into the model that train.init or p5.train.init `pretrained` fine-tunes, so its rank is independent of theirs.")
@@ -346,8 +346,6 @@ class Params(Strict):
             for name in names if init == "pretrained" else []:
                 if name not in self.recsysllm.datasets:
                     raise ValueError(f"{key} pretrained: dataset {name!r} has no pretraining (add it to recsysllm.datasets {list(self.recsysllm.datasets)})")
-        if self.p5.datasets and self.intra_positions(self.p5.train.init) and "beam" in (self.p5.direct_ranking, self.p5.sequential_ranking):
-            raise ValueError("recsysllm.dynamic_positions: beam search does not take intra positions; set p5.direct_ranking and p5.sequential_ranking to likelihood, or dynamic_positions to false")
         return self
 
     def intra_positions(self, init: str) -> bool:

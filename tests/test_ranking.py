@@ -13,6 +13,7 @@ from recpipe.model.decoding import (
     constrained_topk,
     free_topk,
     name_tokens,
+    written_out_beams,
 )
 from recpipe.model.load import load
 
@@ -68,6 +69,20 @@ def test_prompt_run_once_gives_what_generate_gives(tiny, built):  # noqa: F811
     shared = constrained_beams(model, tok, prompts, trie, beams=4, batch_size=3, share_prompt=True)
     plain = constrained_beams(model, tok, prompts, trie, beams=4, batch_size=3, share_prompt=False)
     assert shared == plain
+
+
+MORE = {**NAMES, 6: "Heat Wave (1990)", 7: "The Usual Gang (1980)", 8: "Dr. Strangelove (1964)", 9: "Yes Man (2008)"}
+
+
+@pytest.mark.parametrize("beams", [2, 3, 5])
+def test_written_out_beam_search_is_generates(tiny, built, beams):  # noqa: F811
+    """The beam search written out for intra positions, run without them, returns what
+    generate()'s returns: the same sequences' items in the same order, beam for beam."""
+    model, tok = load(str(tiny))
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (300, 20, 150, 1))]
+    trie = ItemTrie(MORE, tok).without({2})
+    expected = constrained_beams(model, tok, prompts, trie, beams=beams, batch_size=1)
+    assert [written_out_beams(model, tok, p, trie, beams) for p in prompts] == expected
 
 
 def test_beam_smaller_than_k_is_an_error(tiny):  # noqa: F811

@@ -11,7 +11,7 @@ from conftest import params_dict, source
 from test_recsysllm_infill import random_text, word_tokenizer
 
 from recpipe import RecpipeError, params
-from recpipe.model.decoding import generate, likelihood_ranking, name_tokens
+from recpipe.model.decoding import ItemTrie, constrained_beams, generate, likelihood_ranking, name_tokens
 from recpipe.model.train import PadCollator, answer_loss, answer_task
 from recpipe.recsysllm import infill
 from recpipe.recsysllm.positions import (
@@ -215,13 +215,29 @@ def test_entity_positions_need_an_intra_embedding_and_the_corpus(tiny, tmp_path)
         delattr(model, INTRA)
 
 
-def test_beam_search_with_dynamic_positions_is_one_line(archives):
+def test_beam_search_with_dynamic_positions_ranks_as_the_training_forward(tiny):
+    """With a beam for every item, beam search with intra positions finishes every item, ranked as
+    likelihood ranking (whose scores equal the training forward's, above) ranks them."""
+    model, tok, trie, names = tiny
+    intra = with_intra(model, 0.5)
+    try:
+        positions = Positions(trie, intra)
+        items = ItemTrie(names, tok)
+        cands = sorted(names)
+        for prompt in PROMPTS:
+            beams = constrained_beams(model, tok, [prompt], items, beams=len(names) + 1, positions=positions)[0]
+            assert [i for n in beams for i in n] == likelihood_ranking(model, tok, [prompt], [cands], names, positions=positions)[0]
+        plain = [constrained_beams(model, tok, [p], items, beams=len(names) + 1)[0] for p in PROMPTS]
+        assert plain != [constrained_beams(model, tok, [p], items, beams=len(names) + 1, positions=positions)[0] for p in PROMPTS]  # the ids matter
+    finally:
+        delattr(model, INTRA)
+
+
+def test_dynamic_positions_take_either_ranking(archives):
     src = [source("atomic", archives["atomic"])]
     recsysllm = {"datasets": ["ml-100k"]}
-    with pytest.raises(RecpipeError, match="recsysllm.dynamic_positions: beam search does not take intra positions"):
-        params.parse(params_dict(src, recsysllm=recsysllm, p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}}))
-    ok = {"datasets": ["ml-100k"], "train": {"init": "pretrained"}, "sequential_ranking": "likelihood"}
-    assert params.parse(params_dict(src, recsysllm=recsysllm, p5=ok)).intra_positions("pretrained")
-    off = params.parse(params_dict(src, recsysllm={**recsysllm, "dynamic_positions": False}, p5={**ok, "sequential_ranking": "beam"}))
-    assert not off.intra_positions("pretrained") and not off.intra_positions("base")
+    on = params.parse(params_dict(src, recsysllm=recsysllm, p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}, "sequential_ranking": "beam"}))
+    assert on.intra_positions("pretrained") and not on.intra_positions("base")
+    off = params.parse(params_dict(src, recsysllm={**recsysllm, "dynamic_positions": False}, p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}}))
+    assert not off.intra_positions("pretrained")
     assert not params.parse(params_dict(src, recsysllm={**recsysllm, "positions_2d": False})).intra_positions("pretrained")

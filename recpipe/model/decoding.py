@@ -215,7 +215,7 @@ def prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> Dy
 @torch.no_grad()
 def constrained_beams(
     model, tokenizer, prompts: list[str], trie: ItemTrie | list[ItemTrie], beams: int = 20, batch_size: int = 4, desc: str = "rank",
-    share_prompt: bool = True,
+    share_prompt: bool = True, positions=None,
 ) -> list[list[list[int]]]:  # fmt: skip
     """Beam search that may only write item names. For each prompt, in the order given, what each
     of its `beams` returned sequences names, best first: item ids, or [] for a sequence naming none.
@@ -223,11 +223,15 @@ def constrained_beams(
     `trie` is one ItemTrie for every prompt, or a list with one per prompt (a direct prompt ranks
     only its own candidates). Prompts are batched by token length and left-padded. share_prompt:
     run each prompt through the model once, not once per beam (prompt_cache); False is
-    generate()'s own way, kept for the benchmark and the test that both agree."""
+    generate()'s own way, kept for the benchmark and the test that both agree. positions
+    (recpipe.recsysllm.positions.Positions): add intra positions, one prompt at a time
+    (written_out_beams)."""
     tries = trie if isinstance(trie, list) else [trie] * len(prompts)
     if len(tries) != len(prompts):
         raise RecpipeError(f"{len(tries)} tries for {len(prompts)} prompts: give one trie, or one per prompt")
     model.eval()
+    if positions is not None:
+        return [written_out_beams(model, tokenizer, p, t, beams, positions) for p, t in zip(tqdm(prompts, desc=desc, unit="prompt", file=sys.stderr), tries)]
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
     named: list[list[list[int]]] = [[] for _ in prompts]
@@ -258,6 +262,57 @@ def constrained_beams(
                 stop = seq.index(end) + 1 if end in seq else len(seq)
                 named[i].append(tries[i].items(tuple(seq[:stop])))
     return named
+
+
+@torch.no_grad()
+def written_out_beams(model, tokenizer, prompt: str, trie: ItemTrie, beams: int, positions=None) -> list[list[int]]:
+    """constrained_beams for one prompt, with transformers' beam search written out so that each
+    beam can carry intra positions (recsysllm.dynamic_positions), which generate() cannot feed:
+    after each token the trie of entities decides the next one's intra id, as in `generate`.
+
+    The search is generate()'s with num_beams = beams, length penalty 1 and early_stopping False:
+    each step keeps the 2 x beams best continuations of the running beams by summed
+    log-probability; an EOS among the first `beams` of them finishes a sequence, scored by its mean
+    log-probability per written token; the best `beams` others run on; the search stops when the
+    best running beam's sum over the tokens written so far cannot beat the worst of `beams`
+    finished sequences, or when the longest item is written. Log-probabilities are float32."""
+    device = next(model.parameters()).device
+    intra = positions.embedding if positions is not None else None
+    end, head = trie.end, output_layer(model)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    past = ids.shape[1] - 1
+    prompt_intra, state = positions.run(ids[0].tolist()) if intra is not None else ([0] * ids.shape[1], None)
+    cache = PrefixCache(model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra).rows(1) or DynamicCache()
+    running = [((), 0.0, state)]  # (written tokens, summed log-probability, intra state)
+    inputs, intra_ids = [int(ids[0, -1])], [prompt_intra[-1]]  # each running beam's next input token
+    finished: list[tuple[float, tuple[int, ...]]] = []
+    for step in range(trie.max_len):
+        x = torch.tensor(inputs, device=device)[:, None]
+        at = torch.full_like(x, past + step)
+        logits = float32_logits(model, head=head, **model_inputs(model, x, torch.tensor(intra_ids)[:, None], intra), position_ids=at, cache=cache, use_cache=True)
+        logp = logits[:, -1].log_softmax(-1)
+        scored = []
+        for b, (written, total, _) in enumerate(running):
+            allowed = trie.next_tokens(written) or [end]
+            scored += [(total + lp, b, token) for token, lp in zip(allowed, logp[b, allowed].tolist())]
+        scored = sorted(scored, key=lambda s: -s[0])[: 2 * beams]
+        last = step + 1 == trie.max_len
+        going = []
+        for rank, (total, b, token) in enumerate(scored):
+            written = running[b][0] + (token,)
+            if token == end or last:
+                if rank < beams:
+                    finished.append((total / (step + 1), written))
+            elif len(going) < beams:
+                going.append((b, token, total))
+        finished = sorted(finished, key=lambda f: -f[0])[:beams]
+        if not going or (len(finished) == beams and going[0][2] / (step + 1) <= finished[-1][0]):
+            break
+        cache.reorder_cache(torch.tensor([b for b, _, _ in going], device=device))
+        running = [(running[b][0] + (token,), total, positions.run([token], running[b][2])[1] if intra is not None else None) for b, token, total in going]
+        inputs = [token for _, token, _ in going]
+        intra_ids = [s[1] for _, _, s in running] if intra is not None else [0] * len(going)
+    return [trie.items(written) for _, written in finished] + [[] for _ in range(beams - len(finished))]
 
 
 def candidate_block_mask(past: int, lengths: list[int], dtype: torch.dtype, device) -> torch.Tensor:

@@ -79,7 +79,7 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     wide, p5.eval_batch_size prompts at once) on them too. p5.sequential_ranking: "beam" searches
     all items for rows without a list; "likelihood" scores every item outside the user's history
     (exact, and about 1,600 candidates a prompt on ML-100K). positions: intra positions
-    (recpipe.recsysllm.positions.Positions), which likelihood ranking takes and beam search does not."""
+    (recpipe.recsysllm.positions.Positions), added by both ways of ranking."""
     k = p5.top_k
     missing = {i for c in rows["candidates"].drop_nulls().to_list() for i in c} - set(names)
     if missing:
@@ -91,8 +91,6 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     listed = rows["candidates"].to_list()
     scored = [i for i, c in enumerate(listed) if (p5.direct_ranking if c is not None else p5.sequential_ranking) == "likelihood"]
     searched = sorted(set(range(rows.height)) - set(scored))
-    if searched and positions is not None:
-        raise RecpipeError("recsysllm.dynamic_positions: beam search does not take intra positions; set p5.direct_ranking and p5.sequential_ranking to likelihood")
     ranked: list[list[int]] = [[] for _ in range(rows.height)]
     validity = [1.0] * rows.height
     if scored:
@@ -104,7 +102,7 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     if searched:
         part = rows[searched]
         tries = [t.without(exclude[i]) for t, i in zip(_tries(part, names, tokenizer), searched, strict=True)]
-        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), tries, p5.beams, p5.eval_batch_size)
+        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), tries, p5.beams, p5.eval_batch_size, positions=positions)
         for i, n in zip(searched, named):
             ranked[i] = top_items(n, k, exclude[i])
             validity[i] = sum(map(bool, n)) / len(n)
