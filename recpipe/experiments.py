@@ -44,15 +44,16 @@ def get_path(data, path: tuple):
 def records(exp_show: list) -> list[dict]:
     """`dvc exp show --json` as one record per committed baseline and experiment: {name, timestamp,
     params (params.yaml's, flattened), metrics ({file: data})}. The workspace row is left out: it
-    is either a committed run again or uncommitted work."""
+    is either a committed run again or uncommitted work. An experiment still queued or running, or
+    one that failed, gets no metrics: the files DVC shows for it are its baseline commit's."""
     if not isinstance(exp_show, list) or not all(isinstance(row, dict) and "rev" in row for row in exp_show):
         raise RecpipeError(f"dvc exp show --json: expected a list of revisions, each with a 'rev', got {type(exp_show).__name__}")
     out = []
 
-    def add(row: dict, name: str) -> None:
+    def add(row: dict, name: str, finished: bool = True) -> None:
         data = row.get("data") or {}
         params = get_path(data, ("params", PARAMS_FILE, "data")) or {}
-        metrics = {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)}
+        metrics = {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)} if finished else {}
         out.append({"name": name, "timestamp": data.get("timestamp"), "params": flatten(params), "metrics": metrics})
 
     for baseline in exp_show:
@@ -60,8 +61,9 @@ def records(exp_show: list) -> list[dict]:
             continue
         add(baseline, baseline.get("name") or baseline["rev"][:7])
         for exp in baseline.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")  # no executor: a finished experiment kept in git
             for row in exp.get("revs") or []:
-                add(row, row.get("name") or exp.get("name") or str(row.get("rev", "?"))[:7])
+                add(row, row.get("name") or exp.get("name") or str(row.get("rev", "?"))[:7], state in (None, "success"))
     return out
 
 

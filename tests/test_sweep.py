@@ -24,10 +24,16 @@ def row(name, seed, k, split="temporal", auc=None, prior=0.79, timestamp="2026-0
     return {"rev": f"{name}-rev", "name": name, "data": data, "error": None, "experiments": None}
 
 
-def exp_show(baseline, *exps):
-    """The JSON shape: the workspace, then each baseline commit with its experiments."""
+def exp_show(baseline, *exps, states=None):
+    """The JSON shape: the workspace, then each baseline commit with its experiments (`states`: an
+    executor state per experiment name; none for a finished one kept in git)."""
     workspace = {**row("workspace", 9, 64, auc=0.99), "rev": "workspace", "name": None}
-    return [workspace, {**baseline, "experiments": [{"revs": [e], "executor": None, "name": e["name"]} for e in exps]}]
+    states = states or {}
+
+    def executor(name):
+        return None if name not in states else {"state": states[name], "name": "dvc-task", "local": {"root": None, "returncode": None}}
+
+    return [workspace, {**baseline, "experiments": [{"revs": [e], "executor": executor(e["name"]), "name": e["name"]} for e in exps]}]
 
 
 def test_records_flatten_the_params_and_skip_the_workspace():
@@ -35,6 +41,16 @@ def test_records_flatten_the_params_and_skip_the_workspace():
     assert [r["name"] for r in recs] == ["main", "a"]  # the workspace's 0.99 is not a run of its own
     assert recs[1]["params"]["sample.k"] == 16 and recs[1]["params"]["instructions.split"] == "temporal"
     assert recs[1]["metrics"]["reports/tuned.json"]["auc"] == 0.55
+
+
+def test_unfinished_experiments_have_no_metrics():
+    """DVC shows a running experiment with its baseline's metric files: they are not its own."""
+    exps = [row("done", 1, 16, auc=0.55), row("queued", 2, 16, auc=0.6), row("running", 3, 16, auc=0.6), row("failed", 4, 16, auc=0.6), row("kept", 5, 16, auc=0.52)]
+    states = {"done": "success", "queued": "queued", "running": "running", "failed": "failed"}
+    recs = {r["name"]: r for r in records(exp_show(row("main", 0, 64, auc=0.6), *exps, states=states))}
+    assert [n for n, r in recs.items() if r["metrics"]] == ["main", "done", "kept"]
+    sweep = aggregate(list(recs.values()), flatten(BASE))
+    assert sweep.table["temporal"][16]["seeds"] == [1, 5]
 
 
 def test_aggregate_mean_sd_seeds_per_split_and_k():
