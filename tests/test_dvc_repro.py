@@ -67,6 +67,13 @@ def test_dvc_repro_tiny(archives, tmp_path):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "report"}, out
     assert "auc" in run([*DVC, "metrics", "show"], tmp_path).stdout
+    # The untuned evaluation, whose outputs are all cached, comes back from DVC's run cache when its
+    # inputs do (as in every experiment of a sweep); a stage with an uncached output would rerun.
+    for batch_size in (4, 8):
+        params["evaluate"]["batch_size"] = batch_size
+        write(params, tmp_path)
+        out = run([*DVC, "repro"], tmp_path).stdout
+    assert "Stage 'evaluate_base' is cached - skipping run" in out, out
     # Adding a dataset is a params change: its own data stages run (foreach); instructions and the
     # report, which can read any prepared dataset (evaluate.dataset), run with the same result.
     params["registry"]["bookcrossing"] = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
