@@ -239,6 +239,7 @@ class P5Params(Strict):
     k: int | None = Field(10219, ge=1, description="Training samples over the families, by weight (10,219 takes all 9,230 trainable sequential windows on ML-100K); null: every training sample.")
     valid_size: int = Field(100, ge=1, description="Validation samples over all families, for the validation loss.")
     test_cases: int | None = Field(100, ge=1, description="Test cases per family, each asked with a seen and an unseen template; null: all.")
+    evaluate_split: Literal["test", "valid"] = Field("test", description="What p5_evaluate scores: test, the test cases (seen and unseen templates); valid, the valid_size validation samples (seen templates), to choose settings such as indexing without reading the test split.")
     beams: int = Field(20, ge=1, description="Beam width of the trie-constrained item searches (the user's history is excluded inside the search); at least top_k.")
     top_k: int = Field(10, ge=1, description="Length of the ranked lists that HR@k and NDCG@k are computed on.")
     max_new_tokens: int = Field(32, ge=1, description="Longest generated answer in tokens (rating, yes/no and text answers).")

@@ -213,7 +213,7 @@ def p5_evaluate(p: Params, dataset: str) -> None:
     model, tokenizer = scoring_model(p, f"{P5_DATA}/{dataset}/adapter", start(p.p5.train.init, dataset))
     d = p.registry[dataset]
     evaluate_p5(
-        f"{P5_DATA}/{dataset}/shots/test.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
+        f"{P5_DATA}/{dataset}/shots/{p.p5.evaluate_split}.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
         f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
         with_positions(intra_positions(p, p.p5.train.init, dataset), model, tokenizer),
     )  # fmt: skip
@@ -239,8 +239,11 @@ def p5_report(p: Params, dataset: str) -> None:
 
     summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
-    predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
-    write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions, p.p5.indexing)
+    if p.p5.evaluate_split == "test":
+        predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
+        write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions, p.p5.indexing)
+    else:  # the baselines score the test cases: nothing to set beside validation figures
+        write_p5_report(dataset, f"{out}/families", None, f"{out}/report.md", summary, None, p.p5.indexing, p.p5.evaluate_split)
 
 
 # RecSysLLM's masked pretraining (opt-in: one stage per dataset in recsysllm.datasets).

@@ -161,6 +161,29 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
     assert family_metrics(predictions, (1, 5), ks=(1, 5)) == metrics  # the saved frame gives the same numbers
 
 
+def test_validation_split_is_scored_with_its_own_history(amazon, tiny, tmp_path):  # noqa: F811
+    """p5.evaluate_split valid: the validation rows alone, seen templates; each ranking excludes the
+    items rated before the validation item, not the item itself."""
+    inter, items, _ = amazon
+    samples = make(amazon, ["rating", "sequential", "direct"])
+    valid = samples.filter(pl.col("split") == "valid").group_by("family", maintain_order=True).head(4).select(samples.columns)
+    pl.concat([valid, samples.filter(pl.col("split") == "test").head(6)]).write_parquet(tmp_path / "shots.parquet")
+    inter.write_parquet(tmp_path / "interactions.parquet")
+    pl.DataFrame({"item_id": items["item_id"], "name": items["name"]}).write_parquet(tmp_path / "names.parquet")
+    model, tok = load(str(tiny))
+    p5 = P5Params(beams=6, top_k=5, eval_batch_size=4, evaluate_split="valid")
+    metrics = evaluate_p5(*(tmp_path / f for f in ("shots.parquet", "names.parquet", "interactions.parquet", "eval", "families")), model, tok, p5, (1, 5))
+    assert set(metrics) == {"rating", "sequential", "direct"}
+    for family, groups in metrics.items():
+        assert groups["seen"]["n"] == valid.filter(pl.col("family") == family).height > 0 and groups["unseen"] == {"n": 0}
+    predictions = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    assert predictions.height == valid.height  # the test rows in the same file are not scored
+    before, target = loo_histories(inter, "valid")
+    for row in predictions.filter(pl.col("kind") == "item").iter_rows(named=True):
+        assert row["item_id"] == target[row["user_id"]] not in before[row["user_id"]] and len(row["ranked"]) == 5
+        assert not set(row["ranked"]) & set(before[row["user_id"]])
+
+
 def test_direct_candidates_ranked_by_likelihood_or_by_beams(amazon, tiny):  # noqa: F811
     from recpipe.model.decoding import likelihood_ranking
     from recpipe.p5.evaluate import rank

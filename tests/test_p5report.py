@@ -231,3 +231,10 @@ def test_openp5_indexings_sit_beside_this_runs_sequential_figures():
     assert "this run writes items as `p5.indexing` says" in text.lower()
     assert "## Item indexing" not in p5_tables("amazon-beauty", OURS, BASELINES, load_references())  # OpenP5 rows are ML-100K's
     assert "## Item indexing" not in p5_tables("ml-100k", {"rating": OURS["rating"]}, None, load_references())  # no sequential figures
+
+
+def test_validation_figures_say_so():
+    text = p5_tables("ml-100k", {"sequential": {"seen": OURS["sequential"]["seen"], "unseen": {"n": 0}}}, None, load_references(), split="valid")
+    assert "Validation samples n (seen / unseen prompts): sequential 300 / 0." in text and "Test cases n" not in text
+    assert "p5.evaluate_split: valid" in text and "| SASRec |" not in text
+    assert "p5.evaluate_split" not in p5_tables("ml-100k", OURS, BASELINES, load_references())

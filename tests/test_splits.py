@@ -3,7 +3,9 @@ built on it, on a handmade log whose same-second ratings are in a different orde
 ids. The expected orders and splits are written out by hand."""
 
 import polars as pl
+import pytest
 
+from recpipe import RecpipeError
 from recpipe.data.splits import leave_one_out, loo_histories, split, user_histories
 from recpipe.tallrec.instructions import candidate_samples
 
@@ -41,6 +43,10 @@ def test_leave_one_out_tests_the_last_rating_in_file_order():
     }  # fmt: skip
     history, target = loo_histories(log())
     assert target == {1: 13, 2: 14} and history == {1: [10, 15, 12], 2: [11, 16]}
+    history, target = loo_histories(log(), "valid")  # the one before: its history stops before it
+    assert target == {1: 12, 2: 16} and history == {1: [10, 15], 2: [11]}
+    with pytest.raises(RecpipeError, match="held-out split 'train'"):
+        loo_histories(log(), "train")
 
 
 def test_paper_split_is_tallrecs_user_order_then_time():

@@ -91,17 +91,20 @@ def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def loo_histories(interactions: pl.DataFrame) -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Per user with a leave-one-out test case (2+ rated items): the history (every rated item
-    before the test item, in order) and the test item. The LLM's rankings and the baselines both
-    exclude this history."""
+def loo_histories(interactions: pl.DataFrame, held: str = "test") -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Per user with a leave-one-out `held` case ("test": the last rated item, 2+ rated items;
+    "valid": the one before it): the history (every rated item before that case's item, in order)
+    and that item. The LLM's rankings and the baselines both exclude this history."""
+    if held not in ("test", "valid"):
+        raise RecpipeError(f"leave-one-out: no held-out split {held!r} (test or valid)")
     missing = {"user_id", "item_id", "rating", *CHRONO_KEY} - set(interactions.columns)
     if missing:
         raise RecpipeError(f"the interactions table lacks the columns {sorted(missing)}")
     loo = leave_one_out(interactions.filter(pl.col("rating").is_not_null()))
-    history = dict(loo.filter(pl.col("split") != "test").group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
-    target = dict(loo.filter(pl.col("split") == "test", pl.col("n") >= 2).select("user_id", "item_id").iter_rows())
-    return {u: history[u] for u in target}, target
+    before = pl.col("split") != "test" if held == "test" else pl.col("split") == "train"
+    history = dict(loo.filter(before).group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
+    target = dict(loo.filter(pl.col("split") == held, pl.col("n") >= 2).select("user_id", "item_id").iter_rows())
+    return {u: history.get(u, []) for u in target}, target
 
 
 def draw(pool: pl.DataFrame, n: int, seed: int, what: str, key: str | list[str] = "sample_id") -> pl.DataFrame:

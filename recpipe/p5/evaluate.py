@@ -117,12 +117,13 @@ COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target",
 
 
 def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None) -> pl.DataFrame:
-    """Every test row's answer: COLUMNS, in the rows' order. `ranked` and `validity` are set for
-    item rows only; `prediction` is the generated text (for item rows, the top item's name)."""
+    """Every row's answer (the rows of split p5.evaluate_split where the frame has a split column):
+    COLUMNS, in the rows' order. `ranked` and `validity` are set for item rows only; `prediction`
+    is the generated text (for item rows, the top item's name)."""
     if "split" in test.columns:
-        test = test.filter(pl.col("split") == "test")
+        test = test.filter(pl.col("split") == p5.evaluate_split)
     if test.is_empty():
-        raise RecpipeError("p5eval: no test rows to score")
+        raise RecpipeError(f"p5eval: no {p5.evaluate_split} rows to score")
     odd = set(test["kind"]) - set(KINDS.values())
     if odd:
         raise RecpipeError(f"p5eval: unknown kinds {sorted(odd)} (known: {sorted(set(KINDS.values()))})")
@@ -205,11 +206,13 @@ def evaluate_p5(
     positions=None,
 ) -> dict:  # fmt: skip
     """The p5_evaluate stage: eval_dir/predictions.parquet (predict's frame) and one
-    metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}. positions: intra
-    positions (recpipe.recsysllm.positions.Positions) or None."""
+    metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}, of the rows of
+    split p5.evaluate_split (validation rows have seen templates only: their "unseen" has n 0).
+    Rankings exclude the items the user rated before that split's leave-one-out item. positions:
+    intra positions (recpipe.recsysllm.positions.Positions) or None."""
     names_frame = pl.read_parquet(names_path)
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
-    history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path))[0].items()}
+    history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path), p5.evaluate_split)[0].items()}
     with atomic_dir(eval_dir) as tmp:
         metrics = evaluate_families(pl.read_parquet(test_path), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet", positions)
     with atomic_dir(metrics_dir) as tmp:

@@ -73,7 +73,7 @@ def _ranking_cases(group: dict | None) -> float:
     return math.inf if _missing(n) else n
 
 
-def _protocol(ours: dict, users, sampled=None) -> list[str]:
+def _protocol(ours: dict, users, sampled=None, split: str = "test") -> list[str]:
     counts = []
     for family in COLUMNS:
         if family in ours:
@@ -88,8 +88,13 @@ def _protocol(ours: dict, users, sampled=None) -> list[str]:
             "Where a family's n is below its number of test cases, the cases scored are a subsample."
         ),
         "",
-        f"Test cases n (seen / unseen prompts): {'; '.join(counts) if counts else DASH}.",
+        f"{'Test cases' if split == 'test' else 'Validation samples'} n (seen / unseen prompts): {'; '.join(counts) if counts else DASH}.",
     ]
+    if split == "valid":
+        lines.append(
+            "These are validation figures (p5.evaluate_split: valid): the held-out samples that choose settings, asked with "
+            "seen templates only. The baselines are scored on the test cases, so none is shown beside them."
+        )
     # The baselines rank every user's leave-one-out case, or the same sample the LLM was asked.
     ranked = [f for f in ("sequential", "direct") if f in ours]
     if isinstance(sampled, int) and isinstance(users, int) and ranked:
@@ -255,17 +260,20 @@ def _openp5_section(dataset: str, mine: dict | None, indexing: str, references: 
     ]
 
 
-def p5_tables(dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None, indexing: str = "names") -> str:
+def p5_tables(
+    dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None, indexing: str = "names", split: str = "test",
+) -> str:  # fmt: skip
     """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}}),
     with paired_tests' line for that family under it when given, and OpenP5's item indexings beside
-    the sequential figures of this run's `indexing` where OpenP5 reports the dataset."""
+    the sequential figures of this run's `indexing` where OpenP5 reports the dataset. split: which
+    held-out split `ours` scored (p5.evaluate_split)."""
     unknown = [f for f in ours if f not in COLUMNS]
     if unknown:
         raise RecpipeError(f"p5 report: unknown task families {unknown} (known: {list(COLUMNS)})")
     if baselines is not None and not isinstance(baselines, dict):
         raise RecpipeError(f"p5 report: baselines must map a baseline name to its per-family metrics, got {type(baselines).__name__}")
     paper = (references.get("datasets") or {}).get(dataset)
-    lines = [*_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases")), "", _paper_note(dataset, paper, references), ""]
+    lines = [*_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases"), split), "", _paper_note(dataset, paper, references), ""]
     for family in COLUMNS:
         if family in ours:
             lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references, (paired or {}).get(family))
@@ -291,11 +299,13 @@ def read_ours(path: str | Path) -> dict:
     return {family: _check_family(f"{path}: {family}", m) for family, m in read_mapping(path, "p5_evaluate").items()}
 
 
-def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None, indexing: str = "names") -> str:
+def write_p5_report(
+    dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None, indexing: str = "names", split: str = "test",
+) -> str:  # fmt: skip
     """Read our per-family metrics and the baselines' (baselines_path may be None), write the markdown
     report to out_path and return it. predictions: {"recpipe": p5_evaluate's predictions.parquet,
-    "baselines": the baselines stage's}, for the paired tests (None: none); indexing: the run's
-    p5.indexing. Atomic: on any error an old report stays as it was and no temporary file is left."""
+    "baselines": the baselines stage's}, for the paired tests (None: none); indexing and split: the
+    run's p5.indexing and p5.evaluate_split. Atomic: on any error an old report stays as it was and no temporary file is left."""
     import polars as pl
 
     ours = read_ours(ours_path_or_dir)
@@ -309,7 +319,7 @@ def write_p5_report(dataset, ours_path_or_dir, baselines_path, out_path, params_
     text = "\n".join([
         f"# recpipe P5 report: {dataset}",
         "",
-        p5_tables(dataset, ours, baselines, load_references(), paired, indexing),
+        p5_tables(dataset, ours, baselines, load_references(), paired, indexing, split),
         *params_section(params_summary),
     ])
     out = Path(out_path)
