@@ -239,11 +239,12 @@ def p5_report(p: Params, dataset: str) -> None:
 
     summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = f"{P5_REPORTS}/{dataset}"
-    if p.p5.evaluate_split == "test":
-        predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
-        write_p5_report(dataset, f"{out}/families", f"{out}/baselines.json", f"{out}/report.md", summary, predictions, p.p5.indexing)
-    else:  # the baselines score the test cases: nothing to set beside validation figures
-        write_p5_report(dataset, f"{out}/families", None, f"{out}/report.md", summary, None, p.p5.indexing, p.p5.evaluate_split)
+    test = p.p5.evaluate_split == "test"  # the baselines score the test cases: nothing to set beside validation figures
+    predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
+    write_p5_report(
+        dataset, f"{out}/families", f"{out}/baselines.json" if test else None, f"{out}/report.md", summary, predictions if test else None,
+        p.p5.indexing, p.p5.evaluate_split,
+    )  # fmt: skip
 
 
 # RecSysLLM's masked pretraining (opt-in: one stage per dataset in recsysllm.datasets).
