@@ -237,7 +237,7 @@ class P5Params(Strict):
     sequential_ranking: Literal["likelihood", "beam"] = Field("beam", description="How sequential prompts are ranked: beam: trie-constrained beam search over every item; likelihood scores every item outside the user's history (exact, about 1,600 names a prompt on ML-100K).")
     weights: dict[Family, float] = Field({"rating": 1, "sequential": 28, "explanation": 1, "review": 1, "direct": 2}, description="The training mixture: k samples over the families in proportion to these weights (>= 0; a family left out weighs 0).")
     k: int | None = Field(10219, ge=1, description="Training samples over the families, by weight (10,219 takes all 9,230 trainable sequential windows on ML-100K); null: every training sample.")
-    valid_size: int = Field(100, ge=1, description="Validation samples over all families, for the validation loss.")
+    valid_size: int = Field(100, ge=1, description="Validation samples over all families: the validation loss, and the cases p5_evaluate scores with evaluate_split: valid.")
     test_cases: int | None = Field(100, ge=1, description="Test cases per family, each asked with a seen and an unseen template; null: all.")
     evaluate_split: Literal["test", "valid"] = Field("test", description="What p5_evaluate scores: test, the test cases (seen and unseen templates); valid, the valid_size validation samples (seen templates), to choose settings such as indexing without reading the test split.")
     beams: int = Field(20, ge=1, description="Beam width of the trie-constrained item searches (the user's history is excluded inside the search); at least top_k.")

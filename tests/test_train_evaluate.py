@@ -185,7 +185,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
             ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
             TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32", save_steps=2), seed=0, live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / f"ckpt-{name}",
         )  # fmt: skip
-        return load_file(tmp_path / name / "adapter_model.safetensors")
+        return load_file(tmp_path / name / "adapter_model.safetensors"), json.loads((tmp_path / f"{name}.json").read_text())
 
     def stopping_trainer():
         class Stopping(real_trainer()):
@@ -196,7 +196,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
 
         return Stopping
 
-    unbroken = run("unbroken")
+    unbroken, unbroken_metrics = run("unbroken")
     monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", stopping_trainer)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
@@ -208,10 +208,13 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
     shutil.copy(saved[0] / "adapter_model.safetensors", partial)
     monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", real_trainer)
     with caplog.at_level("INFO", logger="recpipe"):
-        resumed = run("resumed")
+        resumed, resumed_metrics = run("resumed")
     assert "checkpoint-4 was not written to the end" in caplog.text
     assert "resuming from" in caplog.text and "checkpoint-2, step 2" in caplog.text
     assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)
+    # The loss reported is over every step, the two before the stop included.
+    assert resumed_metrics["steps"] == unbroken_metrics["steps"] > 2
+    assert resumed_metrics["train_loss"] == pytest.approx(unbroken_metrics["train_loss"], abs=1e-4)
 
 
 REPEAT = """

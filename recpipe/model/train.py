@@ -446,7 +446,11 @@ def train(
         validation = {validator.metric: state.best_metric, "best_step": state.best_global_step}
     else:
         validation = {**validator(model, tokenizer, valid), "best_step": state.global_step}
-    metrics = {"train_loss": round(result.training_loss, 5), **validation, "steps": state.global_step}
+    # The mean over every step: result.training_loss covers only the steps this process ran, and a
+    # resumed run has the earlier steps' losses in the trainer state it restored.
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    train_loss = sum(losses) / len(losses) if losses else result.training_loss
+    metrics = {"train_loss": round(train_loss, 5), **validation, "steps": state.global_step}
     run = {"train_seconds": round(seconds, 1), "train_tokens_per_second": round(tokens / seconds, 1), "dtype": str(dtype).removeprefix("torch.")}
     # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save
     # needs them all), but only the first process writes files.
