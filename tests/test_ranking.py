@@ -122,6 +122,32 @@ def test_likelihood_ranking_scores_every_candidate_exactly(tiny, built):  # noqa
         assert got == sorted(cands, key=lambda i: (-round(mean_log_prob(prompt, i), 5), i))
 
 
+def test_expected_ratings_are_the_mean_under_each_whole_ratings_probability(tiny, built):  # noqa: F811
+    """The mean rating equals a naive computation: each rating's text and EOS after the whole
+    prompt, no cache, its summed log-probability, normalised over the scale."""
+    import torch
+
+    from recpipe.model.decoding import expected_ratings
+
+    model, tok = load(str(tiny))
+    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (200, 60, 30, 1))]
+    scale = [1.0, 2.0, 3.0, 4.0, 5.0]
+    got = expected_ratings(model, tok, prompts, scale)
+
+    def naive(prompt: str) -> float:
+        p = tok(prompt).input_ids
+        logps = []
+        for r in scale:
+            a = name_tokens(tok, f"{r:g}") + [tok.eos_token_id]
+            with torch.no_grad():
+                logp = model(torch.tensor([p + a])).logits[0, len(p) - 1 : -1].double().log_softmax(-1)
+            logps.append(logp.gather(-1, torch.tensor(a)[:, None]).sum())
+        return float((torch.stack(logps).softmax(0) * torch.tensor(scale, dtype=torch.float64)).sum())
+
+    assert got == pytest.approx([naive(p) for p in prompts], abs=1e-4)
+    assert all(1 <= g <= 5 for g in got) and len({round(g, 6) for g in got}) == len(got)  # a mean, not one rating for every prompt
+
+
 def test_prefix_cache_hands_out_copies_that_leave_the_prefix_as_it_was(tiny, built):  # noqa: F811
     """Each pass appends to the cache it is given: the prefix's own keys and values stay as
     computed, so a second pass over the same rows gives the same logits as the first."""

@@ -328,14 +328,42 @@ def candidate_block_mask(past: int, lengths: list[int], dtype: torch.dtype, devi
     return mask[None, None]
 
 
-@torch.no_grad()
 def likelihood_ranking(
     model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates",
     positions=None,
 ) -> list[list[int]]:  # fmt: skip
     """Each prompt's candidates, best first, by the mean log-probability per token of writing the
     candidate's name and then EOS after the prompt: the score beam search ranks finished items by,
-    computed for every candidate instead of those the beams kept (ties: lower item id first).
+    computed for every candidate instead of those the beams kept (ties: lower item id first)."""
+    ranked = []
+    for cands, logps in zip(candidates, candidate_logprobs(model, tokenizer, prompts, candidates, names, chunk, desc, positions), strict=True):
+        scores = [tokens.mean().item() for tokens in logps]
+        ranked.append([c for _, c in sorted(zip(scores, cands), key=lambda sc: (-sc[0], sc[1]))])
+    return ranked
+
+
+def expected_ratings(model, tokenizer, prompts: list[str], ratings: list[float], positions=None) -> list[float]:
+    """Each prompt's rating as the mean of `ratings` under the model: the probability of writing
+    each rating (its text as the families write it, then EOS) after the prompt, normalised over
+    `ratings`. Greedy text writes the most likely rating only, and a lightly tuned model writes
+    the same one for every prompt; the mean keeps what the model knows about the others."""
+    texts = {i: f"{r:g}" for i, r in enumerate(ratings)}
+    keys = list(texts)
+    values = torch.tensor(ratings, dtype=torch.float64)
+    out = []
+    for logps in candidate_logprobs(model, tokenizer, prompts, [keys] * len(prompts), texts, desc="score ratings", positions=positions):
+        weights = torch.stack([tokens.double().sum() for tokens in logps]).softmax(0)
+        out.append(float((weights * values).sum()))
+    return out
+
+
+@torch.no_grad()
+def candidate_logprobs(
+    model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates",
+    positions=None,
+) -> list[list[torch.Tensor]]:  # fmt: skip
+    """Per prompt, per candidate: the float32 log-probabilities of each token of the candidate's
+    name and then EOS, written after the prompt.
 
     The prompt runs through the model once. Then `chunk` candidates at a time are laid end to end
     in one row after it, each numbered from the prompt's end and masked from the others
@@ -352,7 +380,7 @@ def likelihood_ranking(
     end = tokenizer.eos_token_id
     head = output_layer(model)  # float32, once
     tokens: dict[int, list[int]] = {}
-    ranked = []
+    out = []
     for prompt, cands in tqdm(list(zip(prompts, candidates, strict=True)), desc=desc, unit="prompt", file=sys.stderr):
         for c in cands:
             if c not in tokens:
@@ -363,7 +391,7 @@ def likelihood_ranking(
         if intra is not None:
             prompt_intra, state = positions.run(ids[0].tolist())
         prefix = PrefixCache(model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra)
-        scores: list[float] = []
+        scores: list[torch.Tensor] = []
         for start in range(0, len(cands), chunk):
             # Each candidate: the prompt's last token, then the name and EOS it must predict.
             seqs = [[int(ids[0, -1])] + tokens[c] for c in cands[start : start + chunk]]
@@ -384,10 +412,10 @@ def likelihood_ranking(
             offset = 0
             for q in seqs:
                 picked = logp[offset : offset + len(q) - 1].gather(-1, torch.tensor(q[1:], device=device)[:, None])
-                scores.append(picked.mean().item())
+                scores.append(picked[:, 0].cpu())
                 offset += len(q) - 1
-        ranked.append([c for _, c in sorted(zip(scores, cands), key=lambda sc: (-sc[0], sc[1]))])
-    return ranked
+        out.append(scores)
+    return out
 
 
 def top_items(named: list[list[int]], k: int, exclude: set[int] | None = None) -> list[int]:

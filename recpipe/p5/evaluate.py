@@ -2,7 +2,10 @@
 templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
 
     kind     how the answer is produced                  metrics (names in the result)
-    rating   greedy text, first number (parse_rating)    rmse, mae, clamped, unparsable, unparsable_rate
+    rating   the mean rating under the model's           rmse, mae, clamped, unparsable, unparsable_rate
+             probabilities of writing each whole rating
+             in the range (rating_scoring="expected"),
+             or greedy text, first number (parse_rating)
     yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
     item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity,
              every candidate scored: a direct prompt's   short_lists
@@ -27,6 +30,7 @@ predict (answers, one row per prompt) and family_metrics (from those rows) are t
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from recpipe.metrics import (
 from recpipe.model.decoding import (
     ItemTrie,
     constrained_beams,
+    expected_ratings,
     generate,
     likelihood_ranking,
     top_items,
@@ -116,10 +121,14 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
 COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target", "prediction", "ranked", "validity"]
 
 
-def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None) -> pl.DataFrame:
+def predict(
+    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None,
+    rating_range: tuple[float, float] | None = None,
+) -> pl.DataFrame:  # fmt: skip
     """Every row's answer (the rows of split p5.evaluate_split where the frame has a split column):
     COLUMNS, in the rows' order. `ranked` and `validity` are set for item rows only; `prediction`
-    is the generated text (for item rows, the top item's name)."""
+    is the generated text (for item rows, the top item's name; for rating rows with
+    p5.rating_scoring "expected", the mean rating over the whole ratings of rating_range)."""
     if "split" in test.columns:
         test = test.filter(pl.col("split") == p5.evaluate_split)
     if test.is_empty():
@@ -131,8 +140,16 @@ def predict(test: pl.DataFrame, model, tokenizer, names: dict[int, str], history
         test = test.with_columns(candidates=pl.lit(None, pl.List(pl.Int64)))
     test = test.with_row_index("_row")
     items = test.filter(pl.col("kind") == "item")
-    texts = test.filter(pl.col("kind") != "item")
+    by_mean = (pl.col("kind") == "rating") & pl.lit(p5.rating_scoring == "expected")
+    ratings = test.filter(by_mean)
+    texts = test.filter((pl.col("kind") != "item") & ~by_mean)
     parts = []
+    if ratings.height:
+        if rating_range is None:
+            raise RecpipeError("p5eval: rating_scoring expected needs the dataset's rating range")
+        scale = [float(r) for r in range(math.ceil(rating_range[0]), math.floor(rating_range[1]) + 1)]
+        means = expected_ratings(model, tokenizer, ratings["prompt"].to_list(), scale, positions=positions)
+        parts.append(ratings.with_columns(prediction=pl.Series([f"{m:.4f}" for m in means], dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
     if items.height:
         parts.append(rank(items, model, tokenizer, names, history, p5, positions))
     if texts.height:
@@ -191,7 +208,7 @@ def evaluate_families(
     direct_ranking, sequential_ranking, max_new_tokens, eval_batch_size). predictions_path: where to save predict's frame.
     (predict and family_metrics are the two halves, for the frame in memory.)"""
     started = time.perf_counter()
-    predictions = predict(test, model, tokenizer, names, history, p5, positions)
+    predictions = predict(test, model, tokenizer, names, history, p5, positions, rating_range)
     metrics = family_metrics(predictions, rating_range, cutoffs(p5.top_k))
     for family, groups in metrics.items():
         log.info("p5eval: %s seen %s | unseen %s", family, groups["seen"], groups["unseen"])
