@@ -150,13 +150,14 @@ def test_ratings_answered_by_their_mean_or_by_greedy_text(scored, tiny):  # noqa
     scale; "greedy" the generated text, as the other text kinds."""
     from recpipe.model.decoding import expected_ratings
     from recpipe.p5.evaluate import predict
+    from recpipe.p5.families import rating_text
 
     test, _, _, predictions = scored
     ratings = predictions.filter(pl.col("kind") == "rating")
     assert ratings.height and all(1 <= float(x) <= 5 for x in ratings["prediction"])
     model, tok = load(str(tiny))
     rows = test.filter(pl.col("kind") == "rating").head(3)
-    means = expected_ratings(model, tok, rows["prompt"].to_list(), [1.0, 2.0, 3.0, 4.0, 5.0])
+    means = expected_ratings(model, tok, rows["prompt"].to_list(), {r: rating_text(r) for r in (1.0, 2.0, 3.0, 4.0, 5.0)})
     assert predict(rows, model, tok, {}, None, P5Params(), rating_range=(1, 5))["prediction"].to_list() == [f"{m:.4f}" for m in means]
     greedy = P5Params(rating_scoring="greedy", max_new_tokens=8, eval_batch_size=8)
     assert predict(rows, model, tok, {}, None, greedy)["prediction"].to_list() == generate(model, tok, rows["prompt"].to_list(), 8, 8)

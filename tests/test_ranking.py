@@ -128,11 +128,12 @@ def test_expected_ratings_are_the_mean_under_each_whole_ratings_probability(tiny
     import torch
 
     from recpipe.model.decoding import expected_ratings
+    from recpipe.p5.families import rating_text
 
     model, tok = load(str(tiny))
     prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (200, 60, 30, 1))]
     scale = [1.0, 2.0, 3.0, 4.0, 5.0]
-    got = expected_ratings(model, tok, prompts, scale)
+    got = expected_ratings(model, tok, prompts, {r: rating_text(r) for r in scale})
 
     def naive(prompt: str) -> float:
         p = tok(prompt).input_ids

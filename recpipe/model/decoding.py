@@ -342,14 +342,15 @@ def likelihood_ranking(
     return ranked
 
 
-def expected_ratings(model, tokenizer, prompts: list[str], ratings: list[float], positions=None) -> list[float]:
-    """Each prompt's rating as the mean of `ratings` under the model: the probability of writing
-    each rating (its text as the families write it, then EOS) after the prompt, normalised over
-    `ratings`. Greedy text writes the most likely rating only, and a lightly tuned model writes
-    the same one for every prompt; the mean keeps what the model knows about the others."""
-    texts = {i: f"{r:g}" for i, r in enumerate(ratings)}
+def expected_ratings(model, tokenizer, prompts: list[str], ratings: dict[float, str], positions=None) -> list[float]:
+    """Each prompt's rating as the mean of `ratings` (each rating and its text as the training
+    targets write it) under the model: the probability of writing each rating's text, then EOS,
+    after the prompt, normalised over `ratings`. Greedy text writes the most likely rating only,
+    and a lightly tuned model writes the same one for every prompt; the mean keeps what the model
+    knows about the others."""
+    texts = dict(enumerate(ratings.values()))
     keys = list(texts)
-    values = torch.tensor(ratings, dtype=torch.float64)
+    values = torch.tensor(list(ratings), dtype=torch.float64)
     out = []
     for logps in candidate_logprobs(model, tokenizer, prompts, [keys] * len(prompts), texts, desc="score ratings", positions=positions):
         weights = torch.stack([tokens.double().sum() for tokens in logps]).softmax(0)

@@ -53,7 +53,7 @@ from recpipe.model.decoding import (
     likelihood_ranking,
     top_items,
 )
-from recpipe.p5.families import FAMILIES, KINDS
+from recpipe.p5.families import FAMILIES, KINDS, rating_text
 from recpipe.params import P5Params
 
 
@@ -144,17 +144,20 @@ def predict(
     ratings = test.filter(by_mean)
     texts = test.filter((pl.col("kind") != "item") & ~by_mean)
     parts = []
+
+    def answered(rows: pl.DataFrame, answers: list[str]) -> pl.DataFrame:  # rows without a ranking
+        return rows.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64))
+
     if ratings.height:
         if rating_range is None:
             raise RecpipeError("p5eval: rating_scoring expected needs the dataset's rating range")
-        scale = [float(r) for r in range(math.ceil(rating_range[0]), math.floor(rating_range[1]) + 1)]
+        scale = {float(r): rating_text(r) for r in range(math.ceil(rating_range[0]), math.floor(rating_range[1]) + 1)}
         means = expected_ratings(model, tokenizer, ratings["prompt"].to_list(), scale, positions=positions)
-        parts.append(ratings.with_columns(prediction=pl.Series([f"{m:.4f}" for m in means], dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
+        parts.append(answered(ratings, [f"{m:.4f}" for m in means]))
     if items.height:
         parts.append(rank(items, model, tokenizer, names, history, p5, positions))
     if texts.height:
-        answers = generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size, positions=positions)
-        parts.append(texts.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64)))
+        parts.append(answered(texts, generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size, positions=positions)))
     return pl.concat([p.select("_row", *COLUMNS) for p in parts]).sort("_row").drop("_row")
 
 

@@ -152,6 +152,11 @@ def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(held).unique().sort("user_id", "item_id")
 
 
+def rating_text(r: float) -> str:
+    """A rating as prompts and targets write it (4.0 -> "4"); rating scoring asks for the same text."""
+    return f"{r:g}"
+
+
 def build(
     interactions: pl.DataFrame, names: dict[int, str], users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
     seed: int, max_rating: float,
@@ -169,9 +174,6 @@ def build(
     inter = interactions.filter(pl.col("rating").is_not_null())
     loo = leave_one_out(inter)
     by_time = split(inter, "temporal", None, FRACTIONS)
-
-    def rating_text(r: float) -> str:
-        return f"{r:g}"
 
     rows: list[dict] = []
     cases = iter(range(1 << 62))  # one id per emitted case, shared by its seen and unseen rows
