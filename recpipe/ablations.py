@@ -37,7 +37,7 @@ def metrics(dataset: str) -> dict[str, tuple[str, str, tuple]]:
     """Metric name -> (model, metrics file, keys in it): the P5 report's sequential and rating
     families, seen and unseen templates, and TALLRec's test AUC."""
     out = {"TALLRec AUC": ("tallrec", "reports/tuned.json", ("auc",))}
-    for family, names in (("sequential", ("hr@5", "ndcg@5", "hr@10", "ndcg@10")), ("rating", ("rmse", "mae"))):
+    for family, names in (("sequential", ("hr@5", "ndcg@5", "hr@10", "ndcg@10")), ("rating", ("rmse", "mae", "yes_no_auc"))):
         for group in ("seen", "unseen"):
             for name in names:
                 out[f"{family} {group} {name}"] = ("p5", f"reports/p5/{dataset}/families/{family}.json", (group, name))
@@ -171,7 +171,7 @@ def render(ab: Ablations, dataset: str) -> str:
         "sd over the row's seeds, and in brackets its difference from the full recipe, paired over the",
         "seeds both ran (the same seed: the same samples and test cases; `unpaired`: the difference of",
         "the means). A one-seed row has no sd of its own: the full recipe's sd beside it is the spread",
-        "to read its difference against. HR and NDCG are fractions, RMSE and MAE rating units.",
+        "to read its difference against. HR and NDCG are fractions, RMSE and MAE rating units, yes_no_auc the rating family's yes/no prompts ranked by the probability of yes.",
         "",
         *table(["switch", "setting", "seeds", *names], rows),
     ]

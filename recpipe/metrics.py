@@ -100,16 +100,35 @@ def parse_yes_no(text: str) -> str | None:
 
 
 def yes_no_metrics(predictions: list[str], targets: list[str]) -> dict:
-    """Accuracy over every answer: one that is neither yes nor no is wrong, and counted."""
-    answers = [parse_yes_no(p) for p in predictions]
-    right = sum(a == t.strip().lower() for a, t in zip(answers, targets, strict=True))
+    """Accuracy over every answer: one that is neither yes nor no is wrong, and counted. A
+    prediction may be the model's probability of yes (a number in [0, 1]; yes at 0.5 or more):
+    when every one is, yes_no_auc ranks them too, as the TALLRec task does (None with one class)."""
+    p_yes = [_probability(p) for p in predictions]
+    scored = bool(p_yes) and None not in p_yes
+    answers = [("yes" if p >= 0.5 else "no") if scored else parse_yes_no(text) for p, text in zip(p_yes, predictions, strict=True)]
+    truth = [t.strip().lower() for t in targets]
+    right = sum(a == t for a, t in zip(answers, truth, strict=True))
     unparsable = answers.count(None)
     n = len(answers)
-    return {
+    out = {
         "yes_no_accuracy": round(right / n, 4) if n else None,
         "yes_no_unparsable": unparsable,
         "yes_no_unparsable_rate": round(unparsable / n, 4) if n else None,
     }
+    if scored:
+        from sklearn.metrics import roc_auc_score
+
+        labels = [int(t == "yes") for t in truth]
+        out["yes_no_auc"] = round(float(roc_auc_score(labels, p_yes)), 4) if len(set(labels)) == 2 else None
+    return out
+
+
+def _probability(text: str) -> float | None:
+    try:
+        p = float(text)
+    except (TypeError, ValueError):
+        return None
+    return p if 0 <= p <= 1 else None
 
 
 def text_metrics(predictions: list[str], references: list[str]) -> dict:

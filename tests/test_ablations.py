@@ -33,7 +33,7 @@ def run(name, seed, score, timestamp="2026-01-01T00:00:00", finished=True, **cha
         node[leaf] = value
     families = "reports/p5/ml-100k/families"
     seq = {g: {"n": 10, "hr@5": score / 2, "ndcg@5": score / 3, "hr@10": score, "ndcg@10": score / 2 + (g == "unseen") / 100} for g in ("seen", "unseen")}
-    rating = {g: {"n": 10, "rmse": 1.2 - score, "mae": 0.9 - score} for g in ("seen", "unseen")}
+    rating = {g: {"n": 10, "rmse": 1.2 - score, "mae": 0.9 - score, "yes_no_auc": 0.5 + score} for g in ("seen", "unseen")}
     metrics = {"reports/tuned.json": {"data": {"auc": 0.6 + score}}, f"{families}/sequential.json": {"data": seq}, f"{families}/rating.json": {"data": rating}}
     data = {"rev": f"{name}-rev", "timestamp": timestamp, "params": {"params.yaml": {"data": params}}, "metrics": metrics if finished else {}, "deps": {}, "outs": {}, "meta": {}}
     return {"rev": f"{name}-rev", "name": name, "data": data, "error": None, "experiments": None}
@@ -70,6 +70,7 @@ def test_one_row_per_switch_setting_with_mean_sd_and_the_paired_difference():
     assert base["metrics"]["sequential seen hr@10"] == {"mean": 0.06, "sd": round(statistics.stdev([0.05, 0.07]), 5), "n": 2, "by_seed": {"0": 0.05, "1": 0.07}}
     assert base["vs_full"]["sequential seen hr@10"] == {"diff": round(statistics.fmean([0.05 - 0.1, 0.07 - 0.12]), 5), "paired_seeds": [0, 1]}
     assert base["vs_full"]["rating unseen mae"]["diff"] == round(statistics.fmean([0.05, 0.05]), 5)
+    assert base["vs_full"]["rating seen yes_no_auc"]["diff"] == round(statistics.fmean([-0.05, -0.05]), 5)
     # A seed the full recipe did not run: the difference of the means, marked unpaired.
     flat = ab.rows[5]
     assert flat["metrics"]["TALLRec AUC"]["sd"] is None

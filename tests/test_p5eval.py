@@ -53,6 +53,14 @@ def test_yes_no_accuracy_counts_other_answers_as_wrong():
     assert m == {"yes_no_accuracy": 0.5, "yes_no_unparsable": 2, "yes_no_unparsable_rate": 0.3333}
 
 
+def test_yes_no_probabilities_give_accuracy_at_one_half_and_auc():
+    """Probabilities of yes: yes at 0.5 or more; the AUC ranks them (3 of 4 pairs ordered here)."""
+    m = yes_no_metrics(["0.9", "0.2", "0.6", "0.4"], ["yes", "no", "no", "yes"])
+    assert m == {"yes_no_accuracy": 0.5, "yes_no_unparsable": 0, "yes_no_unparsable_rate": 0.0, "yes_no_auc": 0.75}
+    assert yes_no_metrics(["0.9", "0.2"], ["yes", "yes"])["yes_no_auc"] is None  # one class
+    assert "yes_no_auc" not in yes_no_metrics(["0.9", "yes"], ["yes", "yes"])  # text answers: no ranking
+
+
 def test_bleu_and_rouge_identical_and_disjoint():
     refs = ["the color lasts all day and feels light on the lips", "a great gloss for a very fair price"]
     same = text_metrics(refs, refs)
@@ -145,10 +153,11 @@ def test_metric_values_in_range(scored):
             assert all(0 <= m[x] <= 100 for x in ("bleu", "rouge1", "rouge2", "rougeL"))
 
 
-def test_ratings_answered_by_their_mean_or_by_greedy_text(scored, tiny):  # noqa: F811
+def test_ratings_and_yes_no_answered_by_probabilities_or_by_greedy_text(scored, tiny):  # noqa: F811
     """rating_scoring "expected" (the default) writes each rating prompt's mean rating over the
-    scale; "greedy" the generated text, as the other text kinds."""
-    from recpipe.model.decoding import expected_ratings
+    scale and each yes/no prompt's probability of yes against no; "greedy" the generated text,
+    as the other text kinds."""
+    from recpipe.model.decoding import answer_probabilities, expected_ratings
     from recpipe.p5.evaluate import predict
     from recpipe.p5.families import rating_text
 
@@ -161,6 +170,10 @@ def test_ratings_answered_by_their_mean_or_by_greedy_text(scored, tiny):  # noqa
     assert predict(rows, model, tok, {}, None, P5Params(), rating_range=(1, 5))["prediction"].to_list() == [f"{m:.4f}" for m in means]
     greedy = P5Params(rating_scoring="greedy", max_new_tokens=8, eval_batch_size=8)
     assert predict(rows, model, tok, {}, None, greedy)["prediction"].to_list() == generate(model, tok, rows["prompt"].to_list(), 8, 8)
+    questions = test.filter(pl.col("kind") == "yes_no").head(3)
+    p_yes = [float(p[0]) for p in answer_probabilities(model, tok, questions["prompt"].to_list(), ["yes", "no"])]
+    assert predict(questions, model, tok, {}, None, P5Params())["prediction"].to_list() == [f"{p:.4f}" for p in p_yes]
+    assert predict(questions, model, tok, {}, None, greedy)["prediction"].to_list() == generate(model, tok, questions["prompt"].to_list(), 8, 8)
     with pytest.raises(ValidationError):
         P5Params(rating_scoring="mode")
 

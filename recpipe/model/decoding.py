@@ -342,20 +342,24 @@ def likelihood_ranking(
     return ranked
 
 
+def answer_probabilities(model, tokenizer, prompts: list[str], answers: list[str], positions=None, desc: str = "score answers") -> list[torch.Tensor]:
+    """Per prompt, the probability of each of `answers` as the whole answer (its text, then EOS,
+    after the prompt), normalised over `answers`: float64, in their order."""
+    texts = dict(enumerate(answers))
+    keys = list(texts)
+    return [
+        torch.stack([tokens.double().sum() for tokens in logps]).softmax(0)
+        for logps in candidate_logprobs(model, tokenizer, prompts, [keys] * len(prompts), texts, desc=desc, positions=positions)
+    ]
+
+
 def expected_ratings(model, tokenizer, prompts: list[str], ratings: dict[float, str], positions=None) -> list[float]:
     """Each prompt's rating as the mean of `ratings` (each rating and its text as the training
-    targets write it) under the model: the probability of writing each rating's text, then EOS,
-    after the prompt, normalised over `ratings`. Greedy text writes the most likely rating only,
+    targets write it) under answer_probabilities. Greedy text writes the most likely rating only,
     and a lightly tuned model writes the same one for every prompt; the mean keeps what the model
     knows about the others."""
-    texts = dict(enumerate(ratings.values()))
-    keys = list(texts)
     values = torch.tensor(list(ratings), dtype=torch.float64)
-    out = []
-    for logps in candidate_logprobs(model, tokenizer, prompts, [keys] * len(prompts), texts, desc="score ratings", positions=positions):
-        weights = torch.stack([tokens.double().sum() for tokens in logps]).softmax(0)
-        out.append(float((weights * values).sum()))
-    return out
+    return [float((w * values).sum()) for w in answer_probabilities(model, tokenizer, prompts, list(ratings.values()), positions, "score ratings")]
 
 
 @torch.no_grad()

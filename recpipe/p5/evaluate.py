@@ -6,7 +6,9 @@ templates apart. How a row is scored follows its kind (recpipe.families.KINDS):
              probabilities of writing each whole rating
              in the range (rating_scoring="expected"),
              or greedy text, first number (parse_rating)
-    yes_no   greedy text, first word                     yes_no_accuracy, yes_no_unparsable, yes_no_unparsable_rate
+    yes_no   the model's probability of "yes" against    yes_no_accuracy (yes at 0.5 or more), yes_no_auc,
+             "no" (rating_scoring="expected"), or         yes_no_unparsable, yes_no_unparsable_rate
+             greedy text, first word
     item     trie-constrained beam search (ranking), or  hr@k, ndcg@k (k in 1, 5, 10 up to k), validity,
              every candidate scored: a direct prompt's   short_lists
              list (direct_ranking="likelihood"), or every
@@ -48,12 +50,13 @@ from recpipe.metrics import (
 from recpipe.model.decoding import (
     ItemTrie,
     constrained_beams,
+    answer_probabilities,
     expected_ratings,
     generate,
     likelihood_ranking,
     top_items,
 )
-from recpipe.p5.families import FAMILIES, KINDS, rating_text
+from recpipe.p5.families import FAMILIES, KINDS, NO, YES, rating_text
 from recpipe.params import P5Params
 
 
@@ -127,8 +130,9 @@ def predict(
 ) -> pl.DataFrame:  # fmt: skip
     """Every row's answer (the rows of split p5.evaluate_split where the frame has a split column):
     COLUMNS, in the rows' order. `ranked` and `validity` are set for item rows only; `prediction`
-    is the generated text (for item rows, the top item's name; for rating rows with
-    p5.rating_scoring "expected", the mean rating over the whole ratings of rating_range)."""
+    is the generated text (for item rows, the top item's name; with p5.rating_scoring "expected",
+    a rating row's mean rating over the whole ratings of rating_range and a yes/no row's probability
+    of yes)."""
     if "split" in test.columns:
         test = test.filter(pl.col("split") == p5.evaluate_split)
     if test.is_empty():
@@ -140,9 +144,10 @@ def predict(
         test = test.with_columns(candidates=pl.lit(None, pl.List(pl.Int64)))
     test = test.with_row_index("_row")
     items = test.filter(pl.col("kind") == "item")
-    by_mean = (pl.col("kind") == "rating") & pl.lit(p5.rating_scoring == "expected")
-    ratings = test.filter(by_mean)
-    texts = test.filter((pl.col("kind") != "item") & ~by_mean)
+    by_probability = pl.col("kind").is_in(["rating", "yes_no"]) & pl.lit(p5.rating_scoring == "expected")
+    ratings = test.filter(by_probability & (pl.col("kind") == "rating"))
+    yes_no = test.filter(by_probability & (pl.col("kind") == "yes_no"))
+    texts = test.filter((pl.col("kind") != "item") & ~by_probability)
     parts = []
 
     def answered(rows: pl.DataFrame, answers: list[str]) -> pl.DataFrame:  # rows without a ranking
@@ -154,6 +159,9 @@ def predict(
         scale = {float(r): rating_text(r) for r in range(math.ceil(rating_range[0]), math.floor(rating_range[1]) + 1)}
         means = expected_ratings(model, tokenizer, ratings["prompt"].to_list(), scale, positions=positions)
         parts.append(answered(ratings, [f"{m:.4f}" for m in means]))
+    if yes_no.height:
+        p_yes = answer_probabilities(model, tokenizer, yes_no["prompt"].to_list(), [YES, NO], positions, "score yes/no")
+        parts.append(answered(yes_no, [f"{float(p[0]):.4f}" for p in p_yes]))
     if items.height:
         parts.append(rank(items, model, tokenizer, names, history, p5, positions))
     if texts.height:

@@ -152,6 +152,9 @@ def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(held).unique().sort("user_id", "item_id")
 
 
+YES, NO = "yes", "no"  # a yes/no template's answers; scoring asks for the same words
+
+
 def rating_text(r: float) -> str:
     """A rating as prompts and targets write it (4.0 -> "4"); rating scoring asks for the same text."""
     return f"{r:g}"
@@ -202,7 +205,7 @@ def build(
         return {
             "user": f"user_{row['user_id']}", "profile": (profiles.get(row["user_id"]) or "").rstrip(".").lower() + ".",
             "item": names[row["item_id"]], "rating": rating_text(row["rating"]), "max_rating": rating_text(max_rating),
-            "answer": "yes" if liked else "no", "history": "", "candidates": "", "review": "", "summary": "", "explanation": "", "hint": "",
+            "answer": YES if liked else NO, "history": "", "candidates": "", "review": "", "summary": "", "explanation": "", "hint": "",
         }  # fmt: skip
 
     if "rating" in families:
@@ -226,7 +229,7 @@ def build(
                     raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {p5.negatives} negatives")
                 candidates = rng.sample(pool, p5.negatives) + [row["item_id"]]
                 rng.shuffle(candidates)
-                emit("direct", row["split"], row, {**fields, "candidates": LIST_SEPARATOR.join(names[i] for i in candidates), "answer": "yes"}, candidates, history)
+                emit("direct", row["split"], row, {**fields, "candidates": LIST_SEPARATOR.join(names[i] for i in candidates), "answer": YES}, candidates, history)
     if NEEDS_REVIEWS & set(families):
         for row in by_time.filter(pl.col("review").is_not_null()).iter_rows(named=True):
             fields = base_fields(row)
