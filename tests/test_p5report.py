@@ -7,7 +7,7 @@ from recpipe import RecpipeError
 from recpipe.p5.report import COLUMNS, load_references, p5_tables, write_p5_report
 
 OURS = {
-    "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01}, "unseen": {"n": 400, "rmse": 1.3}},
+    "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01, "yes_no_auc": 0.61}, "unseen": {"n": 400, "rmse": 1.3}},
     "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025, "short_lists": 0}, "unseen": {"n": 300, "hr@5": 0.02, "short_lists": 2}},
     "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
 }
@@ -37,7 +37,8 @@ def test_references_hold_the_papers_tables():
             assert len(set(keys)) == len(keys)  # each method once per prompts (and hints) block
             for r in rows:
                 assert r["prompts"] in {"seen", "unseen", "n/a"}
-                assert set(r) - {"method", "prompts", "hints", "note"} == set(COLUMNS[family]) - ({"bleu"} if family == "review" else set())
+                ours_only = {"review": {"bleu"}, "rating": {"yes_no_auc"}}.get(family, set())  # columns the paper does not print
+                assert set(r) - {"method", "prompts", "hints", "note"} == set(COLUMNS[family]) - ours_only
 
     def find(dataset, family, method, prompts, hints=None):
         return next(r for r in ref["datasets"][dataset][family] if (r["method"], r["prompts"], r.get("hints")) == (method, prompts, hints))
@@ -65,8 +66,8 @@ def test_beauty_tables_show_the_papers_rows_and_ours():
     assert row(text, "| method | from | prompts | HR@5 |") == "| method | from | prompts | HR@5 | NDCG@5 | HR@10 | NDCG@10 |"
     assert row(text, "| P5 | paper | seen | 0.0508") == "| P5 | paper | seen | 0.0508 | 0.0379 | 0.0664 | 0.0429 |"
     assert row(text, "| P5 | paper | unseen | 0.0493") == "| P5 | paper | unseen | 0.0493 | 0.0367 | 0.0645 | 0.0416 |"
-    assert row(text, "| MF | paper | n/a |") == "| MF | paper | n/a | 1.1973 | 0.9461 |"
-    assert row(text, "| recpipe (seen prompts) | this run | seen | 1.2346") == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 |"
+    assert row(text, "| MF | paper | n/a |") == "| MF | paper | n/a | 1.1973 | 0.9461 | – |"
+    assert row(text, "| recpipe (seen prompts) | this run | seen | 1.2346") == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 | 0.6100 |"
     assert "| Popularity | this run | n/a | 0.0110 | 0.0070 | – | – |" in text
     assert "| SASRec | this run | n/a | – | – | 0.0400 | – |" in text
     assert "| BPR-MF | this run | n/a | – | – | 0.0300 | 0.0150 |" in text
@@ -110,7 +111,7 @@ def test_missing_metrics_are_dashes_and_empty_columns_dropped():
     text = p5_tables("ml-100k", ours, None, load_references())
     assert row(text, "| method | from | prompts | HR@5") == "| method | from | prompts | HR@5 |"  # no value anywhere: no column
     assert "| recpipe (unseen prompts) | this run | unseen | – |" in text
-    assert "No metric of this table (RMSE, MAE) has a value." in text
+    assert "No metric of this table (RMSE, MAE, yes/no AUC) has a value." in text
     assert "sequential – / –" in text  # n missing
 
 

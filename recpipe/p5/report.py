@@ -2,8 +2,10 @@
 laid out like RecSysLLM's tables (arXiv 2308.10837, Tables 2 and 4-7), beside the paper's rows when
 the dataset is one the paper reports on and beside our baselines (popularity, SASRec, BPR-MF).
 
-Metric names are ours: rmse, mae, hr@k, ndcg@k, bleu (BLEU-4), bleu2 (BLEU-2, the paper's review
-table), rouge1, rouge2, rougeL. BLEU and ROUGE are percentages (0-100), as in the paper."""
+Metric names are ours: rmse, mae, yes_no_auc (the rating family's yes/no prompts ranked by the
+probability of yes; the paper has no such column), hr@k, ndcg@k, bleu (BLEU-4), bleu2 (BLEU-2,
+the paper's review table), rouge1, rouge2, rougeL. BLEU and ROUGE are percentages (0-100), as in
+the paper."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ REFERENCES = Path(__file__).parents[1] / "references"
 # Each family's table columns, in the paper's order. The paper's review table has BLEU-2 and ours
 # BLEU-4: two columns, so the two are never read as one.
 COLUMNS = {
-    "rating": ("rmse", "mae"),
+    "rating": ("rmse", "mae", "yes_no_auc"),
     "sequential": ("hr@5", "ndcg@5", "hr@10", "ndcg@10"),
     "explanation": ("bleu", "rouge1", "rouge2", "rougeL"),
     "review": ("bleu2", "bleu", "rouge1", "rouge2", "rougeL"),
@@ -33,7 +35,7 @@ TITLES = {
     "review": "Review summarization",
     "direct": "Direct recommendation",
 }
-LABELS = {"rmse": "RMSE", "mae": "MAE", "bleu": "BLEU-4", "bleu2": "BLEU-2", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+LABELS = {"rmse": "RMSE", "mae": "MAE", "yes_no_auc": "yes/no AUC", "bleu": "BLEU-4", "bleu2": "BLEU-2", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 PERCENT = {"bleu", "bleu2", "rouge1", "rouge2", "rougeL"}
 COUNTS = {"n", "unparsable", "short_lists"}
 DASH = "–"
