@@ -49,8 +49,8 @@ from recpipe.metrics import (
 )
 from recpipe.model.decoding import (
     ItemTrie,
-    constrained_beams,
     answer_probabilities,
+    constrained_beams,
     expected_ratings,
     generate,
     likelihood_ranking,
