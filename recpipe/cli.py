@@ -133,19 +133,19 @@ def run(params_path: Path = PARAMS) -> None:
 
 
 SWEEP_SET = typer.Option([], "--set", "-S", help="key=value: a param the sweep's `dvc exp run` set beyond seed, sample.k and instructions.split (repeatable).")
-SWEEP_FROM = typer.Option(None, "--from", help="A saved `dvc exp show --json` to read instead of running it.")
+SWEEP_FROM = typer.Option([], "--from", help="A saved `dvc exp show --json` to read instead of running it (repeatable: experiments saved on several machines or commits).")
 SWEEP_OUT = typer.Option("reports", "--out", "-o", help="Where tallrec_sweep.{json,md,png} go.")
 
 
 @app.command()
-def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, source: Path | None = SWEEP_FROM, out: Path = SWEEP_OUT) -> None:
+def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, sources: list[Path] = SWEEP_FROM, out: Path = SWEEP_OUT) -> None:
     """Aggregate the DVC experiments of a TALLRec sweep over seed, sample.k and instructions.split:
     test AUC mean and sd per K and split, beside the paper's and the history prior's
     (reports/tallrec_sweep.json, .md, .png). Only experiments whose other params equal the params
     file's (with --set) count."""
     setup_logging()
     try:
-        pipeline.sweep(params_path, settings, source, out)
+        pipeline.sweep(params_path, settings, sources, out)
     except RecpipeError as e:
         raise _fail(e) from None
 
@@ -155,14 +155,14 @@ ABLATION_OUT = typer.Option("reports", "--out", "-o", help="Where recsysllm_abla
 
 
 @app.command()
-def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, source: Path | None = SWEEP_FROM, out: Path = ABLATION_OUT) -> None:
+def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, sources: list[Path] = SWEEP_FROM, out: Path = ABLATION_OUT) -> None:
     """Aggregate RecSysLLM's ablation (one switch at a time) and LoRA rank experiments against the
     full recipe (the params file with --set): P5 sequential and rating metrics, seen and unseen,
     and TALLRec's AUC, mean ± sd over seeds and the difference from the full recipe
     (reports/recsysllm_ablations.json, .md; recsysllm_lora_rank.png: the metrics against rank)."""
     setup_logging()
     try:
-        pipeline.ablations(params_path, settings, source, out)
+        pipeline.ablations(params_path, settings, sources, out)
     except RecpipeError as e:
         raise _fail(e) from None
 

@@ -90,6 +90,18 @@ def read_exp_show(path: str | Path) -> list:
         raise RecpipeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
+def read_exp_shows(paths) -> list:
+    """Saved `dvc exp show --json` outputs as one: their revisions in order (a run saved twice
+    counts once, as `records`' readers keep one run per seed)."""
+    rows = []
+    for path in paths:
+        saved = read_exp_show(path)
+        if not isinstance(saved, list):
+            raise RecpipeError(f"{path}: expected a list of revisions (the output of `dvc exp show --json`), got {type(saved).__name__}")
+        rows.extend(saved)
+    return rows
+
+
 def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
     """params.yaml's keys, flattened, with `key=value` overrides: the -S of the experiments'
     `dvc exp run` for keys they all changed, beyond the ones a sweep or an ablation varies."""

@@ -22,25 +22,27 @@ def params_reference() -> str:
     return params.reference_markdown()
 
 
-def sweep(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
-    """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or a saved copy
+def sweep(params_path, settings: list[str], exp_json=(), out_dir="reports") -> None:
+    """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or saved copies
     of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*."""
     from recpipe import experiments
     from recpipe.tallrec import sweep as _sweep
 
-    exp = experiments.read_exp_show(exp_json) if exp_json is not None else experiments.exp_show()
-    _sweep.write_sweep(exp, experiments.reference_params(params_path, settings), out_dir)
+    reference = experiments.reference_params(params_path, settings)
+    exp = experiments.read_exp_shows(exp_json) if exp_json else experiments.exp_show()
+    _sweep.write_sweep(exp, reference, out_dir)
 
 
-def ablations(params_path, settings: list[str], exp_json=None, out_dir="reports") -> None:
-    """Aggregate RecSysLLM's ablation and LoRA rank experiments (`dvc exp show --json`, or a saved
-    copy) against the full recipe, params_path's params with `settings` (key=value):
+def ablations(params_path, settings: list[str], exp_json=(), out_dir="reports") -> None:
+    """Aggregate RecSysLLM's ablation and LoRA rank experiments (`dvc exp show --json`, or saved
+    copies) against the full recipe, params_path's params with `settings` (key=value):
     reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png."""
     from recpipe import ablations as _ablations
     from recpipe import experiments
 
-    exp = experiments.read_exp_show(exp_json) if exp_json is not None else experiments.exp_show()
-    _ablations.write_ablations(exp, experiments.reference_params(params_path, settings), out_dir)
+    reference = experiments.reference_params(params_path, settings)
+    exp = experiments.read_exp_shows(exp_json) if exp_json else experiments.exp_show()
+    _ablations.write_ablations(exp, reference, out_dir)
 
 
 def download(p: Params, dataset: str) -> None:

@@ -149,3 +149,26 @@ def test_cli_writes_json_markdown_and_the_rank_plot(tmp_path):
     png = (out / "recsysllm_lora_rank.png").read_bytes()
     assert png[:4] == b"\x89PNG"
     assert CliRunner().invoke(app, args).exit_code == 0 and (out / "recsysllm_lora_rank.png").read_bytes() == png  # the same records, the same bytes
+
+
+def test_experiments_saved_in_several_files_aggregate_as_one(tmp_path):
+    """Experiments run on two machines, each saved with `dvc exp show --json`, give the table one
+    saved file of all of them gives; a file that is not exp show's list names itself."""
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}}))
+    full = ["-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
+    half = len(EXPS) // 2
+    files = {"all": EXPS, "first": EXPS[:half], "second": EXPS[half:]}
+    for name, exps in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(exp_show(*exps)))
+    one = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "all.json"), "--out", str(tmp_path / "one"), *full])
+    two = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "second.json"), "--out", str(tmp_path / "two"), *full])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    only_first = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--out", str(tmp_path / "part"), *full])
+    assert only_first.exit_code == 0, only_first.output
+    table = (tmp_path / "one" / "recsysllm_ablations.json").read_text()
+    assert (tmp_path / "two" / "recsysllm_ablations.json").read_text() == table
+    assert (tmp_path / "part" / "recsysllm_ablations.json").read_text() != table
+    (tmp_path / "mapping.json").write_text(json.dumps({"rows": []}))
+    bad = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "mapping.json"), *full])
+    assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0 and "mapping.json: expected a list of revisions" in bad.output
