@@ -60,14 +60,18 @@ def test_left_padded_batches_score_like_one_at_a_time(tiny, built):  # noqa: F81
     assert len(set(round(p, 6) for p in batched)) > 1
 
 
-def test_train_then_adapter_and_metrics(tiny, built, tmp_path):  # noqa: F811
+def test_train_then_adapter_and_metrics(tiny, built, tmp_path, monkeypatch):  # noqa: F811
     root, _ = built
+    # A model whose params name is not the folder it loads from (as a GGUF file's cache folder).
+    monkeypatch.setattr("recpipe.model.load.load", lambda name, *args, **kwargs: load(str(tiny), *args, **kwargs))
     metrics = train(
         root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
-        ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
+        ModelParams(name="org/tiny-model"), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
         seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16), run_path=tmp_path / "run.json",
     )  # fmt: skip
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    # The adapter names its base model as params do, so its bytes do not depend on the machine.
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-model"
+    assert not (tmp_path / "adapter" / "README.md").exists()
     # The metrics file holds what `dvc metrics diff` should compare; timings and dtype go apart.
     assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {"train_loss", "valid_auc", "best_step", "steps"}
     assert metrics["best_step"] == metrics["steps"] == 8  # no eval_steps: the last step's adapter, scored once

@@ -300,12 +300,15 @@ def add_lora(model, lora: LoraParams, **extras):
     return model
 
 
-def canonical_json(path: Path) -> None:
-    """Rewrite a saved config with sorted keys and sorted name lists: peft keeps target_modules as a
-    set, whose order follows Python's per-process string hashing, so the same adapter would get
-    different bytes (and DVC would rerun every stage after it) from run to run."""
+def canonical_json(path: Path, base_model: str) -> None:
+    """Rewrite a saved adapter config with sorted keys and sorted name lists: peft keeps
+    target_modules as a set, whose order follows Python's per-process string hashing, so the same
+    adapter would get different bytes (and DVC would rerun every stage after it) from run to run.
+    The base model is `base_model` as params name it, not the folder it was loaded from (for a GGUF
+    file, a cache folder that differs from machine to machine)."""
     config = json.loads(path.read_text())
     config = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in config.items()}
+    config["base_model_name_or_path"] = base_model
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -461,10 +464,12 @@ def train(
     if trainer.is_world_process_zero():
         with atomic_dir(out_dir) as tmp:
             for f in staging.iterdir():
-                if f.name != "training_args.bin":  # a pickle of the run's settings, not the model
+                # Not the run's settings (a pickle) nor peft's model card template (its base model
+                # is the folder the model was loaded from, which differs from machine to machine).
+                if f.name not in ("training_args.bin", "README.md"):
                     shutil.move(f, tmp / f.name)
             tokenizer.save_pretrained(tmp)
-            canonical_json(tmp / "adapter_config.json")
+            canonical_json(tmp / "adapter_config.json", model_p.name)
         shutil.rmtree(staging, ignore_errors=True)
         write_json(metrics, metrics_path)
         if run_path is not None:
