@@ -91,14 +91,22 @@ def read_exp_show(path: str | Path) -> list:
 
 
 def read_exp_shows(paths) -> list:
-    """Saved `dvc exp show --json` outputs as one: their revisions in order (a run saved twice
-    counts once, as `records`' readers keep one run per seed)."""
-    rows = []
+    """Saved `dvc exp show --json` outputs as one: their revisions in order, a revision saved in
+    several files once with all their experiments (an experiment saved twice counts once, as
+    `records`' readers keep one run per seed)."""
+    rows, by_rev = [], {}
     for path in paths:
         saved = read_exp_show(path)
         if not isinstance(saved, list):
             raise RecpipeError(f"{path}: expected a list of revisions (the output of `dvc exp show --json`), got {type(saved).__name__}")
-        rows.extend(saved)
+        for row in saved:
+            kept = by_rev.get(row.get("rev")) if isinstance(row, dict) else None
+            if kept is None:
+                rows.append(row)
+                if isinstance(row, dict):
+                    by_rev[row.get("rev")] = row
+            else:
+                kept["experiments"] = (kept.get("experiments") or []) + (row.get("experiments") or [])
     return rows
 
 

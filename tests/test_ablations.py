@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from recpipe import RecpipeError
 from recpipe.ablations import FULL, aggregate, classify, render, write_ablations
 from recpipe.cli import app
-from recpipe.experiments import flatten, records
+from recpipe.experiments import flatten, read_exp_shows, records
 
 FULL_PARAMS = {
     "seed": 0,
@@ -169,6 +169,8 @@ def test_experiments_saved_in_several_files_aggregate_as_one(tmp_path):
     table = (tmp_path / "one" / "recsysllm_ablations.json").read_text()
     assert (tmp_path / "two" / "recsysllm_ablations.json").read_text() == table
     assert (tmp_path / "part" / "recsysllm_ablations.json").read_text() != table
+    names = [r["name"] for r in records(read_exp_shows([tmp_path / "first.json", tmp_path / "second.json"]))]
+    assert names == [r["name"] for r in records(read_exp_shows([tmp_path / "all.json"]))]  # the baseline both files hold, once
     (tmp_path / "mapping.json").write_text(json.dumps({"rows": []}))
     bad = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "mapping.json"), *full])
     assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0 and "mapping.json: expected a list of revisions" in bad.output
