@@ -38,3 +38,35 @@ def test_data_stages_reproduce_committed_lock(tmp_path):
     fresh = data_hashes(yaml.safe_load((tmp_path / "dvc.lock").read_text()))
     for stage in DATA_STAGES:
         assert fresh[stage] == committed[stage], f"{stage}: the data differ from the committed dvc.lock ({sys.executable})"
+
+
+def pins(lock: Path) -> dict:
+    """{canonical name: version} of a pip requirements lock file."""
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for line in lock.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#") and "==" in line:
+            name, _, version = line.split(" ")[0].partition("==")
+            found[canonicalize_name(name.split("[")[0])] = version
+    return found
+
+
+def test_lock_files_satisfy_pyproject():
+    """Each lock pins every dependency that pyproject.toml names, at a version it accepts: a
+    dependency added or narrowed there without `bash requirements/lock.sh` fails here."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for lock, groups in (("cpu.txt", ["test", "bench"]), ("gpu.txt", ["test", "bench", "gpu"])):
+        pinned = pins(ROOT / "requirements" / lock)
+        for spec in project["dependencies"] + [r for g in groups for r in extras[g]]:
+            req = Requirement(spec)
+            name = canonicalize_name(req.name)
+            assert name in pinned, f"requirements/{lock}: {req.name} is not pinned (run bash requirements/lock.sh)"
+            assert req.specifier.contains(Version(pinned[name]), prereleases=True), f"requirements/{lock}: {req.name}=={pinned[name]} is outside {spec!r}"
