@@ -1,5 +1,18 @@
-"""Atomic writes: every output is written to a temporary sibling and renamed into place. And the
-one way mappings (JSON, YAML) are read back, with errors that name the file."""
+"""Atomic writes: every output is written to a temporary and renamed into place. And the one way
+mappings (JSON, YAML) are read back, with errors that name the file.
+
+Where temporaries live: a killed run (`kill -9`, a power cut) leaves its temporary behind, and one
+left inside a folder that DVC hashes (data/text is a dependency of instructions, and a stage
+restored from DVC's run cache runs none of our code to clean it) would change the next run. So in
+a DVC project (the nearest folder above the target with a `.dvc` folder) every temporary lives in
+the project's `.recpipe/tmp/`, which no stage tracks and .gitignore and .dvcignore exclude. A
+rename cannot cross file systems: when the target's file system is mounted inside the project
+(data/ on another disk), the temporary goes to `.recpipe/tmp/` of that mount's top folder, which
+.dvcignore excludes too. Outside a DVC project (the model cache, tests' folders), it goes next to
+the target.
+
+Each write first removes the temporaries of its own target (by name) that dead writers left: a
+writer holds an flock on its temporary while it writes, and a killed one loses it."""
 
 from __future__ import annotations
 
@@ -9,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +38,25 @@ except ImportError:  # not POSIX: no locks to tell a killed run's temporaries fr
 
 # The names tempfile gives: the prefix, then 8 characters of this alphabet, then the suffix.
 _RANDOM = r"[a-z0-9_]{8}"
+TEMP_AREA = ".recpipe/tmp"
+
+
+def _temp_folder(path: Path) -> Path:
+    """The folder for the temporary of `path` (see the module's docstring): the `.recpipe/tmp/` of
+    the DVC project holding `path`, in the highest folder of the project on `path`'s file system;
+    `path`'s own folder outside a project."""
+    parent = path.parent.absolute()
+    device = parent.stat().st_dev
+    top, on_its_fs = parent, True  # top: the highest folder so far on `path`'s file system
+    for folder in (parent, *parent.parents):
+        on_its_fs = on_its_fs and folder.stat().st_dev == device
+        if on_its_fs:
+            top = folder
+        if (folder / ".dvc").is_dir():
+            area = top / TEMP_AREA
+            area.mkdir(parents=True, exist_ok=True)
+            return area
+    return parent
 
 
 def _locked(fd: int) -> bool:
@@ -36,13 +69,13 @@ def _locked(fd: int) -> bool:
         return False
 
 
-def _remove_stale(path: Path, folder: bool) -> None:
-    """Remove the temporaries of `path` that killed runs left (`.{name}.XXXXXXXX.tmp` files, or
-    `.{name}.XXXXXXXX` folders): only this target's, and none that a live writer holds."""
+def _remove_stale(path: Path, where: Path, folder: bool) -> None:
+    """Remove the temporaries of `path` in `where` that killed runs left (`.{name}.XXXXXXXX.tmp`
+    files, or `.{name}.XXXXXXXX` folders): only this target's, and none that a live writer holds."""
     if fcntl is None:
         return
     pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + ("" if folder else re.escape(".tmp")))
-    for entry in path.parent.iterdir():
+    for entry in where.iterdir():
         if not pattern.fullmatch(entry.name) or entry.is_symlink() or entry.is_dir() != folder:
             continue
         try:
@@ -56,19 +89,29 @@ def _remove_stale(path: Path, folder: bool) -> None:
             os.close(fd)
 
 
+def _test_kill_before_rename(path: Path) -> None:
+    """Test hook: with RECPIPE_TEST_KILL_BEFORE_RENAME set to `path`, this process kills itself
+    (SIGKILL, as `kill -9` would) once the temporary of `path` is written, before the rename."""
+    target = os.environ.get("RECPIPE_TEST_KILL_BEFORE_RENAME")
+    if target and Path(target).absolute() == path.absolute():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
-    Temporaries of `path` left by killed runs are removed first."""
+    """Yield a temporary path (see the module's docstring for where); rename it onto `path` only if
+    the block succeeds. Temporaries of `path` left by killed runs are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path, folder=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    where = _temp_folder(path)
+    _remove_stale(path, where, folder=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
     tmp = Path(tmp)
     try:
         if fcntl is not None:
             _locked(fd)
         yield tmp
+        _test_kill_before_rename(path)
         tmp.chmod(0o644)
         os.replace(tmp, path)
     finally:
@@ -78,18 +121,21 @@ def atomic_path(path: str | Path):
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a fresh temporary directory; it replaces `path` whole only if the block succeeds.
-    Temporary folders of `path` left by killed runs are removed first."""
+    """Yield a fresh temporary directory (see the module's docstring for where); it replaces `path`
+    whole only if the block succeeds. Temporary folders of `path` left by killed runs are removed
+    first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path, folder=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    where = _temp_folder(path)
+    _remove_stale(path, where, folder=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=where))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary data folder
     fd = os.open(tmp, os.O_RDONLY) if fcntl is not None else None
     try:
         if fd is not None:
             _locked(fd)
         yield tmp
+        _test_kill_before_rename(path)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

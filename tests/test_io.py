@@ -1,10 +1,12 @@
-"""Atomic writes clean up the temporaries that killed runs left, and nothing else."""
+"""Atomic writes clean up the temporaries that killed runs left, and nothing else; in a DVC project
+they keep them out of every folder a stage may track."""
 
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import polars as pl
 
@@ -85,3 +87,45 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
         (d / "items.parquet").write_text("whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-100k", "samples.parquet"]
     assert (tmp_path / "ml-100k" / "items.parquet").read_text() == "whole"
+
+
+def test_in_a_dvc_project_a_killed_writers_temporaries_stay_out_of_its_folders(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    script = textwrap.dedent(f"""
+        from recpipe.io import atomic_dir, atomic_path
+        with atomic_path("reports/base.json") as f, atomic_dir("data/text/ml-100k") as d:
+            f.write_text("half"); (d / "items.parquet").write_text("half")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RECPIPE_TEST_KILL_BEFORE_RENAME": "data/text/ml-100k"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert [p.name for p in (tmp_path / "data/text").iterdir()] == [] and [p.name for p in (tmp_path / "reports").iterdir()] == []
+    area = tmp_path / ".recpipe/tmp"
+    assert len(list(area.iterdir())) == 2  # the killed run's two temporaries
+    with atomic_path(tmp_path / "reports/base.json") as f:
+        f.write_text("whole")
+    with atomic_dir(tmp_path / "data/text/ml-100k") as d:
+        (d / "items.parquet").write_text("whole")
+    assert list(area.iterdir()) == []
+    assert [p.name for p in (tmp_path / "data/text").iterdir()] == ["ml-100k"]
+    assert (tmp_path / "reports/base.json").read_text() == "whole"
+
+
+def test_a_file_system_mounted_inside_a_project_gets_its_own_temp_area(tmp_path, monkeypatch):
+    """A rename cannot cross file systems: a target on a disk mounted at data/ gets its temporary
+    in data/.recpipe/tmp, the rest of the project in the project's .recpipe/tmp."""
+    (tmp_path / ".dvc").mkdir()
+    disk = tmp_path / "data"
+    real_stat = Path.stat
+
+    def stat(self, **kwargs):  # data/ and all below it on another device
+        st = real_stat(self, **kwargs)
+        if self == disk or disk in self.parents:
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev + 1, *st[3:]))
+        return st
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with atomic_dir(disk / "text/ml-100k") as d, atomic_path(tmp_path / "reports/base.json") as f:
+        assert d.parent == disk / ".recpipe/tmp"
+        assert f.parent == tmp_path / ".recpipe/tmp"
+        f.write_text("{}")
