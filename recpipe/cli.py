@@ -37,6 +37,11 @@ def _fail(e: RecpipeError) -> typer.Exit:
 
 def _load(params_path: Path, dataset: str | None):
     """The params, and the `--dataset` given checked against their datasets."""
+    if dataset is not None:
+        try:
+            pipeline.dataset_name(dataset)
+        except ValueError as e:
+            raise RecpipeError(f"--dataset: {e}") from None
     p = pipeline.load_params(params_path)
     if dataset is not None and dataset not in p.datasets:
         raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")

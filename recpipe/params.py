@@ -17,12 +17,14 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -49,6 +51,21 @@ def _sha256(value):
 
 
 Sha256 = Annotated[str | None, BeforeValidator(_sha256)]
+
+# A dataset's name becomes a folder (data/raw/<name>) and a word of the data stages' commands in
+# dvc.yaml: an identifier, so that it can reach neither the shell nor another folder.
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def dataset_name(name: str) -> str:
+    """`name` if it is a valid dataset name, else a ValueError that states the rule."""
+    if not DATASET_NAME.fullmatch(name):
+        raise ValueError(f"dataset name {name!r} must use only ASCII letters, digits, '.', '_' and '-', and not start with '.'")
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(dataset_name)]
+
 Role = Literal["interactions", "items", "users"]
 
 
@@ -173,7 +190,7 @@ class EvaluateParams(Strict):
     # by up to 0.02 and the AUC from 0.597 to 0.564 (benchmarks/eval_throughput.py). Either dtype
     # repeats to the bit on the same CPU with the same number of threads, and only there.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Precision of the model body when scoring (the scored logits are float32 always); float32: the scores a reviewer can compare; auto: bfloat16 where model.device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), about 3x faster on such a CPU but it moves the AUC by a few hundredths; float16 is meant for GPUs without bf16.")
-    dataset: str | None = Field(None, description="Cross-domain: score the tuned adapter on this dataset's test split instead (one of `datasets`), as TALLRec's movie-to-book transfer; null: the test split of `dataset`, the one trained on.")
+    dataset: DatasetName | None = Field(None, description="Cross-domain: score the tuned adapter on this dataset's test split instead (one of `datasets`), as TALLRec's movie-to-book transfer; null: the test split of `dataset`, the one trained on.")
     instructions: InstructionsParams | None = Field(None, description="How the instructions stage builds the samples of evaluate.dataset (its template, like_threshold, split, ...); null: the top-level `instructions`.")
 
     @model_validator(mode="after")
@@ -222,7 +239,7 @@ class P5Params(Strict):
     explanation, review and direct samples, tested on seen and unseen templates, next to popularity,
     SASRec and BPR-MF baselines. Opt-in: one set of stages per dataset in `datasets`."""
 
-    datasets: tuple[str, ...] = Field((), description="The datasets to run the P5 stages on, each one of the top-level `datasets`; empty: no P5 stages at all.")
+    datasets: tuple[DatasetName, ...] = Field((), description="The datasets to run the P5 stages on, each one of the top-level `datasets`; empty: no P5 stages at all.")
     families: tuple[Family, ...] | None = Field(None, description="The families to build; null: every family the dataset can feed (explanation and review need review text).")
     templates: str = Field("p5", pattern=r"^[\w.-]+$", description="The prompt template file recpipe/templates/<name>.yaml.")
     indexing: Literal["names", "random", "sequential", "collaborative"] = Field("names", description="How prompts write items (OpenP5's indexings, from training interactions only): names, their titles; random, numbers from a seeded permutation; sequential, numbers in order of first appearance in the users' histories (consecutive ids give away sequence order, P5's known leak); collaborative, a path of spectral clusters of the item co-occurrence graph, e.g. `c3 c17 c5`.")
@@ -287,7 +304,7 @@ class RecsysllmParams(Strict):
     """RecSysLLM's masked pretraining: GLM-style blank infilling over each user's text and behaviour
     sequence, never splitting an entity. Opt-in: one pretrain stage per dataset in `datasets`."""
 
-    datasets: tuple[str, ...] = Field((), description="The datasets to pretrain on, each one of the top-level `datasets`; empty: no pretrain stage at all.")
+    datasets: tuple[DatasetName, ...] = Field((), description="The datasets to pretrain on, each one of the top-level `datasets`; empty: no pretrain stage at all.")
     sampling: SamplingParams = Field(SamplingParams(), description="The behaviour sequence of each user's text.")
     objectives: dict[Objective, float] = Field({"entity": 0.6, "sentence": 0.2, "document": 0.2}, description="The mix of blanks, one kind drawn per text by weight (>= 0, at least one above 0): entity (spans of whole entities, Poisson span lengths), sentence (whole sentences), document (the text's end).")
     ratio: float = Field(0.15, gt=0, lt=1, description="The share of a text's units (entities and other tokens) that entity and sentence blanks cover, in (0, 1).")
@@ -318,8 +335,8 @@ class Params(Strict):
     """Everything in params.yaml, plus the dataset registry read from datasets.yaml (`registry`)."""
 
     seed: int = Field(0, description="The seed of every random draw: samples, splits, negatives, weight init.")
-    datasets: tuple[str, ...] = Field(("ml-100k",), description="The datasets the data stages (download, ingest, textualize) prepare, each an entry of datasets.yaml and cached on its own.")
-    dataset: str = Field("ml-100k", description="The dataset the TALLRec instructions, training and evaluation use (one of `datasets`).")
+    datasets: tuple[DatasetName, ...] = Field(("ml-100k",), description="The datasets the data stages (download, ingest, textualize) prepare, each an entry of datasets.yaml and cached on its own.")
+    dataset: DatasetName = Field("ml-100k", description="The dataset the TALLRec instructions, training and evaluation use (one of `datasets`).")
     textualize: TextualizeParams = Field(TextualizeParams(), description="How items and users are written as text.")
     instructions: InstructionsParams = Field(InstructionsParams(), description="The TALLRec yes/no samples and their split.")
     sample: SampleParams = Field(SampleParams(), description="The K-shot training set.")
@@ -330,6 +347,15 @@ class Params(Strict):
     p5: P5Params = Field(P5Params(), description="The P5 task families.")
     recsysllm: RecsysllmParams = Field(RecsysllmParams(), description="RecSysLLM's masked pretraining.")
     registry: dict[str, DatasetParams] = Field(default_factory=dict, exclude=True, description="The dataset registry: datasets.yaml, read by `load`.")
+
+    @field_validator(REGISTRY, mode="before")
+    @classmethod
+    def _registry_names(cls, registry):
+        # Here, not in the key's type: the error then reads `datasets.yaml: dataset name ...`, not a key path.
+        for name in registry if isinstance(registry, dict) else ():
+            if isinstance(name, str):
+                dataset_name(name)
+        return registry
 
     @model_validator(mode="after")
     def _known_dataset(self, info: ValidationInfo) -> Params:

@@ -13,8 +13,22 @@ CROSS = "data/instructions/cross_domain.parquet"  # evaluate.dataset's samples, 
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
 RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = "data/recsysllm", "reports/recsysllm", "dvclive/recsysllm"  # likewise
+CHECKPOINTS = ".recpipe/checkpoints"  # the P5 and pretraining runs' own folders in it: p5-<dataset>, recsysllm-<dataset>
 
 load_params = params.load
+dataset_name = params.dataset_name
+
+
+def dataset_dir(root: str, name: str) -> str:
+    """root/name: a dataset's folder in one of the folders above; every such path is made here.
+    The name must be a dataset name: with no '/' and no leading '.', root/name is a folder directly
+    in root, inside the project, whatever the name (symlinks are left alone: a dataset's folder may
+    be a link to shared storage)."""
+    try:
+        dataset_name(name)
+    except ValueError as e:
+        raise RecpipeError(str(e)) from None
+    return f"{root}/{name}"
 
 
 def params_reference() -> str:
@@ -50,20 +64,20 @@ def ablations(params_path, settings: list[str], exp_json=(), out_dir="reports", 
 def download(p: Params, dataset: str) -> None:
     from recpipe.data.download import download as _download
 
-    _download(dataset, p.registry[dataset], f"{RAW}/{dataset}")
+    _download(dataset, p.registry[dataset], dataset_dir(RAW, dataset))
 
 
 def ingest(p: Params, dataset: str) -> None:
     from recpipe.data.ingest import ingest as _ingest
 
-    _ingest(f"{RAW}/{dataset}", f"{TABLES}/{dataset}", p.registry[dataset])
+    _ingest(dataset_dir(RAW, dataset), dataset_dir(TABLES, dataset), p.registry[dataset])
 
 
 def textualize(p: Params, dataset: str) -> None:
     from recpipe.data.textualize import textualize as _textualize
 
     template = p.registry[dataset].template or dataset
-    _textualize(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", template=template, move_article=p.textualize.article_first)
+    _textualize(dataset_dir(TABLES, dataset), dataset_dir(TEXT, dataset), template=template, move_article=p.textualize.article_first)
 
 
 def instructions(p: Params) -> None:
@@ -72,13 +86,13 @@ def instructions(p: Params) -> None:
 
     from recpipe.tallrec.instructions import same_answers, write_instructions
 
-    write_instructions(f"{TEXT}/{p.dataset}", SAMPLES, p.instructions)  # streamed: nothing read back
+    write_instructions(dataset_dir(TEXT, p.dataset), SAMPLES, p.instructions)  # streamed: nothing read back
     if p.evaluate.dataset is None:
         Path(CROSS).unlink(missing_ok=True)  # left by an earlier cross-domain run outside DVC
         return
     name, params = p.scored()
     same_answers(p.instructions.template, params.template)
-    write_instructions(f"{TEXT}/{name}", CROSS, params)
+    write_instructions(dataset_dir(TEXT, name), CROSS, params)
 
 
 def test_samples(p: Params) -> str:
@@ -113,7 +127,7 @@ def start(init: str, dataset: str):
         return None
     from recpipe.recsysllm.pretrain import Pretrained
 
-    return Pretrained(f"{RECSYSLLM_DATA}/{dataset}/pretrained")
+    return Pretrained(f"{dataset_dir(RECSYSLLM_DATA, dataset)}/pretrained")
 
 
 def intra_positions(p: Params, init: str, dataset: str):
@@ -123,7 +137,7 @@ def intra_positions(p: Params, init: str, dataset: str):
         return None
     from recpipe.recsysllm.positions import EntityPositions
 
-    return EntityPositions(f"{RECSYSLLM_DATA}/{dataset}/corpus.parquet")
+    return EntityPositions(f"{dataset_dir(RECSYSLLM_DATA, dataset)}/corpus.parquet")
 
 
 def with_positions(positions, model, tokenizer):
@@ -173,7 +187,7 @@ def score_test(p: Params, name: str, model, tokenizer, positions=None) -> None:
 def report(p: Params) -> None:
     from recpipe.tallrec.report import report as _report
 
-    _report("reports", LIVE, "reports/report.md", p, EVAL, test_samples(p), f"{TABLES}/{p.scored()[0]}")
+    _report("reports", LIVE, "reports/report.md", p, EVAL, test_samples(p), dataset_dir(TABLES, p.scored()[0]))
 
 
 # The P5 task families (opt-in: one set of stages per dataset in p5.datasets).
@@ -185,28 +199,28 @@ def families(p: Params, dataset: str) -> None:
     from recpipe.p5.families import families as _families
     from recpipe.p5.indexing import item_names
 
-    items, interactions = pl.read_parquet(f"{TEXT}/{dataset}/items.parquet"), pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
+    items, interactions = pl.read_parquet(f"{dataset_dir(TEXT, dataset)}/items.parquet"), pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet")
     names = item_names(items, interactions, p.p5.indexing, p.seed, p.p5.clusters)
     rating_max = p.registry[dataset].rating_max
-    _families(f"{TABLES}/{dataset}", f"{TEXT}/{dataset}", f"{P5_DATA}/{dataset}/families", dataset, p.p5, p.seed, rating_max, names)
+    _families(dataset_dir(TABLES, dataset), dataset_dir(TEXT, dataset), f"{dataset_dir(P5_DATA, dataset)}/families", dataset, p.p5, p.seed, rating_max, names)
 
 
 def p5_sample(p: Params, dataset: str) -> None:
     from recpipe.p5.sample import p5_sample as _p5_sample
 
-    _p5_sample(f"{P5_DATA}/{dataset}/families", f"{P5_DATA}/{dataset}/shots", p.p5, p.seed)
+    _p5_sample(f"{dataset_dir(P5_DATA, dataset)}/families", f"{dataset_dir(P5_DATA, dataset)}/shots", p.p5, p.seed)
 
 
 def p5_train(p: Params, dataset: str) -> None:
     from recpipe.model.train import answer_task
     from recpipe.model.train import train as _train
 
-    shots = f"{P5_DATA}/{dataset}/shots"
+    shots = f"{dataset_dir(P5_DATA, dataset)}/shots"
     positions = intra_positions(p, p.p5.train.init, dataset)
     _train(
-        f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{P5_DATA}/{dataset}/adapter", f"{P5_REPORTS}/{dataset}/train.json",
-        p.model, p.p5.lora, p.p5.train, p.seed, live_dir=f"{P5_LIVE}/{dataset}", run_path=f"{P5_REPORTS}/{dataset}/train_run.json",
-        checkpoints=f".recpipe/checkpoints/p5-{dataset}", init=start(p.p5.train.init, dataset),
+        f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{dataset_dir(P5_DATA, dataset)}/adapter", f"{dataset_dir(P5_REPORTS, dataset)}/train.json",
+        p.model, p.p5.lora, p.p5.train, p.seed, live_dir=dataset_dir(P5_LIVE, dataset), run_path=f"{dataset_dir(P5_REPORTS, dataset)}/train_run.json",
+        checkpoints=dataset_dir(CHECKPOINTS, f"p5-{dataset}"), init=start(p.p5.train.init, dataset),
         task=answer_task(f"{shots}/train.parquet", f"{shots}/valid.parquet", p.p5.train.max_length, positions),
     )  # fmt: skip
 
@@ -214,11 +228,11 @@ def p5_train(p: Params, dataset: str) -> None:
 def p5_evaluate(p: Params, dataset: str) -> None:
     from recpipe.p5.evaluate import evaluate_p5
 
-    model, tokenizer = scoring_model(p, f"{P5_DATA}/{dataset}/adapter", start(p.p5.train.init, dataset))
+    model, tokenizer = scoring_model(p, f"{dataset_dir(P5_DATA, dataset)}/adapter", start(p.p5.train.init, dataset))
     d = p.registry[dataset]
     evaluate_p5(
-        f"{P5_DATA}/{dataset}/shots/{p.p5.evaluate_split}.parquet", f"{P5_DATA}/{dataset}/families/names.parquet", f"{TABLES}/{dataset}/interactions.parquet",
-        f"{P5_DATA}/{dataset}/eval", f"{P5_REPORTS}/{dataset}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
+        f"{dataset_dir(P5_DATA, dataset)}/shots/{p.p5.evaluate_split}.parquet", f"{dataset_dir(P5_DATA, dataset)}/families/names.parquet", f"{dataset_dir(TABLES, dataset)}/interactions.parquet",
+        f"{dataset_dir(P5_DATA, dataset)}/eval", f"{dataset_dir(P5_REPORTS, dataset)}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
         with_positions(intra_positions(p, p.p5.train.init, dataset), model, tokenizer),
     )  # fmt: skip
 
@@ -229,22 +243,22 @@ def baselines(p: Params, dataset: str) -> None:
     from recpipe.io import atomic_dir, write_json, write_parquet
     from recpipe.p5.baselines import baselines as _baselines
 
-    interactions = pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet")
-    test = pl.read_parquet(f"{P5_DATA}/{dataset}/shots/test.parquet")
+    interactions = pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet")
+    test = pl.read_parquet(f"{dataset_dir(P5_DATA, dataset)}/shots/test.parquet")
     asked = set(test.filter(pl.col("family") == "sequential")["user_id"].to_list()) or None
     metrics, cases = _baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked, bprmf=p.p5.bprmf)
-    with atomic_dir(f"{P5_DATA}/{dataset}/baselines") as tmp:
+    with atomic_dir(f"{dataset_dir(P5_DATA, dataset)}/baselines") as tmp:
         write_parquet(cases, tmp / "predictions.parquet")
-    write_json(metrics, f"{P5_REPORTS}/{dataset}/baselines.json")
+    write_json(metrics, f"{dataset_dir(P5_REPORTS, dataset)}/baselines.json")
 
 
 def p5_report(p: Params, dataset: str) -> None:
     from recpipe.p5.report import write_p5_report
 
     summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
-    out = f"{P5_REPORTS}/{dataset}"
+    out = dataset_dir(P5_REPORTS, dataset)
     test = p.p5.evaluate_split == "test"  # the baselines score the test cases: nothing to set beside validation figures
-    predictions = {"recpipe": f"{P5_DATA}/{dataset}/eval/predictions.parquet", "baselines": f"{P5_DATA}/{dataset}/baselines/predictions.parquet"}
+    predictions = {"recpipe": f"{dataset_dir(P5_DATA, dataset)}/eval/predictions.parquet", "baselines": f"{dataset_dir(P5_DATA, dataset)}/baselines/predictions.parquet"}
     write_p5_report(
         dataset, f"{out}/families", f"{out}/baselines.json" if test else None, f"{out}/report.md", summary, predictions if test else None,
         p.p5.indexing, p.p5.evaluate_split,
@@ -262,7 +276,7 @@ def held_out(p: Params, dataset: str):
 
     from recpipe.p5.families import asked_pairs
 
-    pairs = [asked_pairs(pl.read_parquet(f"{TABLES}/{dataset}/interactions.parquet"))]
+    pairs = [asked_pairs(pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet"))]
     tallrec = [SAMPLES] if dataset == p.dataset else []
     if p.evaluate.dataset is not None and dataset == p.evaluate.dataset and dataset != p.dataset:
         tallrec.append(CROSS)
@@ -274,11 +288,11 @@ def held_out(p: Params, dataset: str):
 def pretrain(p: Params, dataset: str) -> None:
     from recpipe.recsysllm.pretrain import pretrain as _pretrain
 
-    out = f"{RECSYSLLM_DATA}/{dataset}"
+    out = dataset_dir(RECSYSLLM_DATA, dataset)
     _pretrain(
-        f"{TEXT}/{dataset}", held_out(p, dataset), f"{out}/corpus.parquet", f"{out}/pretrained", f"{RECSYSLLM_REPORTS}/{dataset}/pretrain.json",
-        p.model, p.recsysllm, p.seed, live_dir=f"{RECSYSLLM_LIVE}/{dataset}", checkpoints=f".recpipe/checkpoints/recsysllm-{dataset}",
-        run_path=f"{RECSYSLLM_REPORTS}/{dataset}/pretrain_run.json",
+        dataset_dir(TEXT, dataset), held_out(p, dataset), f"{out}/corpus.parquet", f"{out}/pretrained", f"{dataset_dir(RECSYSLLM_REPORTS, dataset)}/pretrain.json",
+        p.model, p.recsysllm, p.seed, live_dir=dataset_dir(RECSYSLLM_LIVE, dataset), checkpoints=dataset_dir(CHECKPOINTS, f"recsysllm-{dataset}"),
+        run_path=f"{dataset_dir(RECSYSLLM_REPORTS, dataset)}/pretrain_run.json",
     )  # fmt: skip
 
 
