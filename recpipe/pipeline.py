@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from recpipe import RecpipeError, params, setup_logging
@@ -312,15 +313,17 @@ PER_RECSYSLLM_DATASET = {"pretrain"}
 
 def main(step: str) -> None:
     """Run one step as a DVC stage: bad input ends it with one line on stderr and exit code 1.
-    Per-dataset steps take the dataset's name as their one argument."""
+    Per-dataset steps take the dataset's name as their one argument or, under DVC, from the
+    stage's name in DVC_STAGE (`download@ml-100k`), so that dvc.yaml passes no name through a shell."""
     setup_logging()
     try:
         p = params.load()
         if step in PER_DATASET | PER_P5_DATASET | PER_RECSYSLLM_DATASET:
             allowed, where = (p.datasets, "datasets") if step in PER_DATASET else (p.p5.datasets, "p5.datasets") if step in PER_P5_DATASET else (p.recsysllm.datasets, "recsysllm.datasets")
-            if len(sys.argv) != 2 or sys.argv[1] not in allowed:
+            args = sys.argv[1:] or [os.environ.get("DVC_STAGE", "").partition("@")[2]]
+            if len(args) != 1 or args[0] not in allowed:
                 raise RecpipeError(f"usage: {step}.py <dataset>, one of {where}: {list(allowed)}")
-            STEPS[step](p, sys.argv[1])
+            STEPS[step](p, args[0])
         else:
             STEPS[step](p)
     except RecpipeError as e:

@@ -73,9 +73,9 @@ def test_a_shell_command_in_a_name_does_not_run_under_dvc_repro(archives, tmp_pa
         return subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=tmp_path, capture_output=True, text=True, env=ENV)
 
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=ENV)
-    write(["ml-100k"])  # quoted, a good name still reaches the stage as its one argument
+    write(["ml-100k"])  # a good name reaches the stage (through DVC_STAGE)
     assert repro("download@ml-100k").returncode == 0 and (tmp_path / "data/raw/ml-100k/source.json").is_file()
-    names = ["ml; touch marker; echo", "ml$(touch marker)", "ml`touch marker`"]
+    names = ["ml; touch marker; echo", "ml$(touch marker)", "ml`touch marker`", "ml'; touch marker; echo '"]
     write(names)
     for name in names:
         run = repro(f"download@{name}")
