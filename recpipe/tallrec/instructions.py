@@ -16,7 +16,7 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.data.splits import drop_leaks, split
-from recpipe.io import sink_parquet
+from recpipe.io import read_parquet, scan_parquet, sink_parquet
 from recpipe.params import InstructionsParams
 from recpipe.templates import load_template, render
 
@@ -182,7 +182,7 @@ def write_instructions(text_dir: str | Path, out_path: str | Path, params: Instr
     """Build the samples from textualize's histories and item names and stream them to out_path;
     returns how many were written."""
     text = Path(text_dir)
-    samples, long, quoted, tpl = plan(pl.scan_parquet(text / "histories.parquet"), pl.read_parquet(text / "items.parquet"), params)
+    samples, long, quoted, tpl = plan(scan_parquet(text / "histories.parquet", "textualize"), read_parquet(text / "items.parquet", "textualize"), params)
     sink_parquet(lambda: batches(samples, long, quoted, tpl, params), SCHEMA, out_path)
     counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
     for split_name, n, pos in counts.iter_rows():
