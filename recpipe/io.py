@@ -176,7 +176,7 @@ def scan_parquet(path: str | Path, made_by: str | None = None) -> pl.LazyFrame:
 
 def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
     """A JSON (.json) or YAML file holding a mapping. A RecpipeError names the file when it is
-    missing (and the stage that writes it, given made_by), unparsable, or not a mapping."""
+    missing (and the stage that writes it, given made_by), empty, unparsable, or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise RecpipeError(f"{path}: not found" + _written_by(made_by))
@@ -194,6 +194,8 @@ def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if data is None:
+        raise RecpipeError(f"{path}: the file is empty (expected {kind})")
     if not isinstance(data, dict):
         raise RecpipeError(f"{path}: expected {kind}, got {type(data).__name__}")
     return data

@@ -13,6 +13,7 @@ from conftest import params_dict, source
 from test_text_instructions_sample import run_data_stages
 from typer.testing import CliRunner
 
+from recpipe import pipeline
 from recpipe.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +105,32 @@ def test_ingest_before_download_names_the_stage_that_writes_its_input(copy, monk
     result = CliRunner().invoke(app, ["ingest"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert one_line(result.output) == "error: data/raw/ml-100k/source.json: not found (the download stage writes it)"
+
+
+# params.yaml and datasets.yaml through the CLI.
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    ran = []
+    monkeypatch.setattr(pipeline, "STEPS", {name: (lambda *a, name=name: ran.append(name)) for name in pipeline.STEPS})
+    return ran
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "datasets.yaml"])
+def test_a_yaml_syntax_error_is_one_line_naming_the_file(copy, monkeypatch, nothing_runs, name):
+    monkeypatch.chdir(copy)
+    (copy / name).write_text("seed: 0\nsample: {k: 3\n")
+    result = CliRunner().invoke(app, ["sample"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert one_line(result.output).startswith(f"error: {name}: not valid YAML (")
+    assert not nothing_runs
+
+
+def test_an_empty_params_file_is_an_error_not_the_defaults(copy, monkeypatch, nothing_runs):
+    monkeypatch.chdir(copy)
+    (copy / "params.yaml").write_text("# all commented out\n")
+    result = CliRunner().invoke(app, ["sample"])
+    assert result.exit_code == 1, result.output
+    assert one_line(result.output) == "error: params.yaml: the file is empty (expected a mapping)"
+    assert not nothing_runs
