@@ -13,8 +13,9 @@ from conftest import params_dict, source
 from test_text_instructions_sample import run_data_stages
 from typer.testing import CliRunner
 
-from recpipe import pipeline
+from recpipe import RecpipeError, pipeline
 from recpipe.cli import app
+from recpipe.params import InstructionsParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +135,74 @@ def test_an_empty_params_file_is_an_error_not_the_defaults(copy, monkeypatch, no
     assert result.exit_code == 1, result.output
     assert one_line(result.output) == "error: params.yaml: the file is empty (expected a mapping)"
     assert not nothing_runs
+
+
+# Templates: plain named fields only.
+
+TALLREC = (ROOT / "recpipe/templates/tallrec.yaml").read_text()
+INPUT = "Movies the user liked: {liked}"
+
+
+@pytest.mark.parametrize("key, old, field", [
+    ("input", INPUT, "{target.__class__.__mro__}"),
+    ("input", INPUT, "{liked[0]}"),
+    ("input", INPUT, "{target!r}"),
+    ("input", INPUT, "{n_liked:>3}"),
+    ("input", INPUT, "{}"),
+    ("item", '"{name}"', "{name.__class__}"),
+])  # fmt: skip
+def test_a_template_field_that_is_not_a_plain_name_is_one_line(project, tmp_path, key, old, field):
+    from recpipe.tallrec.instructions import instructions
+
+    bad = tmp_path / "bad.yaml"
+    assert old in TALLREC
+    bad.write_text(TALLREC.replace(old, old.replace("{name}", "{name}" + field) if key == "item" else old + " " + field))
+    params = InstructionsParams(pool_size=300, history_len=5).model_copy(update={"template": str(bad)})
+    with pytest.raises(RecpipeError) as e:
+        instructions(project / "data/text/ml-100k", tmp_path / "samples.parquet", params)
+    message = one_line(str(e.value))
+    assert message.startswith(f"{bad}: '{key}': placeholder {field} is not a plain name")
+    assert not (tmp_path / "samples.parquet").exists()
+
+
+@pytest.mark.parametrize("text, says", [
+    (TALLREC.replace(INPUT, INPUT + " {rating}"), "'input' has unknown placeholders ['rating']"),
+    (TALLREC.replace(INPUT, INPUT + " {"), "'input': a { or } that opens or closes no placeholder (write {{ or }} for a literal brace)"),
+    (TALLREC.replace('answer_no: "No."', 'answer_no: "No.'), "not valid YAML ("),
+])  # fmt: skip
+def test_other_bad_templates_are_one_line(project, tmp_path, text, says):
+    from recpipe.tallrec.instructions import instructions
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    params = InstructionsParams(pool_size=300, history_len=5).model_copy(update={"template": str(bad)})
+    with pytest.raises(RecpipeError) as e:
+        instructions(project / "data/text/ml-100k", tmp_path / "samples.parquet", params)
+    assert one_line(str(e.value)).startswith(f"{bad}: {says}")
+
+
+def test_literal_text_in_a_template_may_hold_braces(project, tmp_path):
+    from recpipe.tallrec.instructions import instructions
+
+    good = tmp_path / "braces.yaml"
+    good.write_text(TALLREC.replace("You are a movie recommender.", "You are a movie recommender {v2}."))
+    params = InstructionsParams(pool_size=300, history_len=5).model_copy(update={"template": str(good)})
+    samples = instructions(project / "data/text/ml-100k", tmp_path / "samples.parquet", params)
+    assert samples["prompt"].str.contains("recommender {v2}.", literal=True).all()
+
+
+def test_p5_and_text_templates_take_plain_fields_only(tmp_path):
+    from recpipe.p5.families import load_templates
+    from recpipe.templates import load_template
+
+    p5 = (ROOT / "recpipe/templates/p5.yaml").read_text()
+    bad = tmp_path / "p5.yaml"
+    bad.write_text(p5.replace("will {user} give {item}?", "will {user} give {item!r}?", 1))
+    with pytest.raises(RecpipeError) as e:
+        load_templates(str(bad), ["rating"])
+    assert one_line(str(e.value)).startswith(f"{bad}: rating.seen[0].prompt: placeholder {{item!r}} is not a plain name")
+    text = tmp_path / "text.yaml"
+    text.write_text('item_name: "{title.__class__}"\nitem_text: "{name}."\nuser_text: "A user."\nmissing: unknown\n')
+    with pytest.raises(RecpipeError) as e:
+        load_template(str(text), {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": None})
+    assert one_line(str(e.value)).startswith(f"{text}: 'item_name': placeholder {{title.__class__}} is not a plain name")

@@ -65,7 +65,7 @@ def users_text(users: pl.DataFrame, tpl: dict) -> pl.DataFrame:
 
 def textualize(tables_dir: str | Path, out_dir: str | Path, *, template: str, move_article: bool) -> None:
     tables = Path(tables_dir)
-    tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
+    tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": None})
     items = items_text(read_parquet(tables / "items.parquet", "ingest"), tpl, move_article)
     users = users_text(read_parquet(tables / "users.parquet", "ingest"), tpl)
     hist = histories_query(scan_parquet(tables / "interactions.parquet", "ingest")).collect()

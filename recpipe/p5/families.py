@@ -90,7 +90,7 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
                 for key in ("prompt", "target"):
                     if key not in t:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}] lacks {key!r}")
-                    odd = placeholders(t[key]) - known
+                    odd = placeholders(t[key], f"{path}: {family}.{kind}[{i}].{key}") - known
                     if odd:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
                 if t["target"].strip() not in KINDS:
