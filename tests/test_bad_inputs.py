@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import params_dict, source
@@ -206,3 +207,58 @@ def test_p5_and_text_templates_take_plain_fields_only(tmp_path):
     with pytest.raises(RecpipeError) as e:
         load_template(str(text), {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": None})
     assert one_line(str(e.value)).startswith(f"{text}: 'item_name': placeholder {{title.__class__}} is not a plain name")
+
+
+# GGUF model files (model.name can be a local .gguf file).
+
+
+def write_gguf(path: Path) -> Path:
+    """A small but well-formed GGUF file: a header, metadata and one float tensor."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((64, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def bad_gguf(folder: Path, kind: str) -> Path:
+    whole = write_gguf(folder / "whole.gguf").read_bytes()
+    path = folder / f"{kind}.gguf"
+    if kind == "truncated":  # the tensor data cut short
+        path.write_bytes(whole[: len(whole) - 100])
+    elif kind == "header-only":  # magic, version, tensor and metadata counts: nothing after
+        path.write_bytes(whole[:24])
+    else:
+        path.write_text("not a model\n" * 10)
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("truncated", "is a truncated or damaged GGUF file"),
+    ("header-only", "is a truncated or damaged GGUF file"),
+    ("text", "is not a GGUF file"),
+])  # fmt: skip
+def test_a_broken_gguf_model_is_one_line_naming_the_file(tmp_path, monkeypatch, kind, says):
+    from recpipe.model import load as model_load
+
+    monkeypatch.setattr(model_load, "CACHE", tmp_path / "cache")
+    path = bad_gguf(tmp_path, kind)
+    with pytest.raises(RecpipeError) as e:
+        model_load.load(str(path))
+    assert one_line(str(e.value)).startswith(f"model.name: {path} {says} (")
+    assert not (tmp_path / "cache" / "dequantized").exists()
+
+
+def test_a_gguf_file_transformers_cannot_make_a_model_of_is_one_line(tmp_path, monkeypatch):
+    from recpipe.model import load as model_load
+
+    monkeypatch.setattr(model_load, "CACHE", tmp_path / "cache")
+    path = write_gguf(tmp_path / "no-tokenizer.gguf")  # well-formed, but has no tokenizer
+    with pytest.raises(RecpipeError) as e:
+        model_load.load(str(path))
+    assert one_line(str(e.value)).startswith(f"model.name: transformers cannot load the GGUF model {path} (")
