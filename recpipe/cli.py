@@ -185,21 +185,20 @@ def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "
     """Print statistics of a dataset's ingested tables and of the instruction splits."""
     try:
         p = _load(params_path, dataset)
+        name = dataset or p.dataset
+        tables = Path(pipeline.TABLES) / name
+        if not (tables / "interactions.parquet").exists():
+            raise RecpipeError(f"{tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`")
+        inter = pipeline.read_parquet(tables / "interactions.parquet", "ingest")
+        s = pipeline.read_parquet(pipeline.SAMPLES, "instructions") if Path(pipeline.SAMPLES).exists() and name == p.dataset else None
     except RecpipeError as e:
         raise _fail(e) from None
-    name = dataset or p.dataset
-    tables = Path(pipeline.TABLES) / name
-    if not (tables / "interactions.parquet").exists():
-        typer.echo(f"error: {tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`", err=True)
-        raise typer.Exit(1)
-    inter = pl.read_parquet(tables / "interactions.parquet")
     per_user = inter.group_by("user_id").len()["len"]
     typer.echo(f"{name}: interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}")
     typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
                f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
     typer.echo("rating distribution: " + ", ".join(f"{'implicit' if r is None else format(r, 'g')}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
-    if Path(pipeline.SAMPLES).exists() and name == p.dataset:
-        s = pl.read_parquet(pipeline.SAMPLES)
+    if s is not None:
         by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
         for split, n, pos, t0, t1 in by_split.sort("t0").rows():
             typer.echo(f"{split:>5}: {n:,} samples, {100 * pos:.1f}% liked, timestamps {t0}..{t1}")

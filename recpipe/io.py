@@ -1,5 +1,5 @@
 """Atomic writes: every output is written to a temporary and renamed into place. And the one way
-mappings (JSON, YAML) are read back, with errors that name the file.
+mappings (JSON, YAML) and parquet files are read back, with errors that name the file.
 
 Where temporaries live: a killed run (`kill -9`, a power cut) leaves its temporary behind, and one
 left inside a folder that DVC hashes (data/text is a dependency of instructions, and a stage
@@ -186,12 +186,46 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _written_by(made_by: str | None) -> str:
+    return f" (the {made_by} stage writes it)" if made_by else ""
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: Path, made_by: str | None):
+    """Turn a missing file, or one polars cannot read as parquet (truncated, empty, not parquet
+    at all), into a RecpipeError that names it."""
+    if not path.is_file():
+        raise RecpipeError(f"{path}: not found" + _written_by(made_by))
+    try:
+        yield
+    except (pl.exceptions.PolarsError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RecpipeError(f"{path}: not a readable parquet file ({reason})" + _written_by(made_by)) from None
+
+
+def read_parquet(path: str | Path, made_by: str | None = None, **options) -> pl.DataFrame:
+    """A parquet file the pipeline wrote (pl.read_parquet's `options`). A RecpipeError names the
+    file when it is missing (and the stage that writes it, given made_by) or unreadable."""
+    path = Path(path)
+    with _parquet_errors(path, made_by):
+        return pl.read_parquet(path, **options)
+
+
+def scan_parquet(path: str | Path, made_by: str | None = None) -> pl.LazyFrame:
+    """read_parquet's lazy twin. Its footer is read here, so that a truncated or foreign file fails
+    now, naming it, rather than wherever the query is collected."""
+    path = Path(path)
+    with _parquet_errors(path, made_by):
+        pl.read_parquet_schema(path)
+    return pl.scan_parquet(path)
+
+
 def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
     """A JSON (.json) or YAML file holding a mapping. A RecpipeError names the file when it is
-    missing (and the stage that writes it, given made_by), unparsable, or not a mapping."""
+    missing (and the stage that writes it, given made_by), empty, unparsable, or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise RecpipeError(f"{path}: not found" + (f" (the {made_by} stage writes it)" if made_by else ""))
+        raise RecpipeError(f"{path}: not found" + _written_by(made_by))
     if path.suffix == ".json":
         kind = "a JSON object"
         try:
@@ -206,6 +240,8 @@ def read_mapping(path: str | Path, made_by: str | None = None) -> dict:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise RecpipeError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if data is None:
+        raise RecpipeError(f"{path}: the file is empty (expected {kind})")
     if not isinstance(data, dict):
         raise RecpipeError(f"{path}: expected {kind}, got {type(data).__name__}")
     return data

@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 
 from recpipe import RecpipeError
+from recpipe.io import read_mapping
 
 PARAMS_FILE, DATASETS_FILE = "params.yaml", "datasets.yaml"
 REGISTRY = "registry"  # the Params field that holds datasets.yaml
@@ -443,15 +443,11 @@ def parse(data: dict, where: str = PARAMS_FILE, datasets_where: str = DATASETS_F
 
 
 def _read_yaml(path: Path, what: str) -> dict:
+    """The file's mapping. An empty file is an error too: running on the defaults would hide that
+    the params were lost."""
     if not path.exists():
         raise RecpipeError(f"{path}: {what} file not found")
-    with path.open() as f:
-        data = yaml.safe_load(f)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RecpipeError(f"{path}: must be a mapping of keys to values, got {type(data).__name__}")
-    return data
+    return read_mapping(path)
 
 
 def load(path: str | Path = PARAMS_FILE, datasets_path: str | Path | None = None) -> Params:

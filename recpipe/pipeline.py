@@ -6,6 +6,7 @@ import os
 import sys
 
 from recpipe import RecpipeError, params, setup_logging
+from recpipe.io import read_parquet
 from recpipe.params import Params
 
 RAW, TABLES, TEXT = "data/raw", "data/tables", "data/text"  # one folder per dataset in each
@@ -195,12 +196,11 @@ def report(p: Params) -> None:
 
 
 def families(p: Params, dataset: str) -> None:
-    import polars as pl
-
     from recpipe.p5.families import families as _families
     from recpipe.p5.indexing import item_names
 
-    items, interactions = pl.read_parquet(f"{dataset_dir(TEXT, dataset)}/items.parquet"), pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet")
+    items = read_parquet(f"{dataset_dir(TEXT, dataset)}/items.parquet", "textualize")
+    interactions = read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet", "ingest")
     names = item_names(items, interactions, p.p5.indexing, p.seed, p.p5.clusters)
     rating_max = p.registry[dataset].rating_max
     _families(dataset_dir(TABLES, dataset), dataset_dir(TEXT, dataset), f"{dataset_dir(P5_DATA, dataset)}/families", dataset, p.p5, p.seed, rating_max, names)
@@ -244,8 +244,8 @@ def baselines(p: Params, dataset: str) -> None:
     from recpipe.io import atomic_dir, write_json, write_parquet
     from recpipe.p5.baselines import baselines as _baselines
 
-    interactions = pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet")
-    test = pl.read_parquet(f"{dataset_dir(P5_DATA, dataset)}/shots/test.parquet")
+    interactions = read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet", "ingest")
+    test = read_parquet(f"{dataset_dir(P5_DATA, dataset)}/shots/test.parquet", "p5_sample")
     asked = set(test.filter(pl.col("family") == "sequential")["user_id"].to_list()) or None
     metrics, cases = _baselines(interactions, test, p.p5.sasrec, p.seed, sequential_users=asked, bprmf=p.p5.bprmf)
     with atomic_dir(f"{dataset_dir(P5_DATA, dataset)}/baselines") as tmp:
@@ -277,12 +277,12 @@ def held_out(p: Params, dataset: str):
 
     from recpipe.p5.families import asked_pairs
 
-    pairs = [asked_pairs(pl.read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet"))]
+    pairs = [asked_pairs(read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet", "ingest"))]
     tallrec = [SAMPLES] if dataset == p.dataset else []
     if p.evaluate.dataset is not None and dataset == p.evaluate.dataset and dataset != p.dataset:
         tallrec.append(CROSS)
     for path in tallrec:
-        pairs.append(pl.read_parquet(path).filter(pl.col("split") != "train").select("user_id", "item_id"))
+        pairs.append(read_parquet(path, "instructions").filter(pl.col("split") != "train").select("user_id", "item_id"))
     return pl.concat(pairs).unique().sort("user_id", "item_id")
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-import yaml
-
 from recpipe import RecpipeError
+from recpipe.io import read_mapping
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -19,24 +18,48 @@ def read_template_file(name_or_path: str) -> tuple[Path, dict]:
         path = TEMPLATE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise RecpipeError(f"template {name_or_path!r} not found (looked for {path})")
-    return path, yaml.safe_load(path.read_text()) or {}
+    return path, read_mapping(path)
 
 
-def load_template(name_or_path: str, required: dict[str, set[str]]) -> dict:
-    """Load a template file; check each required key has its placeholders."""
+def load_template(name_or_path: str, required: dict[str, set[str] | None], allowed: dict[str, set[str]] | None = None) -> dict:
+    """Load a template file; check each required key has its placeholders, plain ones only (and
+    only those `allowed` names for the key, where it names the key). A key required as None is
+    literal text, not a template."""
     path, data = read_template_file(name_or_path)
     for key, fields in required.items():
         if key not in data:
             raise RecpipeError(f"{path}: missing key {key!r}")
+        if fields is None:
+            continue
         for alternative in data[key] if isinstance(data[key], list) else [data[key]]:
-            found = placeholders(str(alternative))
+            found = placeholders(alternative, f"{path}: {key!r}")
             if not fields <= found:
                 raise RecpipeError(f"{path}: {key!r} lacks placeholders {sorted(fields - found)}")
+            unknown = found - allowed[key] if allowed and key in allowed else set()
+            if unknown:
+                raise RecpipeError(f"{path}: {key!r} has unknown placeholders {sorted(unknown)} (it can use {sorted(allowed[key])})")
     return data
 
 
-def placeholders(template: str) -> set[str]:
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+def placeholders(template: str, where: str = "template") -> set[str]:
+    """The fields of a template, each a plain name such as {title}. str.format would evaluate more
+    ({item.__class__}, {liked[0]}, {target!r}, {rating:>3}) and could print interpreter internals
+    into a prompt: anything but a plain name, or a stray brace, is an error naming `where`."""
+    if not isinstance(template, str):
+        raise RecpipeError(f"{where}: expected text, got {type(template).__name__}")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # a lone { or }: Python's words for it can point at the wrong one
+        raise RecpipeError(f"{where}: a {{ or }} that opens or closes no placeholder (write {{{{ or }}}} for a literal brace)") from None
+    fields = set()
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise RecpipeError(f"{where}: placeholder {written} is not a plain name such as {{title}} (no attribute, index, conversion or format spec)")
+        fields.add(field)
+    return fields
 
 
 def render(template: str, fields: dict[str, str | list[str]], sep: str = ", ") -> tuple[str, list[dict]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandera.polars as pa
@@ -11,7 +10,7 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from recpipe import RecpipeError, log
 from recpipe.data.formats import COLUMNS, FAMILY, READERS
-from recpipe.io import atomic_dir, write_parquet
+from recpipe.io import atomic_dir, read_mapping, write_parquet
 from recpipe.params import DatasetParams
 
 
@@ -160,7 +159,7 @@ def canonicalize(tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: 
 
 def ingest(raw_dir: str | Path, out_dir: str | Path, dataset: DatasetParams | None = None) -> dict[str, pl.DataFrame]:
     raw = Path(raw_dir)
-    record = json.loads((raw / "source.json").read_text())
+    record = read_mapping(raw / "source.json", "download")
     tables = READERS[record["format"]](raw, record["encoding"])
     tables = canonicalize(tables, raw, record["format"], dataset)
     with atomic_dir(out_dir) as tmp:

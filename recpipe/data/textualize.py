@@ -9,7 +9,7 @@ import polars as pl
 
 from recpipe import log
 from recpipe.data.splits import histories_query
-from recpipe.io import atomic_dir, write_parquet
+from recpipe.io import atomic_dir, read_parquet, scan_parquet, write_parquet
 from recpipe.templates import load_template, placeholders, render
 
 SPAN = pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64}))
@@ -65,10 +65,10 @@ def users_text(users: pl.DataFrame, tpl: dict) -> pl.DataFrame:
 
 def textualize(tables_dir: str | Path, out_dir: str | Path, *, template: str, move_article: bool) -> None:
     tables = Path(tables_dir)
-    tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": set()})
-    items = items_text(pl.read_parquet(tables / "items.parquet"), tpl, move_article)
-    users = users_text(pl.read_parquet(tables / "users.parquet"), tpl)
-    hist = histories_query(pl.scan_parquet(tables / "interactions.parquet")).collect()
+    tpl = load_template(template, {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": None})
+    items = items_text(read_parquet(tables / "items.parquet", "ingest"), tpl, move_article)
+    users = users_text(read_parquet(tables / "users.parquet", "ingest"), tpl)
+    hist = histories_query(scan_parquet(tables / "interactions.parquet", "ingest")).collect()
     with atomic_dir(out_dir) as tmp:
         write_parquet(items, tmp / "items.parquet")
         write_parquet(users, tmp / "users.parquet")

@@ -119,6 +119,21 @@ def _check_hub(name: str) -> None:
         raise RecpipeError(f"model.name {name!r}: cannot reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}): run where it is reachable, {OTHERS}") from None
 
 
+def _check_gguf(path: Path) -> None:
+    """Read the GGUF file's header, metadata and tensor table (the tensor data is mapped, not read):
+    a truncated, header-only or foreign file is one line naming it, not a traceback from the
+    parser deep inside transformers."""
+    from gguf import GGUF_MAGIC, GGUFReader
+
+    with path.open("rb") as f:
+        if int.from_bytes(f.read(4), "little") != GGUF_MAGIC:
+            raise RecpipeError(f"model.name: {path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        GGUFReader(path)
+    except Exception as e:  # noqa: BLE001  a damaged file fails the parser in many ways (ValueError, IndexError, struct.error, ...)
+        raise RecpipeError(f"model.name: {path} is a truncated or damaged GGUF file ({type(e).__name__}: {_first_line(e)})") from None
+
+
 def _dequantized(folder: str, gguf: str) -> str:
     """A GGUF model as an ordinary float model. transformers dequantizes GGUF weights on every load
     (about 20 s for the embedded model) and marks the result as quantized (no casting, no saving);
@@ -129,8 +144,12 @@ def _dequantized(folder: str, gguf: str) -> str:
     stat = path.stat()
     cached = CACHE / "dequantized" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
     if not (cached / "config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        _check_gguf(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        except ValueError as e:  # a well-formed GGUF file transformers cannot make a model of (its architecture, its tokenizer)
+            raise RecpipeError(f"model.name: transformers cannot load the GGUF model {path} ({_first_line(e)})") from None
         config = model.config
         config.quantization_config = None
         del config.quantization_config

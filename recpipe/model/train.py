@@ -22,7 +22,7 @@ import polars as pl
 import torch
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_dir, write_json
+from recpipe.io import atomic_dir, read_parquet, write_json
 from recpipe.params import LoraParams, ModelParams, TrainParams
 
 IGNORE = -100  # label value the loss skips
@@ -220,7 +220,7 @@ def answer_task(train_path, valid_path, max_length: int, positions: Callable | N
     the same text."""
 
     def build(model, tokenizer) -> Task:
-        shots, valid = pl.read_parquet(train_path), pl.read_parquet(valid_path)
+        shots, valid = read_parquet(train_path), read_parquet(valid_path)
         spans = shots["spans"].to_list() if "spans" in shots.columns else None
         prompts, answers = shots["prompt"].to_list(), shots["answer"].to_list()
         rows = encode(prompts, answers, tokenizer, max_length, spans)
@@ -428,7 +428,7 @@ def train(
     callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
     if params.patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.patience))
-    valid = pl.read_parquet(valid_path) if validate is not None else None
+    valid = read_parquet(valid_path) if validate is not None else None
     trainer = answer_loss_trainer()(
         model=model, args=args, train_dataset=rows, data_collator=job.collate, callbacks=callbacks,
         eval_dataset=job.valid if selecting else None,  # read by our evaluate() only: the Trainer asks that there be one

@@ -40,7 +40,7 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.data.splits import loo_histories
-from recpipe.io import atomic_dir, write_json, write_parquet
+from recpipe.io import atomic_dir, read_parquet, write_json, write_parquet
 from recpipe.metrics import (
     ranking_metrics,
     rating_metrics,
@@ -238,11 +238,11 @@ def evaluate_p5(
     split p5.evaluate_split (validation rows have seen templates only: their "unseen" has n 0).
     Rankings exclude the items the user rated before that split's leave-one-out item. positions:
     intra positions (recpipe.recsysllm.positions.Positions) or None."""
-    names_frame = pl.read_parquet(names_path)
+    names_frame = read_parquet(names_path, "families")
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
-    history = {u: set(items) for u, items in loo_histories(pl.read_parquet(interactions_path), p5.evaluate_split)[0].items()}
+    history = {u: set(items) for u, items in loo_histories(read_parquet(interactions_path, "ingest"), p5.evaluate_split)[0].items()}
     with atomic_dir(eval_dir) as tmp:
-        metrics = evaluate_families(pl.read_parquet(test_path), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet", positions)
+        metrics = evaluate_families(read_parquet(test_path, "p5_sample"), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet", positions)
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():
             write_json(groups, tmp / f"{family}.json")

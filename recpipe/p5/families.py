@@ -28,7 +28,7 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.data.splits import leave_one_out, split
-from recpipe.io import atomic_dir, write_parquet
+from recpipe.io import atomic_dir, read_parquet, write_parquet
 from recpipe.params import FAMILY_NAMES, P5Params
 from recpipe.templates import (
     ANSWER_SPACE,
@@ -90,7 +90,7 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
                 for key in ("prompt", "target"):
                     if key not in t:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}] lacks {key!r}")
-                    odd = placeholders(t[key]) - known
+                    odd = placeholders(t[key], f"{path}: {family}.{kind}[{i}].{key}") - known
                     if odd:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
                 if t["target"].strip() not in KINDS:
@@ -252,8 +252,8 @@ def families(
 ) -> pl.DataFrame:  # fmt: skip
     """The families stage: samples.parquet (every family's samples) and names.parquet (each item
     as the prompts write it, `names`, which decoding and scoring need)."""
-    interactions = pl.read_parquet(Path(tables_dir) / "interactions.parquet")
-    users = pl.read_parquet(Path(text_dir) / "users.parquet")
+    interactions = read_parquet(Path(tables_dir) / "interactions.parquet", "ingest")
+    users = read_parquet(Path(text_dir) / "users.parquet", "textualize")
     chosen = choose(list(p5.families) if p5.families is not None else None, interactions, dataset)
     samples = build(interactions, names, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating)
     for family in chosen:

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path, read_mapping
+from recpipe.io import atomic_path, read_mapping, read_parquet
 from recpipe.markdown import params_section, table
 from recpipe.metrics import hit_rate_interval, mcnemar_p
 
@@ -317,7 +317,7 @@ def write_p5_report(
         for name, path in predictions.items():
             if not Path(path).is_file():
                 raise RecpipeError(f"p5 report: {path} not found (the {name} predictions; run the stage that makes them)")
-        paired = paired_tests(pl.read_parquet(predictions["recpipe"]), pl.read_parquet(predictions["baselines"]))
+        paired = paired_tests(read_parquet(predictions["recpipe"], "p5_evaluate"), read_parquet(predictions["baselines"], "baselines"))
     text = "\n".join([
         f"# recpipe P5 report: {dataset}",
         "",

@@ -9,7 +9,7 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.data.splits import draw
-from recpipe.io import atomic_dir, write_parquet
+from recpipe.io import atomic_dir, read_parquet, write_parquet
 from recpipe.params import P5Params
 from recpipe.templates import ANSWER_SPACE
 
@@ -82,7 +82,7 @@ def p5_mixture(samples: pl.DataFrame, params: P5Params, seed: int) -> tuple[pl.D
 
 
 def p5_sample(families_dir: str | Path, out_dir: str | Path, params: P5Params, seed: int) -> None:
-    train, valid, test = p5_mixture(pl.read_parquet(Path(families_dir) / "samples.parquet"), params, seed)
+    train, valid, test = p5_mixture(read_parquet(Path(families_dir) / "samples.parquet", "families"), params, seed)
     with atomic_dir(out_dir) as tmp:
         write_parquet(train, tmp / "train.parquet")
         write_parquet(valid, tmp / "valid.parquet")

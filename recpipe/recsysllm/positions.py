@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 import pygtrie
 
 from recpipe import RecpipeError
+from recpipe.io import read_parquet
 from recpipe.recsysllm.infill import IntraEmbedding, entity_trie
 
 State = tuple[tuple[int, ...], int]  # (the entity's tokens so far, the last token's intra id)
@@ -77,7 +77,7 @@ class EntityPositions:
         if id(tokenizer) not in self._tries:
             if not self.corpus_path.is_file():
                 raise RecpipeError(f"recsysllm.dynamic_positions: no pretraining corpus at {self.corpus_path} to take the entities from (run the pretrain stage)")
-            docs = pl.read_parquet(self.corpus_path, columns=["text", "spans"])
+            docs = read_parquet(self.corpus_path, "pretrain", columns=["text", "spans"])
             pool = [(text, [(s["start"], s["end"]) for s in spans]) for text, spans in docs.iter_rows()]
             self._tries[id(tokenizer)] = entity_trie(pool, tokenizer)
         return Positions(self._tries[id(tokenizer)], embedding)

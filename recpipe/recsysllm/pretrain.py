@@ -18,7 +18,7 @@ import polars as pl
 import torch
 
 from recpipe import RecpipeError, log
-from recpipe.io import sha256_file, write_parquet
+from recpipe.io import read_parquet, sha256_file, write_parquet
 from recpipe.model.train import Task, TaskBuilder, labelled_columns, summed_loss, train
 from recpipe.params import ModelParams, RecsysllmParams
 from recpipe.recsysllm.corpus import BehaviourSampling, documents
@@ -48,7 +48,7 @@ def corpus(text_dir, held_out: pl.DataFrame, r: RecsysllmParams, seed: int) -> p
     """One text per user (recsysllm.corpus.documents) from textualize's output, with no held-out
     (user_id, item_id) event, and `split`: valid for `valid_size` users drawn with the seed."""
     text = Path(text_dir)
-    users, items, histories = (pl.read_parquet(text / f"{name}.parquet") for name in ("users", "items", "histories"))
+    users, items, histories = (read_parquet(text / f"{name}.parquet", "textualize") for name in ("users", "items", "histories"))
     docs = documents(users, items, histories, held_out, sampling(r), seed)
     if docs.height <= r.valid_size:
         raise RecpipeError(f"recsysllm.valid_size is {r.valid_size}, but {text} gives only {docs.height} users' texts")

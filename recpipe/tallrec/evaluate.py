@@ -6,7 +6,7 @@ import polars as pl
 import torch
 
 from recpipe import log
-from recpipe.io import atomic_dir, atomic_path, write_json, write_parquet
+from recpipe.io import atomic_dir, atomic_path, read_parquet, write_json, write_parquet
 from recpipe.metrics import auc_metrics
 from recpipe.model.decoding import (
     PrefixCache,
@@ -95,7 +95,7 @@ def valid_auc(template: str, batch_size: int, positions=None) -> Validator:
 def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str, positions=None) -> dict:
     from sklearn.metrics import roc_curve
 
-    test = pl.read_parquet(samples_path).filter(pl.col("split") == "test")
+    test = read_parquet(samples_path, "instructions").filter(pl.col("split") == "test")
     p_yes = score_frame(model, tokenizer, test, batch_size, template, positions)
     labels = test["label"].cast(pl.Int64).to_list()
     metrics = auc_metrics(labels, p_yes)

@@ -16,11 +16,12 @@ import polars as pl
 
 from recpipe import RecpipeError, log
 from recpipe.data.splits import drop_leaks, split
-from recpipe.io import sink_parquet
+from recpipe.io import read_parquet, scan_parquet, sink_parquet
 from recpipe.params import InstructionsParams
-from recpipe.templates import load_template, render
+from recpipe.templates import load_template
 
-REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt": {"instruction", "input"}, "instruction": set(), "answer_yes": set(), "answer_no": set()}
+REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt": {"instruction", "input"}, "instruction": None, "answer_yes": None, "answer_no": None}
+ALLOWED = {"item": {"name"}, "input": {"liked", "disliked", "target", "n_liked", "n_disliked", "n_history"}, "prompt": {"instruction", "input"}}
 # Samples rendered at a time: their prompts are the only per-sample text held in memory.
 BATCH = 100_000
 SCHEMA = {
@@ -65,37 +66,20 @@ def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: floa
     return sample_positions(long, history_len, like_threshold).drop("idx").collect()
 
 
-def _prompt_pieces(tpl: dict) -> list[str | tuple[str]] | None:
-    """The prompt as literal strings and (field,) placeholders of the input part, or None when the
-    input template formats a value (a format spec or conversion) that only str.format can render."""
+def _prompt_pieces(tpl: dict) -> list[str | tuple[str]]:
+    """The prompt as literal strings and (field,) placeholders of the input part (load_template
+    has checked that both hold only plain fields of ALLOWED)."""
     pieces: list[str | tuple[str]] = []
-    for literal, field, spec, conversion in string.Formatter().parse(tpl["prompt"]):
+    for literal, field, _, _ in string.Formatter().parse(tpl["prompt"]):
         pieces.append(literal)
-        if field is None:
-            continue
         if field == "instruction":
             pieces.append(tpl["instruction"].strip())
         elif field == "input":
-            for lit, f, s, c in string.Formatter().parse(tpl["input"]):
+            for lit, f, _, _ in string.Formatter().parse(tpl["input"]):
                 pieces.append(lit)
-                if f is None:
-                    continue
-                if s or c or f not in ("liked", "disliked", "target", "n_liked", "n_disliked", "n_history"):
-                    return None
-                pieces.append((f,))
-        else:
-            raise RecpipeError(f"template placeholder {{{field}}} has no value")
+                if f is not None:
+                    pieces.append((f,))
     return [p for p in pieces if p != ""]
-
-
-def _render_rows(batch: pl.DataFrame, tpl: dict) -> pl.Series:
-    """Prompts one row at a time with str.format, for input templates with format specs."""
-    prompts = []
-    for liked, disliked, target, n_liked, n_disliked, n_history in batch.select("liked", "disliked", "target", "n_liked", "n_disliked", "n_history").iter_rows():
-        counts = {"n_liked": int(n_liked), "n_disliked": int(n_disliked), "n_history": int(n_history)}
-        body = tpl["input"].format(liked=liked, disliked=disliked, target=target, **counts)
-        prompts.append(render(tpl["prompt"], {"instruction": tpl["instruction"].strip(), "input": body})[0])
-    return pl.Series("prompt", prompts, dtype=pl.String)
 
 
 def render_batch(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, history_len: int, like_threshold: float) -> pl.DataFrame:
@@ -123,10 +107,7 @@ def render_batch(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, t
         n_liked=liked.list.len().cast(pl.String), n_disliked=disliked.list.len().cast(pl.String), n_history=pl.lit(str(history_len)),
     )  # fmt: skip
     pieces = _prompt_pieces(tpl)
-    if pieces is None:
-        prompt = _render_rows(parts, tpl)
-    else:
-        prompt = parts.select(pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])).to_series()
+    prompt = parts.select(pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])).to_series()
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
     return samples.with_columns(history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers).select(
         sample_id=pl.format("{}-{}", "user_id", "item_id"),
@@ -144,7 +125,7 @@ def _item_names(items: pl.DataFrame, tpl: dict) -> tuple[pl.DataFrame, pl.Series
 def plan(hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: InstructionsParams) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, dict]:
     """Choose and split the samples: the split samples (a row of `long` each, ordered), the long
     table's columns the prompts need, the quoted item names, and the template."""
-    tpl = load_template(params.template, REQUIRED)
+    tpl = load_template(params.template, REQUIRED, ALLOWED)
     codes, quoted = _item_names(items, tpl)
     long = long_histories(hist).join(codes.lazy(), on="item_id", how="left", maintain_order="left").collect()
     unnamed = long.filter(pl.col("code").is_null())
@@ -182,7 +163,7 @@ def write_instructions(text_dir: str | Path, out_path: str | Path, params: Instr
     """Build the samples from textualize's histories and item names and stream them to out_path;
     returns how many were written."""
     text = Path(text_dir)
-    samples, long, quoted, tpl = plan(pl.scan_parquet(text / "histories.parquet"), pl.read_parquet(text / "items.parquet"), params)
+    samples, long, quoted, tpl = plan(scan_parquet(text / "histories.parquet", "textualize"), read_parquet(text / "items.parquet", "textualize"), params)
     sink_parquet(lambda: batches(samples, long, quoted, tpl, params), SCHEMA, out_path)
     counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
     for split_name, n, pos in counts.iter_rows():

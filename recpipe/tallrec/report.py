@@ -3,13 +3,12 @@ intervals, the params behind them, the paper's AUCs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path, read_mapping, write_json
+from recpipe.io import atomic_path, read_mapping, read_parquet, write_json
 from recpipe.markdown import params_section, table
 from recpipe.metrics import paired_bootstrap_auc
 from recpipe.params import Params
@@ -22,9 +21,9 @@ def _read(path: Path, made_by: str):
     if not path.is_file():
         raise RecpipeError(f"{path}: not found (the {made_by} stage writes it; run `dvc repro {made_by}`)")
     if path.suffix == ".json":
-        return json.loads(path.read_text())
+        return read_mapping(path, made_by)
     if path.suffix == ".parquet":
-        return pl.read_parquet(path)
+        return read_parquet(path, made_by)
     return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
 
 

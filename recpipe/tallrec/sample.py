@@ -8,7 +8,7 @@ import polars as pl
 
 from recpipe import log
 from recpipe.data.splits import draw
-from recpipe.io import atomic_dir, write_parquet
+from recpipe.io import atomic_dir, read_parquet, write_parquet
 from recpipe.params import SampleParams
 
 
@@ -24,7 +24,7 @@ def k_shot(train: pl.DataFrame, params: SampleParams, seed: int) -> pl.DataFrame
 
 
 def sample(samples_path: str | Path, out_dir: str | Path, params: SampleParams, seed: int) -> None:
-    samples = pl.read_parquet(samples_path)
+    samples = read_parquet(samples_path, "instructions")
     train = k_shot(samples.filter(pl.col("split") == "train"), params, seed)
     valid = draw(samples.filter(pl.col("split") == "valid"), params.valid_size, seed, "sample.valid_size")
     with atomic_dir(out_dir) as tmp:
