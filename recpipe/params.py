@@ -52,8 +52,8 @@ def _sha256(value):
 
 Sha256 = Annotated[str | None, BeforeValidator(_sha256)]
 
-# A dataset's name becomes a folder (data/raw/<name>) and a word of the data stages' commands in
-# dvc.yaml: an identifier, so that it can reach neither the shell nor another folder.
+# A dataset's name becomes a folder (data/raw/<name>) and part of a DVC stage's name
+# (download@<name>): an identifier, so that it can reach no other folder and means nothing to a shell.
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
