@@ -1,4 +1,4 @@
-"""Stage 1: fetch a dataset from the first of its sources that verifies, and keep the raw files."""
+"""The `download` stage: fetch a dataset from the first of its sources that verifies, and keep the raw files."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Stage 8: a markdown report with PNG plots: our metrics beside the history prior with bootstrap
-intervals, the params behind them, the paper's AUCs."""
+"""The `report` stage: a markdown report with PNG plots: our metrics beside the history prior with
+bootstrap intervals, the params behind them, the paper's AUCs."""
 
 from __future__ import annotations
 
