@@ -137,12 +137,14 @@ def test_parts_import_one_way(path):
 
 def test_every_rule_is_for_a_part_that_exists():
     # A renamed or removed part would leave a rule that checks nothing.
-    assert set(MAY_IMPORT) == {part_of(path) for path in CHECKED}
+    parts = {part_of(path) for path in CHECKED}
+    assert set(MAY_IMPORT) <= parts, f"rules for parts that do not exist: {sorted(set(MAY_IMPORT) - parts)}"
     assert set().union(*MAY_IMPORT.values()) <= set(MAY_IMPORT)
 
 
 def test_metrics_imports_no_recpipe_module():
-    assert imports(PACKAGE / "metrics.py") == set()
+    found = imports(PACKAGE / "metrics.py")
+    assert not found, f"recpipe/metrics.py imports {sorted(found)}: the metrics stand on their own"
 
 
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.relative_to(ROOT).as_posix())
