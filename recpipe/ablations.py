@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recpipe import RecpipeError, log
 from recpipe.experiments import get_path, keep_runs, records, same_value
-from recpipe.io import atomic_path, write_json
+from recpipe.io import atomic_path, write_json, write_png
 from recpipe.markdown import table
 
 # Each switch: the keys that turn it (set together), one ablation row per setting.
@@ -194,8 +194,6 @@ def plot_ranks(ranks: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recpipe.tallrec.report import _save
-
     panels = [(title, [n for n in ranks if any(n.startswith(title) and n.endswith(m) for m in suffixes)]) for title, suffixes in PANELS]
     panels = [(title, names) for title, names in panels if names]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
@@ -215,7 +213,7 @@ def plot_ranks(ranks: dict, path: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     plt.close(fig)
 
 

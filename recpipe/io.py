@@ -178,6 +178,12 @@ def write_json(obj, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_png(fig, path: str | Path) -> None:
+    """A matplotlib figure as PNG, with no software/version stamp: the same data gives the same bytes."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

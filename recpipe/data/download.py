@@ -1,9 +1,8 @@
-"""Stage 1: fetch a dataset from the first of its sources that verifies, and keep the raw files."""
+"""The `download` stage: fetch a dataset from the first of its sources that verifies, and keep the raw files."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, sha256_file, write_json
 from recpipe.params import DatasetParams
+from recpipe.pip import fetch_pip
 
 
 def _fetch_url(url: str, dest: Path) -> None:
@@ -36,19 +36,6 @@ def _fetch_url(url: str, dest: Path) -> None:
                     bar.update(len(block))
     except urllib.error.URLError as e:  # unreachable host, refused connection, HTTP 404, ...
         raise RecpipeError(f"cannot fetch {url}: {getattr(e, 'reason', e)}") from None
-
-
-def fetch_pip(requirement: str, workdir: Path) -> Path:
-    """Download one wheel with pip itself, so the user's index settings and proxies apply."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), requirement]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise RecpipeError(f"pip download {requirement} failed: {last}")
-    files = list(workdir.iterdir())
-    if len(files) != 1:
-        raise RecpipeError(f"pip download {requirement} gave {len(files)} files, expected one")
-    return files[0]
 
 
 def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None) -> tuple[Path, str]:

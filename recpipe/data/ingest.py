@@ -1,4 +1,4 @@
-"""Stage 2: read whichever raw format arrived into canonical, validated parquet tables."""
+"""The `ingest` stage: read whichever raw format arrived into canonical, validated parquet tables."""
 
 from __future__ import annotations
 

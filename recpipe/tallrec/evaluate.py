@@ -1,4 +1,5 @@
-"""Stage 7: score the test split from the Yes/No logits of the first answer token; AUC and more."""
+"""The `evaluate` and `evaluate_base` stages: score the test split from the Yes/No logits of the
+first answer token; AUC and more."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 4: TALLRec-style Yes/No instruction samples with a leak-free split.
+"""The `instructions` stage: TALLRec-style Yes/No instruction samples with a leak-free split.
 
 The users' histories are read as one long table, sorted by user and then chronologically, and a
 sample is a position in it: its history is the `history_len` rows right before it (the same

@@ -1,5 +1,5 @@
-"""Stage 8: a markdown report with PNG plots: our metrics beside the history prior with bootstrap
-intervals, the params behind them, the paper's AUCs."""
+"""The `report` stage: a markdown report with PNG plots: our metrics beside the history prior with
+bootstrap intervals, the params behind them, the paper's AUCs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from recpipe import RecpipeError, log
-from recpipe.io import atomic_path, read_mapping, read_parquet, write_json
+from recpipe.io import atomic_path, read_mapping, read_parquet, write_json, write_png
 from recpipe.markdown import params_section, table
 from recpipe.metrics import paired_bootstrap_auc
 from recpipe.params import Params
@@ -27,12 +27,6 @@ def _read(path: Path, made_by: str):
     return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
 
 
-def _save(fig, path: Path) -> None:
-    # No software/version stamp in the PNG: the same data gives the same bytes.
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-
-
 def plot_training(loss: pl.DataFrame, lr: pl.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -48,7 +42,7 @@ def plot_training(loss: pl.DataFrame, lr: pl.DataFrame, path: Path) -> None:
     lr_ax.set_ylabel("learning rate")
     ax.legend(handles=ax.get_lines() + lr_ax.get_lines(), loc="center right", fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     plt.close(fig)
 
 
@@ -67,7 +61,7 @@ def plot_roc(curves: dict[str, pl.DataFrame], aucs: dict[str, float | None], pat
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     plt.close(fig)
 
 

@@ -1,4 +1,4 @@
-"""Stage 5: a K-shot training set and a small validation set, drawn with a seed."""
+"""The `sample` stage: a K-shot training set and a small validation set, drawn with a seed."""
 
 from __future__ import annotations
 

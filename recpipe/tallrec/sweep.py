@@ -10,7 +10,7 @@ from pathlib import Path
 
 from recpipe import RecpipeError, log
 from recpipe.experiments import get_path, keep_runs, records, same_value
-from recpipe.io import atomic_path, read_mapping, write_json
+from recpipe.io import atomic_path, read_mapping, write_json, write_png
 from recpipe.markdown import table
 
 SWEPT = ("instructions.split", "sample.k", "seed")  # what a sweep varies; every other param must match
@@ -114,8 +114,6 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recpipe.tallrec.report import _save
-
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = dict(zip(sorted(sweep.table), ["tab:blue", "tab:orange", "tab:green", "tab:red"] * 4))
     for split, cells in sorted(sweep.table.items()):
@@ -132,7 +130,7 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
     ax.set_ylabel("test AUC")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     plt.close(fig)
 
 
