@@ -214,12 +214,13 @@ def test_pretraining_runs_before_the_fine_tuning_that_starts_from_it(tmp_path):
     new pretraining."""
     import shutil
     import subprocess
+    import sys
 
     from dvc.repo import Repo
     from dvc.repo.reproduce import plan_repro
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     for name in ("dvc.yaml", "datasets.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
