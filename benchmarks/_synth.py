@@ -21,7 +21,28 @@ import polars as pl
 
 from recpipe.data.formats import ML100K_GENRES
 
-WORDS = ["Night", "River", "Star", "Love", "War", "City", "Ghost", "Summer", "King", "Road", "Dream", "Fire", "Shadow", "Heart", "Island", "Secret", "Storm", "Angel", "Time", "Moon"]
+WORDS = [
+    "Night",
+    "River",
+    "Star",
+    "Love",
+    "War",
+    "City",
+    "Ghost",
+    "Summer",
+    "King",
+    "Road",
+    "Dream",
+    "Fire",
+    "Shadow",
+    "Heart",
+    "Island",
+    "Secret",
+    "Storm",
+    "Angel",
+    "Time",
+    "Moon",
+]
 OCCUPATIONS = ["student", "engineer", "artist", "doctor", "writer", "educator", "programmer", "other"]
 
 
@@ -54,7 +75,9 @@ def ratings(n: int, seed: int = 0) -> pl.DataFrame:
         short = n - pairs.height
         if short <= 0:
             break
-        more_users = rng.choice(np.arange(1, n_users + 1, dtype=np.int64), int(short * 1.3) + 10, p=counts / counts.sum())
+        more_users = rng.choice(
+            np.arange(1, n_users + 1, dtype=np.int64), int(short * 1.3) + 10, p=counts / counts.sum()
+        )
         more = pl.DataFrame({"user_id": more_users, "item_id": draw_items(more_users.size)})
         pairs = pl.concat([pairs, more]).unique(maintain_order=True)
     pairs = pairs.sample(min(n, pairs.height), seed=seed).sort("user_id", maintain_order=True)
@@ -65,12 +88,18 @@ def ratings(n: int, seed: int = 0) -> pl.DataFrame:
     item_bias = rng.normal(0, 0.6, n_items + 1)
     user_bias = rng.normal(0, 0.5, n_users + 1)
     uid = pairs["user_id"].to_numpy()
-    rating = np.clip(np.rint(3.5 + item_bias[pairs["item_id"].to_numpy()] + user_bias[uid] + rng.normal(0, 0.9, m)), 1, 5).astype(np.int64)
+    rating = np.clip(
+        np.rint(3.5 + item_bias[pairs["item_id"].to_numpy()] + user_bias[uid] + rng.normal(0, 0.9, m)), 1, 5
+    ).astype(np.int64)
     table = pairs.with_columns(rating=pl.Series(rating), step=pl.Series(steps), start=pl.Series(start[uid]))
     table = table.with_columns(timestamp=pl.col("start") + pl.col("step").cum_sum().over("user_id"))
     # File order: by time give or take a day, so same-second and near ratings of a user interleave.
     noise = rng.normal(0, 86_400, m)
-    return table.with_columns(key=pl.col("timestamp") + pl.Series(noise)).sort("key").select("user_id", "item_id", "rating", "timestamp")
+    return (
+        table.with_columns(key=pl.col("timestamp") + pl.Series(noise))
+        .sort("key")
+        .select("user_id", "item_id", "rating", "timestamp")
+    )
 
 
 def write_grouplens(out: str | Path, n: int, seed: int = 0) -> Path:
@@ -90,10 +119,18 @@ def write_grouplens(out: str | Path, n: int, seed: int = 0) -> Path:
         title = f"{words[first[i]]} {words[second[i]]} {i + 1}" + (", The" if i % 7 == 0 else "")
         flags = ["0"] * len(ML100K_GENRES)
         flags[genre[i]] = "1"
-        lines.append(f"{i + 1}|{title} ({years[i]})|01-Jan-{years[i]}||http://example.org/{i + 1}|" + "|".join(flags) + "\n")
+        lines.append(
+            f"{i + 1}|{title} ({years[i]})|01-Jan-{years[i]}||http://example.org/{i + 1}|" + "|".join(flags) + "\n"
+        )
     (out / "u.item").write_text("".join(lines), encoding="latin-1")
-    ages, genders, jobs = rng.integers(7, 74, n_users), rng.integers(0, 2, n_users), rng.integers(0, len(OCCUPATIONS), n_users)
-    (out / "u.user").write_text("".join(f"{u + 1}|{ages[u]}|{'MF'[genders[u]]}|{OCCUPATIONS[jobs[u]]}|{10000 + u}\n" for u in range(n_users)))
+    ages, genders, jobs = (
+        rng.integers(7, 74, n_users),
+        rng.integers(0, 2, n_users),
+        rng.integers(0, len(OCCUPATIONS), n_users),
+    )
+    (out / "u.user").write_text(
+        "".join(f"{u + 1}|{ages[u]}|{'MF'[genders[u]]}|{OCCUPATIONS[jobs[u]]}|{10000 + u}\n" for u in range(n_users))
+    )
     return out
 
 

@@ -83,9 +83,16 @@ pd.DataFrame(rows, columns=["user_id", "history_item_ids", "item_id", "label", "
 
 def run(code: str, work: Path) -> tuple[float, float]:
     """Run code in a fresh Python process (W is the work folder); its wall seconds and peak RSS in GB."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep),
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", f"from pathlib import Path\nW = Path({str(work)!r})\n{code}"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path\nW = Path({str(work)!r})\n{code}"], env=env
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -124,7 +131,10 @@ def main() -> None:
             t_pd, m_pd = run(PANDAS, work)
             print(f"{size:>12,} {'pandas script':<22}{t_pd:>9.1f}{m_pd:>9.2f}", flush=True)
             same = same_samples(work)
-        print(f"{size:>12,} speed-up: {t_pd / total:.1f}x over pandas, peak memory {peak / m_pd:.2f}x pandas'; identical samples: {same}", flush=True)
+        print(
+            f"{size:>12,} speed-up: {t_pd / total:.1f}x over pandas, peak memory {peak / m_pd:.2f}x pandas'; identical samples: {same}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

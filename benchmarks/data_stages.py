@@ -52,14 +52,28 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
     rows = []
     # A stable sort on the timestamp keeps same-second ratings in file order (the table's row order).
     for user, hist in inter.sort_values(["user_id", "timestamp"], kind="stable").groupby("user_id", sort=True):
-        ids, ratings, stamps, file_rows = hist["item_id"].tolist(), hist["rating"].tolist(), hist["timestamp"].tolist(), hist["row"].tolist()
+        ids, ratings, stamps, file_rows = (
+            hist["item_id"].tolist(),
+            hist["rating"].tolist(),
+            hist["timestamp"].tolist(),
+            hist["row"].tolist(),
+        )
         for pos in range(ip.history_len, len(ids)):
             window = slice(pos - ip.history_len, pos)
-            rows.append({
-                "user_id": user, "item_id": ids[pos], "timestamp": stamps[pos], "row": file_rows[pos], "rating": ratings[pos],
-                "label": int(ratings[pos] > ip.like_threshold), "pos": pos, "file_order": file_order[user],
-                "history_item_ids": ids[window], "history_liked": [r > ip.like_threshold for r in ratings[window]],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "user_id": user,
+                    "item_id": ids[pos],
+                    "timestamp": stamps[pos],
+                    "row": file_rows[pos],
+                    "rating": ratings[pos],
+                    "label": int(ratings[pos] > ip.like_threshold),
+                    "pos": pos,
+                    "file_order": file_order[user],
+                    "history_item_ids": ids[window],
+                    "history_liked": [r > ip.like_threshold for r in ratings[window]],
+                }
+            )
     samples = pd.DataFrame(rows)
 
     key = ["timestamp", "row"] if ip.split == "temporal" else ["file_order", "pos"]
@@ -85,14 +99,20 @@ def pandas_samples(tables: Path, p: params.Params, out: Path) -> pd.DataFrame:
 
     def prompt(row) -> str:
         def as_list(ids):
-            return tpl["list_separator"].join(tpl["item"].format(name=names[i]) for i in ids) if ids else tpl["empty_list"]
+            return (
+                tpl["list_separator"].join(tpl["item"].format(name=names[i]) for i in ids) if ids else tpl["empty_list"]
+            )
 
         liked = [i for i, ok in zip(row["history_item_ids"], row["history_liked"]) if ok]
         disliked = [i for i, ok in zip(row["history_item_ids"], row["history_liked"]) if ok is False]
         body = tpl["input"].format(
-            liked=as_list(liked), disliked=as_list(disliked), target=tpl["item"].format(name=names[row["item_id"]]),
-            n_liked=len(liked), n_disliked=len(disliked), n_history=len(row["history_item_ids"]),
-        )  # fmt: skip
+            liked=as_list(liked),
+            disliked=as_list(disliked),
+            target=tpl["item"].format(name=names[row["item_id"]]),
+            n_liked=len(liked),
+            n_disliked=len(disliked),
+            n_history=len(row["history_item_ids"]),
+        )
         return render(tpl["prompt"], {"instruction": tpl["instruction"].strip(), "input": body})[0]
 
     samples["prompt"] = samples.apply(prompt, axis=1)
@@ -130,13 +150,19 @@ def main() -> None:
         t_pandas, naive = best_of(args.repeats, lambda: pandas_samples(tables, p, work / "pandas.parquet"))
     cols = ["user_id", "item_id", "label", "split", "prompt"]
     a = ours.select(cols).sort("user_id", "item_id")
-    b = pl.from_pandas(naive[cols].reset_index(drop=True)).with_columns(pl.col("label").cast(a["label"].dtype)).sort("user_id", "item_id")
+    b = (
+        pl.from_pandas(naive[cols].reset_index(drop=True))
+        .with_columns(pl.col("label").cast(a["label"].dtype))
+        .sort("user_id", "item_id")
+    )
     same = a.equals(b)
     n = ours.height
     print(f"{'implementation':<34}{'seconds':>9}{'samples/s':>12}")
     print(f"{'recpipe (Polars)':<34}{t_polars:>9.2f}{n / t_polars:>12,.0f}")
     print(f"{'plain pandas':<34}{t_pandas:>9.2f}{n / t_pandas:>12,.0f}")
-    print(f"speed-up: {t_pandas / t_polars:.1f}x   ({n:,} samples, best of {args.repeats}; identical samples and prompts: {same})")
+    print(
+        f"speed-up: {t_pandas / t_polars:.1f}x   ({n:,} samples, best of {args.repeats}; identical samples and prompts: {same})"
+    )
 
 
 if __name__ == "__main__":

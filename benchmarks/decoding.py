@@ -36,7 +36,9 @@ def prompts_and_targets(text: str, n: int, history_len: int = 10) -> tuple[list[
     prompts, targets = [], []
     for seq in hist["item_id"].to_list():
         history, target = seq[-history_len - 1 : -1], seq[-1]
-        listed = LIST_SEPARATOR.join(names[i] for i in history)  # names stand as the answer writes them (recpipe.templates.in_text)
+        listed = LIST_SEPARATOR.join(
+            names[i] for i in history
+        )  # names stand as the answer writes them (recpipe.templates.in_text)
         prompts.append(f"A viewer watched these movies, in this order: {listed}\nThe next movie they watched was:")
         targets.append(target)
     return prompts, targets, names
@@ -70,15 +72,26 @@ def main() -> None:
 
     ks = tuple(k for k in (1, 5, 10) if k <= args.k)
     cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]
-    print(f"{'decoding (' + str(args.n) + ' prompts, ' + str(args.beams) + ' beams, ' + args.dtype + ')':<36}{'validity':>9}{'prompts/s':>11}{'items/s':>9}{'items/prompt':>13}" + "".join(f"{c:>8}" for c in cols))
+    print(
+        f"{'decoding (' + str(args.n) + ' prompts, ' + str(args.beams) + ' beams, ' + args.dtype + ')':<36}{'validity':>9}{'prompts/s':>11}{'items/s':>9}{'items/prompt':>13}"
+        + "".join(f"{c:>8}" for c in cols)
+    )
     for label, (ranked, validity, seconds) in runs.items():
         m = hit_and_ndcg(ranked, targets, ks)
         returned = sum(map(len, ranked))
-        print(f"{label:<36}{validity:>9.3f}{args.n / seconds:>11.3f}{returned / seconds:>9.2f}{returned / args.n:>13.1f}" + "".join(f"{m[c]:>8.4f}" for c in cols))
-    (once, _, t_once), (per_beam, _, t_per_beam) = runs["trie-constrained, prompt run once"], runs["trie-constrained, prompt per beam"]
+        print(
+            f"{label:<36}{validity:>9.3f}{args.n / seconds:>11.3f}{returned / seconds:>9.2f}{returned / args.n:>13.1f}"
+            + "".join(f"{m[c]:>8.4f}" for c in cols)
+        )
+    (once, _, t_once), (per_beam, _, t_per_beam) = (
+        runs["trie-constrained, prompt run once"],
+        runs["trie-constrained, prompt per beam"],
+    )
     _, free_validity, t_free = runs["free beam search + exact match"]
     _, once_validity, _ = runs["trie-constrained, prompt run once"]
-    print(f"constrained vs free: {t_free / t_once:.2f}x the prompts/s; validity {once_validity:.3f} vs {free_validity:.3f}")
+    print(
+        f"constrained vs free: {t_free / t_once:.2f}x the prompts/s; validity {once_validity:.3f} vs {free_validity:.3f}"
+    )
     print(f"prompt run once vs per beam: {t_per_beam / t_once:.2f}x faster; same items: {once == per_beam}")
 
 

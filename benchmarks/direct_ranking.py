@@ -30,7 +30,9 @@ from recpipe.templates import LIST_SEPARATOR
 TEXT = "data/text/ml-100k"
 
 
-def direct_prompts(text: str, n: int, negatives: int = 99, history_len: int = 10, seed: int = 0) -> tuple[list[str], list[list[int]], list[int], dict[int, str]]:
+def direct_prompts(
+    text: str, n: int, negatives: int = 99, history_len: int = 10, seed: int = 0
+) -> tuple[list[str], list[list[int]], list[int], dict[int, str]]:
     items = pl.read_parquet(f"{text}/items.parquet")
     names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
     rng = random.Random(seed)
@@ -39,9 +41,13 @@ def direct_prompts(text: str, n: int, negatives: int = 99, history_len: int = 10
         history, target = seq[-history_len - 1 : -1], seq[-1]
         cands = rng.sample(sorted(set(names) - set(seq)), negatives) + [target]
         rng.shuffle(cands)
-        listed = LIST_SEPARATOR.join(names[i] for i in cands)  # names stand as the answer writes them (recpipe.templates.in_text)
+        listed = LIST_SEPARATOR.join(
+            names[i] for i in cands
+        )  # names stand as the answer writes them (recpipe.templates.in_text)
         recent = LIST_SEPARATOR.join(names[i] for i in history)
-        prompts.append(f"The user recently chose: {recent}\nPick the one item the user is most likely to choose next from: {listed}\nChoice:")
+        prompts.append(
+            f"The user recently chose: {recent}\nPick the one item the user is most likely to choose next from: {listed}\nChoice:"
+        )
         candidates.append(cands)
         targets.append(target)
     return prompts, candidates, targets, names
@@ -56,7 +62,9 @@ def main() -> None:
     parser.add_argument("--adapter", help="a LoRA adapter folder to merge in (e.g. data/p5/ml-100k/adapter)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (as evaluate.dtype)")
     parser.add_argument("--text", default=TEXT, help="folder with items.parquet and histories.parquet")
-    parser.add_argument("--candidates", type=int, default=100, help="candidates a prompt: the true next item and unrated ones")
+    parser.add_argument(
+        "--candidates", type=int, default=100, help="candidates a prompt: the true next item and unrated ones"
+    )
     parser.add_argument("--history-len", type=int, default=10, help="items of each user's history in the prompt")
     args = parser.parse_args()
     p = params.load()
@@ -79,12 +87,23 @@ def main() -> None:
     ks = tuple(k for k in (1, 5, 10) if k <= args.k)
     cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    print(f"{'direct ranking (' + str(args.n) + ' prompts, ' + str(args.candidates) + ' candidates, ' + dtype + ')':<52}{'prompts/s':>10}{'cands/s':>9}" + "".join(f"{c:>8}" for c in cols))
-    for label, ranked, seconds in (("every candidate scored", exact, t_exact), (f"trie-constrained beam search, {args.beams} beams", beam, t_beam)):
+    print(
+        f"{'direct ranking (' + str(args.n) + ' prompts, ' + str(args.candidates) + ' candidates, ' + dtype + ')':<52}{'prompts/s':>10}{'cands/s':>9}"
+        + "".join(f"{c:>8}" for c in cols)
+    )
+    for label, ranked, seconds in (
+        ("every candidate scored", exact, t_exact),
+        (f"trie-constrained beam search, {args.beams} beams", beam, t_beam),
+    ):
         m = hit_and_ndcg(ranked, targets, ks)
-        print(f"{label:<52}{args.n / seconds:>10.3f}{args.candidates * args.n / seconds:>9.1f}" + "".join(f"{m[c]:>8.4f}" for c in cols))
+        print(
+            f"{label:<52}{args.n / seconds:>10.3f}{args.candidates * args.n / seconds:>9.1f}"
+            + "".join(f"{m[c]:>8.4f}" for c in cols)
+        )
     same = sum(a == b for a, b in zip(exact, beam))
-    print(f"scoring vs beam search: {t_beam / t_exact:.2f}x faster; same top {args.k}: {same} of {args.n} prompts; beam validity {validity:.3f}")
+    print(
+        f"scoring vs beam search: {t_beam / t_exact:.2f}x faster; same top {args.k}: {same} of {args.n} prompts; beam validity {validity:.3f}"
+    )
 
 
 if __name__ == "__main__":

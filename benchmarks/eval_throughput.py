@@ -23,10 +23,10 @@ import time
 
 import polars as pl
 import torch
-from _hardware import hardware_line, linear_params, matmul_flops
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from _hardware import hardware_line, linear_params, matmul_flops
 from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import answer_token_ids, load
@@ -55,8 +55,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="test prompts to score")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
-    parser.add_argument("--compare", default="", help="also compare body dtype:attention settings, e.g. float32:auto,bfloat16:auto")
-    parser.add_argument("--samples", default="data/instructions/samples.parquet", help="the instruction samples (their test split is scored)")
+    parser.add_argument(
+        "--compare", default="", help="also compare body dtype:attention settings, e.g. float32:auto,bfloat16:auto"
+    )
+    parser.add_argument(
+        "--samples",
+        default="data/instructions/samples.parquet",
+        help="the instruction samples (their test split is scored)",
+    )
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
     p = params.load()
@@ -73,9 +79,15 @@ def main() -> None:
     diff = max(abs(a - b) for a, b in zip(batched, single))
     work = 2 * linear_params(model) * sum(len(tok(prompt).input_ids) for prompt in prompts)
     peak = matmul_flops(torch.float32, args.mm_size)
-    print(f"{'scoring (float32, ' + str(len(prompts)) + ' prompts)':<44}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}")
-    print(f"{'recpipe: sorted, left-padded, batch ' + str(args.batch_size):<44}{t_batched:>9.2f}{len(prompts) / t_batched:>11.2f}{work / t_batched / peak:>13.2%}")
-    print(f"{'naive: one prompt at a time, full logits':<44}{t_single:>9.2f}{len(prompts) / t_single:>11.2f}{work / t_single / peak:>13.2%}")
+    print(
+        f"{'scoring (float32, ' + str(len(prompts)) + ' prompts)':<44}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}"
+    )
+    print(
+        f"{'recpipe: sorted, left-padded, batch ' + str(args.batch_size):<44}{t_batched:>9.2f}{len(prompts) / t_batched:>11.2f}{work / t_batched / peak:>13.2%}"
+    )
+    print(
+        f"{'naive: one prompt at a time, full logits':<44}{t_single:>9.2f}{len(prompts) / t_single:>11.2f}{work / t_single / peak:>13.2%}"
+    )
     print(f"speed-up: {t_single / t_batched:.2f}x   max |P(yes) batched - single|: {diff:.2e}")
     print(hardware_line(torch.float32, peak, args.mm_size))
 
@@ -85,17 +97,26 @@ def main() -> None:
         results = {}
         for setting in args.compare.split(","):
             dtype, _, attention = setting.partition(":")
-            m, _ = load(name, p.model.sha256 if not args.model else None, dtype=getattr(torch, dtype), attention=pick_attention(attention or "auto", torch.device("cpu")))
+            m, _ = load(
+                name,
+                p.model.sha256 if not args.model else None,
+                dtype=getattr(torch, dtype),
+                attention=pick_attention(attention or "auto", torch.device("cpu")),
+            )
             score(m, tok, prompts[:2], yes, no, args.batch_size)  # warm-up
             seconds, p_yes = timed(lambda m=m: score(m, tok, prompts, yes, no, args.batch_size))
             results[setting] = seconds, p_yes, matmul_flops(getattr(torch, dtype), args.mm_size)
         first = next(iter(results.values()))[1]
-        print(f"\n{'dtype:attention':<20}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}{'AUC':>9}{'distinct':>10}{'max |dP|':>10}{'spearman':>10}  vs {next(iter(results))}")
+        print(
+            f"\n{'dtype:attention':<20}{'seconds':>9}{'prompts/s':>11}{'of torch.mm':>13}{'AUC':>9}{'distinct':>10}{'max |dP|':>10}{'spearman':>10}  vs {next(iter(results))}"
+        )
         for setting, (seconds, p_yes, rate) in results.items():
             shift = max(abs(a - b) for a, b in zip(p_yes, first))
             auc = f"{roc_auc_score(labels, p_yes):.4f}" if len(set(labels)) == 2 else "n/a"  # one class: undefined
             rho = spearmanr(p_yes, first).statistic if len(set(first)) > 1 else float("nan")
-            print(f"{setting:<20}{seconds:>9.2f}{len(prompts) / seconds:>11.2f}{work / seconds / rate:>13.2%}{auc:>9}{len(set(p_yes)):>10}{shift:>10.4f}{rho:>10.4f}")
+            print(
+                f"{setting:<20}{seconds:>9.2f}{len(prompts) / seconds:>11.2f}{work / seconds / rate:>13.2%}{auc:>9}{len(set(p_yes)):>10}{shift:>10.4f}{rho:>10.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import argparse
 import time
 
 import torch
-from _hardware import hardware_line, linear_params, matmul_flops
 
+from _hardware import hardware_line, linear_params, matmul_flops
 from recpipe import params
 from recpipe.model.load import load, pick_dtype
 from recpipe.model.train import IGNORE, add_lora, answer_loss
@@ -47,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=400, help="tokens per row")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps a setting (at least 2: the first warms up)")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="optimizer steps a setting (at least 2: the first warms up)"
+    )
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
     parser.add_argument("--dtype", help="float32, bfloat16 or auto (default: p5.train.dtype in params.yaml)")
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
@@ -63,14 +65,18 @@ def main() -> None:
 
     first = fresh_model()
     vocab, weights = first.config.vocab_size, linear_params(first)
-    ids = torch.randint(min(100, vocab // 2), vocab, (args.batch_size, args.length), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        min(100, vocab // 2), vocab, (args.batch_size, args.length), generator=torch.Generator().manual_seed(0)
+    )
     labels = ids.clone()
     labels[:, : args.length // 2] = IGNORE
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
     p5 = p.p5.lora
     settings = {
         f"P5 adapter (r {p5.rank}, {len(p5.target_modules)} modules), dropout {p5.dropout:g}": p5,
-        f"P5 adapter (r {p5.rank}, {len(p5.target_modules)} modules), dropout 0.05": p5.model_copy(update={"dropout": 0.05}),
+        f"P5 adapter (r {p5.rank}, {len(p5.target_modules)} modules), dropout 0.05": p5.model_copy(
+            update={"dropout": 0.05}
+        ),
         "TALLRec adapter (r 8, q/v), dropout 0.05": LoraParams(),
     }
     tokens = args.batch_size * args.length
@@ -84,7 +90,9 @@ def main() -> None:
     peak = matmul_flops(dtype, args.mm_size)
     print(f"{'adapter':50s} {'s/step':>7s} {'tokens/s':>9s} {'vs P5 default':>14s} {'of torch.mm':>12s}")
     for label, seconds in results.items():
-        print(f"{label:50s} {seconds:7.3f} {tokens / seconds:9.1f} {base / seconds:13.2f}x {work / seconds / peak:12.2%}")
+        print(
+            f"{label:50s} {seconds:7.3f} {tokens / seconds:9.1f} {base / seconds:13.2f}x {work / seconds / peak:12.2%}"
+        )
     print(hardware_line(dtype, peak, args.mm_size))
 
 

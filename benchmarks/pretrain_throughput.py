@@ -20,9 +20,9 @@ import argparse
 
 import polars as pl
 import torch
+
 from _hardware import hardware_line, linear_params, matmul_flops
 from _steps import time_steps, training_step
-
 from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import load
@@ -33,7 +33,9 @@ from recpipe.recsysllm.pretrain import infill_loss, infill_task, sampling
 
 def run(name, sha, p, docs, dtype, steps, masked: bool):
     """(seconds per step, text tokens, sequence tokens, last loss) of one side."""
-    model, tok = load(name, sha, dtype=dtype, attention=pick_attention(p.model.attention, torch.device("cpu")))  # as the trainer runs it
+    model, tok = load(
+        name, sha, dtype=dtype, attention=pick_attention(p.model.attention, torch.device("cpu"))
+    )  # as the trainer runs it
     torch.manual_seed(0)
     text_tokens = sum(len(tok(t, add_special_tokens=False).input_ids) for t in docs["text"].to_list())
     if masked:
@@ -54,7 +56,9 @@ def run(name, sha, p, docs, dtype, steps, masked: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
-    parser.add_argument("--text", default="data/text/ml-100k", help="textualize's output folder (users, items, histories)")
+    parser.add_argument(
+        "--text", default="data/text/ml-100k", help="textualize's output folder (users, items, histories)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
@@ -72,13 +76,19 @@ def main() -> None:
     peak = matmul_flops(dtype, args.mm_size)
     sides = {side: run(name, sha, p, docs, dtype, args.steps, masked=side == "masked") for side in ("causal", "masked")}
     r = p.recsysllm
-    print(f"one step, batch {docs.height} texts, {args.dtype} body, LoRA r {r.lora.rank} on {', '.join(r.lora.target_modules)}")
+    print(
+        f"one step, batch {docs.height} texts, {args.dtype} body, LoRA r {r.lora.rank} on {', '.join(r.lora.target_modules)}"
+    )
     print(f"masked: objectives {dict(r.objectives)}, ratio {r.ratio}, order {r.order}, 2D positions {r.positions_2d}")
     print(f"{'side':<8}{'s/step':>9}{'text tok/s':>12}{'seq tok/s':>11}{'of torch.mm':>13}{'loss':>9}")
     for side, (seconds, text, sequence, loss) in sides.items():
-        print(f"{side:<8}{seconds:>9.3f}{text / seconds:>12.1f}{sequence / seconds:>11.1f}{4 * weights * sequence / seconds / peak:>13.1%}{loss:>9.4f}")
+        print(
+            f"{side:<8}{seconds:>9.3f}{text / seconds:>12.1f}{sequence / seconds:>11.1f}{4 * weights * sequence / seconds / peak:>13.1%}{loss:>9.4f}"
+        )
     (c_s, c_text, c_seq, _), (m_s, m_text, m_seq, _) = sides["causal"], sides["masked"]
-    print(f"masked vs causal: {(m_text / m_s) / (c_text / c_s):.2f}x the text tokens/s ({m_seq / c_seq:.2f}x the sequence tokens per text)")
+    print(
+        f"masked vs causal: {(m_text / m_s) / (c_text / c_s):.2f}x the text tokens/s ({m_seq / c_seq:.2f}x the sequence tokens per text)"
+    )
     print(hardware_line(dtype, peak, args.mm_size))
 
 

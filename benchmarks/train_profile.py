@@ -20,9 +20,9 @@ from collections import defaultdict
 
 import polars as pl
 import torch
+
 from _hardware import hardware_line, linear_params, matmul_flops
 from _steps import time_steps, training_step
-
 from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import load
@@ -64,12 +64,23 @@ def run(name, sha, p, rows, pad_id, dtype, attention, steps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
-    parser.add_argument("--train", default="data/sample/train.parquet", help="the K-shot training rows (prompt, answer)")
+    parser.add_argument(
+        "--train", default="data/sample/train.parquet", help="the K-shot training rows (prompt, answer)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    parser.add_argument("--attention", default="sdpa,eager,auto", help="attention implementations to compare (model.attention values), the first is the baseline")
-    parser.add_argument("--min-tokens", type=int, default=0, help="take only rows of at least this many tokens (e.g. 1000 for P5's direct prompts)")
+    parser.add_argument(
+        "--attention",
+        default="sdpa,eager,auto",
+        help="attention implementations to compare (model.attention values), the first is the baseline",
+    )
+    parser.add_argument(
+        "--min-tokens",
+        type=int,
+        default=0,
+        help="take only rows of at least this many tokens (e.g. 1000 for P5's direct prompts)",
+    )
     parser.add_argument("--top", type=int, default=8, help="operations listed per side")
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
@@ -80,19 +91,28 @@ def main() -> None:
     model, tok = load(name, sha)
     weights = linear_params(model)
     del model
-    rows = encode(shots["prompt"].to_list(), shots["answer"].to_list(), tok, max(p.train.max_length, args.min_tokens + 64))
+    rows = encode(
+        shots["prompt"].to_list(), shots["answer"].to_list(), tok, max(p.train.max_length, args.min_tokens + 64)
+    )
     rows = [r for r in rows if len(r["input_ids"]) >= args.min_tokens][: args.batch_size]
     peak = matmul_flops(dtype, args.mm_size)
     sides = {a: run(name, sha, p, rows, tok.pad_token_id, dtype, a, args.steps) for a in args.attention.split(",")}
-    print(f"one step, batch {args.batch_size}, {args.dtype} body, LoRA r {p.lora.rank} on {', '.join(p.lora.target_modules)}")
+    print(
+        f"one step, batch {args.batch_size}, {args.dtype} body, LoRA r {p.lora.rank} on {', '.join(p.lora.target_modules)}"
+    )
     print(f"{'attention':<12}{'s/step':>9}{'tokens/s':>10}{'of torch.mm':>13}{'loss':>9}  share of the step's CPU time")
     for attention, (seconds, tokens, loss, by_kind, _) in sides.items():
         total = sum(by_kind.values())
         shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]))
-        print(f"{attention:<12}{seconds:>9.3f}{tokens / seconds:>10.1f}{4 * weights * tokens / seconds / peak:>13.1%}{loss:>9.4f}  {shares}")
+        print(
+            f"{attention:<12}{seconds:>9.3f}{tokens / seconds:>10.1f}{4 * weights * tokens / seconds / peak:>13.1%}{loss:>9.4f}  {shares}"
+        )
     for attention, (*_, top) in sides.items():
         total = sum(e.self_cpu_time_total for e in top)
-        print(f"top operations, {attention}: " + "; ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.0%}" for e in top[: args.top]))
+        print(
+            f"top operations, {attention}: "
+            + "; ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.0%}" for e in top[: args.top])
+        )
     names = list(sides)
     for other in names[1:]:
         print(f"{other} vs {names[0]}: {sides[names[0]][0] / sides[other][0]:.2f}x the tokens/s")

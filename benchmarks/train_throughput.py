@@ -30,8 +30,8 @@ import time
 
 import polars as pl
 import torch
-from _hardware import hardware_line, linear_params, matmul_flops
 
+from _hardware import hardware_line, linear_params, matmul_flops
 from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import load, pick_dtype
@@ -74,7 +74,19 @@ class CountingCollator:
         return batch
 
 
-def run(name: str, sha256, p: params.Params, rows: list[dict], collator, group_by_length: bool, batch_size: int, steps: int, dtype: torch.dtype, attention: str, trainer_cls=None) -> tuple[float, CountingCollator]:
+def run(
+    name: str,
+    sha256,
+    p: params.Params,
+    rows: list[dict],
+    collator,
+    group_by_length: bool,
+    batch_size: int,
+    steps: int,
+    dtype: torch.dtype,
+    attention: str,
+    trainer_cls=None,
+) -> tuple[float, CountingCollator]:
     from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(0)
@@ -83,11 +95,20 @@ def run(name: str, sha256, p: params.Params, rows: list[dict], collator, group_b
     counting = CountingCollator(collator)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=p.train.lr,
-            logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-            train_sampling_strategy="group_by_length" if group_by_length else "random", seed=0, dataloader_num_workers=0,
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=p.train.lr,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            use_cpu=not torch.cuda.is_available(),
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
+            seed=0,
+            dataloader_num_workers=0,
             bf16=dtype == torch.bfloat16,
-        )  # fmt: skip
+        )
         trainer = (trainer_cls or Trainer)(model=model, args=args, train_dataset=rows, data_collator=counting)
         start = time.perf_counter()
         trainer.train()
@@ -100,8 +121,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512, help="the naive side's fixed padded length")
     parser.add_argument("--model", help="model name or local folder (default: model.name in params.yaml)")
-    parser.add_argument("--train", default="data/sample/train.parquet", help="the K-shot training rows (prompt, answer)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the frozen weights' dtype, as train.dtype")
+    parser.add_argument(
+        "--train", default="data/sample/train.parquet", help="the K-shot training rows (prompt, answer)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="the frozen weights' dtype, as train.dtype",
+    )
     parser.add_argument("--mm-size", type=int, default=1024, help="matrix size of the torch.mm rate measurement")
     args = parser.parse_args()
     p = params.load()
@@ -115,19 +143,42 @@ def main() -> None:
 
     ours_cls = answer_loss_trainer()
     pad = tok.pad_token_id
-    run(name, sha, p, rows, PadCollator(pad), True, args.batch_size, 1, dtype, "auto", ours_cls)  # warm-up: first-call costs
+    run(
+        name, sha, p, rows, PadCollator(pad), True, args.batch_size, 1, dtype, "auto", ours_cls
+    )  # warm-up: first-call costs
     sides = {  # label: (seconds, counted tokens)
-        "recpipe (attention auto)": run(name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "auto", ours_cls),
-        "recpipe, sdpa attention": run(name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "sdpa", ours_cls),
-        "grouped, full loss, sdpa": run(name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "sdpa"),
-        f"naive: padded to {args.max_length}, full loss, sdpa": run(name, sha, p, rows, FixedPadCollator(pad, args.max_length), False, args.batch_size, args.steps, dtype, "sdpa"),
+        "recpipe (attention auto)": run(
+            name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "auto", ours_cls
+        ),
+        "recpipe, sdpa attention": run(
+            name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "sdpa", ours_cls
+        ),
+        "grouped, full loss, sdpa": run(
+            name, sha, p, rows, PadCollator(pad), True, args.batch_size, args.steps, dtype, "sdpa"
+        ),
+        f"naive: padded to {args.max_length}, full loss, sdpa": run(
+            name,
+            sha,
+            p,
+            rows,
+            FixedPadCollator(pad, args.max_length),
+            False,
+            args.batch_size,
+            args.steps,
+            dtype,
+            "sdpa",
+        ),
     }
     peak = matmul_flops(dtype, args.mm_size)
     useful = [counted.useful for _, counted in sides.values()]
     work = 4 * weights * useful[0]
-    print(f"{'training (' + str(args.steps) + ' steps x batch ' + str(args.batch_size) + ', ' + str(dtype).removeprefix('torch.') + ')':<44}{'seconds':>9}{'useful tok/s':>14}{'tokens processed':>18}{'of torch.mm':>13}")
+    print(
+        f"{'training (' + str(args.steps) + ' steps x batch ' + str(args.batch_size) + ', ' + str(dtype).removeprefix('torch.') + ')':<44}{'seconds':>9}{'useful tok/s':>14}{'tokens processed':>18}{'of torch.mm':>13}"
+    )
     for label, (seconds, counted) in sides.items():
-        print(f"{label:<44}{seconds:>9.2f}{counted.useful / seconds:>14.1f}{counted.processed:>18,}{work / seconds / peak:>13.2%}")
+        print(
+            f"{label:<44}{seconds:>9.2f}{counted.useful / seconds:>14.1f}{counted.processed:>18,}{work / seconds / peak:>13.2%}"
+        )
     ours = next(iter(sides.values()))[0]
     for label, (seconds, _) in list(sides.items())[1:]:
         print(f"recpipe vs {label}: {seconds / ours:.2f}x the tokens/s")

@@ -37,7 +37,10 @@ def metrics(dataset: str) -> dict[str, tuple[str, str, tuple]]:
     """Metric name -> (model, metrics file, keys in it): the P5 report's sequential and rating
     families, seen and unseen templates, and TALLRec's test AUC."""
     out = {"TALLRec AUC": ("tallrec", "reports/tuned.json", ("auc",))}
-    for family, names in (("sequential", ("hr@5", "ndcg@5", "hr@10", "ndcg@10")), ("rating", ("rmse", "mae", "yes_no_auc"))):
+    for family, names in (
+        ("sequential", ("hr@5", "ndcg@5", "hr@10", "ndcg@10")),
+        ("rating", ("rmse", "mae", "yes_no_auc")),
+    ):
         for group in ("seen", "unseen"):
             for name in names:
                 out[f"{family} {group} {name}"] = ("p5", f"reports/p5/{dataset}/families/{family}.json", (group, name))
@@ -63,7 +66,12 @@ def classify(params: dict, reference: dict) -> tuple[str, str] | None:
 def summary(values: dict[int, float]) -> dict:
     """{seed: value} -> mean, sample sd (None for one seed), n and the values by seed."""
     v = [values[s] for s in sorted(values)]
-    return {"mean": round(statistics.fmean(v), 5), "sd": round(statistics.stdev(v), 5) if len(v) > 1 else None, "n": len(v), "by_seed": {str(s): round(values[s], 5) for s in sorted(values)}}
+    return {
+        "mean": round(statistics.fmean(v), 5),
+        "sd": round(statistics.stdev(v), 5) if len(v) > 1 else None,
+        "n": len(v),
+        "by_seed": {str(s): round(values[s], 5) for s in sorted(values)},
+    }
 
 
 def versus(row: dict[int, float], full: dict[int, float]) -> dict | None:
@@ -96,7 +104,9 @@ def aggregate(recs: list[dict], reference: dict) -> Ablations:
     flattened params. The same row and seed run twice counts once: the newest run."""
     datasets = reference.get("p5.datasets")
     if not isinstance(datasets, list) or len(datasets) != 1:
-        raise RecpipeError(f"p5.datasets: the ablation reads one P5 dataset's metrics, the reference params list {datasets!r} (set it with -S 'p5.datasets=[ml-100k]')")
+        raise RecpipeError(
+            f"p5.datasets: the ablation reads one P5 dataset's metrics, the reference params list {datasets!r} (set it with -S 'p5.datasets=[ml-100k]')"
+        )
     wanted = metrics(datasets[0])
     runs: dict[tuple[str, str], dict[int, dict]] = {}
     other, empty = [], []
@@ -118,9 +128,13 @@ def aggregate(recs: list[dict], reference: dict) -> Ablations:
             kept[seed] = {"timestamp": rec["timestamp"], "values": values, "params": rec["params"]}
     out = Ablations()
     if other:
-        out.notes.append(f"{len(other)} experiment(s) differing from the full recipe in more than one switch (or in other params) left out: {', '.join(sorted(other))}")
+        out.notes.append(
+            f"{len(other)} experiment(s) differing from the full recipe in more than one switch (or in other params) left out: {', '.join(sorted(other))}"
+        )
     if empty:
-        out.notes.append(f"{len(empty)} experiment(s) without any of the metrics left out (queued, running or failed): {', '.join(sorted(empty))}")
+        out.notes.append(
+            f"{len(empty)} experiment(s) without any of the metrics left out (queued, running or failed): {', '.join(sorted(empty))}"
+        )
     if (FULL, "") not in runs:
         out.notes.append("no finished full-recipe experiment: no differences to show")
 
@@ -129,15 +143,23 @@ def aggregate(recs: list[dict], reference: dict) -> Ablations:
 
     full = by_metric(runs.get((FULL, ""), {}))
     order = [FULL, *SWITCHES]
-    for (switch, setting), seeds in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0][1])):
+    for (switch, setting), seeds in sorted(
+        runs.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0][1])
+    ):
         if switch == "lora rank":
             continue
         cells = by_metric(seeds)
-        out.rows.append({
-            "switch": switch, "setting": setting, "seeds": sorted(seeds),
-            "metrics": {name: summary(v) for name, v in cells.items() if v},
-            "vs_full": {name: d for name, v in cells.items() if switch != FULL and (d := versus(v, full[name])) is not None},
-        })  # fmt: skip
+        out.rows.append(
+            {
+                "switch": switch,
+                "setting": setting,
+                "seeds": sorted(seeds),
+                "metrics": {name: summary(v) for name, v in cells.items() if v},
+                "vs_full": {
+                    name: d for name, v in cells.items() if switch != FULL and (d := versus(v, full[name])) is not None
+                },
+            }
+        )
     for name, (model, _, _) in wanted.items():
         points: dict[int, dict[int, float]] = {}
         for (switch, _), seeds in runs.items():
@@ -146,7 +168,9 @@ def aggregate(recs: list[dict], reference: dict) -> Ablations:
             for seed, r in seeds.items():
                 rank = r["params"].get(RANKS[model])
                 if name in r["values"] and isinstance(rank, int):
-                    points.setdefault(rank, {})[seed] = r["values"][name]  # a rank's repeat of the same seed: the same run
+                    points.setdefault(rank, {})[seed] = r["values"][
+                        name
+                    ]  # a rank's repeat of the same seed: the same run
         if len(points) > 1:
             out.ranks[name] = {rank: summary(v) for rank, v in sorted(points.items())}
     return out
@@ -163,7 +187,15 @@ def _cell(s: dict | None, d: dict | None) -> str:
 
 def render(ab: Ablations, dataset: str) -> str:
     names = list(metrics(dataset))
-    rows = [[r["switch"], r["setting"] or "-", str(len(r["seeds"])), *(_cell(r["metrics"].get(n), r["vs_full"].get(n)) for n in names)] for r in ab.rows]
+    rows = [
+        [
+            r["switch"],
+            r["setting"] or "-",
+            str(len(r["seeds"])),
+            *(_cell(r["metrics"].get(n), r["vs_full"].get(n)) for n in names),
+        ]
+        for r in ab.rows
+    ]
     lines = [
         f"# RecSysLLM ablations on {dataset}",
         "",
@@ -178,7 +210,10 @@ def render(ab: Ablations, dataset: str) -> str:
     if ab.ranks:
         lines += ["", "## LoRA rank", "", "![metrics against LoRA rank](recsysllm_lora_rank.png)", ""]
         ranks = sorted({rank for points in ab.ranks.values() for rank in points})
-        lines += table(["metric", *(f"rank {r}" for r in ranks)], [[n, *(_cell(points.get(r), None) for r in ranks)] for n, points in ab.ranks.items()])
+        lines += table(
+            ["metric", *(f"rank {r}" for r in ranks)],
+            [[n, *(_cell(points.get(r), None) for r in ranks)] for n, points in ab.ranks.items()],
+        )
     if ab.notes:
         lines += ["", "## Left out", "", *(f"- {note}" for note in ab.notes)]
     return "\n".join(lines) + "\n"
@@ -194,14 +229,19 @@ def plot_ranks(ranks: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(title, [n for n in ranks if any(n.startswith(title) and n.endswith(m) for m in suffixes)]) for title, suffixes in PANELS]
+    panels = [
+        (title, [n for n in ranks if any(n.startswith(title) and n.endswith(m) for m in suffixes)])
+        for title, suffixes in PANELS
+    ]
     panels = [(title, names) for title, names in panels if names]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     for ax, (title, names) in zip(axes[0], panels):
         for name in names:
             points = ranks[name]
             xs = sorted(points)
-            line = ax.plot(xs, [points[x]["mean"] for x in xs], marker="o", label=name.removeprefix(f"{title} ") or name)[0]
+            line = ax.plot(
+                xs, [points[x]["mean"] for x in xs], marker="o", label=name.removeprefix(f"{title} ") or name
+            )[0]
             for x in xs:
                 seeds = list(points[x]["by_seed"].values())
                 ax.scatter([x] * len(seeds), seeds, color=line.get_color(), alpha=0.4, s=12)
@@ -221,9 +261,17 @@ def runs(report: dict) -> set[tuple[str, ...]]:
     """The runs an ablation report (recsysllm_ablations.json's content) holds: each row's seeds,
     and each LoRA rank's seeds over all metrics (the full recipe's also as points of its rank)."""
     dataset = report["dataset"]
-    held = {(dataset, row["switch"] + (f" ({row['setting']})" if row["setting"] else ""), f"seed {seed}") for row in report["rows"] for seed in row["seeds"]}
+    held = {
+        (dataset, row["switch"] + (f" ({row['setting']})" if row["setting"] else ""), f"seed {seed}")
+        for row in report["rows"]
+        for seed in row["seeds"]
+    }
     for points in report["lora_rank"].values():
-        held |= {(dataset, f"LoRA rank {rank}", f"seed {seed}") for rank, summary in points.items() for seed in summary["by_seed"]}
+        held |= {
+            (dataset, f"LoRA rank {rank}", f"seed {seed}")
+            for rank, summary in points.items()
+            for seed in summary["by_seed"]
+        }
     return held
 
 
@@ -234,9 +282,17 @@ def write_ablations(exp: list, reference: dict, out_dir: str | Path, force: bool
     out = Path(out_dir)
     ab = aggregate(records(exp), reference)
     if not ab.rows and not ab.ranks:
-        raise RecpipeError("no finished experiment is the full recipe, one switch away from it or a LoRA rank of it: " + ("; ".join(ab.notes) or "dvc exp show lists none"))
+        raise RecpipeError(
+            "no finished experiment is the full recipe, one switch away from it or a LoRA rank of it: "
+            + ("; ".join(ab.notes) or "dvc exp show lists none")
+        )
     dataset = reference["p5.datasets"][0]
-    report = {"dataset": dataset, "rows": ab.rows, "lora_rank": {n: {str(r): s for r, s in p.items()} for n, p in ab.ranks.items()}, "notes": ab.notes}
+    report = {
+        "dataset": dataset,
+        "rows": ab.rows,
+        "lora_rank": {n: {str(r): s for r, s in p.items()} for n, p in ab.ranks.items()},
+        "notes": ab.notes,
+    }
     keep_runs(out / "recsysllm_ablations.json", runs, report, force)
     write_json(report, out / "recsysllm_ablations.json")
     with atomic_path(out / "recsysllm_ablations.md") as tmp:
@@ -245,5 +301,7 @@ def write_ablations(exp: list, reference: dict, out_dir: str | Path, force: bool
         plot_ranks(ab.ranks, out / "recsysllm_lora_rank.png")
     for note in ab.notes:
         log.warning("ablations: %s", note)
-    log.info("ablations: wrote %s/recsysllm_ablations.{json,md}%s", out, " and recsysllm_lora_rank.png" if ab.ranks else "")
+    log.info(
+        "ablations: wrote %s/recsysllm_ablations.{json,md}%s", out, " and recsysllm_lora_rank.png" if ab.ranks else ""
+    )
     return ab

@@ -11,8 +11,9 @@ from recpipe import RecpipeError, __version__, pipeline, setup_logging
 
 app = typer.Typer(
     help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.",
-    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-)  # fmt: skip
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="The params file to read.")
 
 
@@ -23,11 +24,17 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     del version  # handled, eagerly, by _print_version
 
 
-DATASET = typer.Option(None, "--dataset", "-d", help="Only this dataset (default: every one under `datasets` in params).")
+DATASET = typer.Option(
+    None, "--dataset", "-d", help="Only this dataset (default: every one under `datasets` in params)."
+)
 
 
 def _fail(e: RecpipeError) -> typer.Exit:
@@ -124,10 +131,18 @@ def report(params_path: Path = PARAMS) -> None:
 
 
 @app.command()
-def p5(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: every dataset in p5.datasets.")) -> None:
+def p5(
+    params_path: Path = PARAMS,
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: every dataset in p5.datasets."),
+) -> None:
     """The P5 families: samples, training mixture, one LoRA model, per-family scores on seen and
     unseen templates, popularity and SASRec baselines, and reports/p5/<dataset>/report.md."""
-    _run(["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"], params_path, dataset, need_p5=True)
+    _run(
+        ["families", "p5_sample", "p5_train", "p5_evaluate", "baselines", "p5_report"],
+        params_path,
+        dataset,
+        need_p5=True,
+    )
 
 
 @app.command()
@@ -137,14 +152,31 @@ def run(params_path: Path = PARAMS) -> None:
     _run(list(pipeline.STEPS), params_path)
 
 
-SWEEP_SET = typer.Option([], "--set", "-S", help="key=value: a param the sweep's `dvc exp run` set beyond seed, sample.k and instructions.split (repeatable).")
-SWEEP_FROM = typer.Option([], "--from", help="A saved `dvc exp show --json` to read instead of running it (repeatable: experiments saved on several machines or commits).")
+SWEEP_SET = typer.Option(
+    [],
+    "--set",
+    "-S",
+    help="key=value: a param the sweep's `dvc exp run` set beyond seed, sample.k and instructions.split (repeatable).",
+)
+SWEEP_FROM = typer.Option(
+    [],
+    "--from",
+    help="A saved `dvc exp show --json` to read instead of running it (repeatable: experiments saved on several machines or commits).",
+)
 SWEEP_OUT = typer.Option("reports", "--out", "-o", help="Where tallrec_sweep.{json,md,png} go.")
-FORCE = typer.Option(False, "--force", help="Replace the report even if it holds runs (seeds of a row) the new one lacks.")
+FORCE = typer.Option(
+    False, "--force", help="Replace the report even if it holds runs (seeds of a row) the new one lacks."
+)
 
 
 @app.command()
-def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, sources: list[Path] = SWEEP_FROM, out: Path = SWEEP_OUT, force: bool = FORCE) -> None:
+def sweep(
+    params_path: Path = PARAMS,
+    settings: list[str] = SWEEP_SET,
+    sources: list[Path] = SWEEP_FROM,
+    out: Path = SWEEP_OUT,
+    force: bool = FORCE,
+) -> None:
     """Aggregate the DVC experiments of a TALLRec sweep over seed, sample.k and instructions.split:
     test AUC mean and sd per K and split, beside the paper's and the history prior's
     (reports/tallrec_sweep.json, .md, .png). Only experiments whose other params equal the params
@@ -156,12 +188,25 @@ def sweep(params_path: Path = PARAMS, settings: list[str] = SWEEP_SET, sources: 
         raise _fail(e) from None
 
 
-ABLATION_SET = typer.Option([], "--set", "-S", help="key=value: a param of the full recipe beyond params.yaml's, as its `dvc exp run` set it (repeatable), e.g. train.init=pretrained.")
-ABLATION_OUT = typer.Option("reports", "--out", "-o", help="Where recsysllm_ablations.{json,md} and recsysllm_lora_rank.png go.")
+ABLATION_SET = typer.Option(
+    [],
+    "--set",
+    "-S",
+    help="key=value: a param of the full recipe beyond params.yaml's, as its `dvc exp run` set it (repeatable), e.g. train.init=pretrained.",
+)
+ABLATION_OUT = typer.Option(
+    "reports", "--out", "-o", help="Where recsysllm_ablations.{json,md} and recsysllm_lora_rank.png go."
+)
 
 
 @app.command()
-def ablations(params_path: Path = PARAMS, settings: list[str] = ABLATION_SET, sources: list[Path] = SWEEP_FROM, out: Path = ABLATION_OUT, force: bool = FORCE) -> None:
+def ablations(
+    params_path: Path = PARAMS,
+    settings: list[str] = ABLATION_SET,
+    sources: list[Path] = SWEEP_FROM,
+    out: Path = ABLATION_OUT,
+    force: bool = FORCE,
+) -> None:
     """Aggregate RecSysLLM's ablation (one switch at a time) and LoRA rank experiments against the
     full recipe (the params file with --set): P5 sequential and rating metrics, seen and unseen,
     and TALLRec's AUC, mean ± sd over seeds and the difference from the full recipe
@@ -181,7 +226,10 @@ def params_command() -> None:
 
 
 @app.command()
-def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`.")) -> None:
+def stats(
+    params_path: Path = PARAMS,
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Default: the params' `dataset`."),
+) -> None:
     """Print statistics of a dataset's ingested tables and of the instruction splits."""
     try:
         p = _load(params_path, dataset)
@@ -190,15 +238,31 @@ def stats(params_path: Path = PARAMS, dataset: str | None = typer.Option(None, "
         if not (tables / "interactions.parquet").exists():
             raise RecpipeError(f"{tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`")
         inter = pipeline.read_parquet(tables / "interactions.parquet", "ingest")
-        s = pipeline.read_parquet(pipeline.SAMPLES, "instructions") if Path(pipeline.SAMPLES).exists() and name == p.dataset else None
+        s = (
+            pipeline.read_parquet(pipeline.SAMPLES, "instructions")
+            if Path(pipeline.SAMPLES).exists() and name == p.dataset
+            else None
+        )
     except RecpipeError as e:
         raise _fail(e) from None
     per_user = inter.group_by("user_id").len()["len"]
-    typer.echo(f"{name}: interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}")
-    typer.echo(f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
-               f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}")
-    typer.echo("rating distribution: " + ", ".join(f"{'implicit' if r is None else format(r, 'g')}: {n}" for r, n in inter.group_by("rating").len().sort("rating").rows()))
+    typer.echo(
+        f"{name}: interactions: {inter.height:,}  users: {inter['user_id'].n_unique():,}  items: {inter['item_id'].n_unique():,}"
+    )
+    typer.echo(
+        f"density: {inter.height / (inter['user_id'].n_unique() * inter['item_id'].n_unique()):.4f}  "
+        f"ratings per user: min {per_user.min()}, median {per_user.median():.0f}, max {per_user.max()}"
+    )
+    typer.echo(
+        "rating distribution: "
+        + ", ".join(
+            f"{'implicit' if r is None else format(r, 'g')}: {n}"
+            for r, n in inter.group_by("rating").len().sort("rating").rows()
+        )
+    )
     if s is not None:
-        by_split = s.group_by("split").agg(pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max())
+        by_split = s.group_by("split").agg(
+            pl.len(), pl.col("label").mean(), t0=pl.col("timestamp").min(), t1=pl.col("timestamp").max()
+        )
         for split, n, pos, t0, t1 in by_split.sort("t0").rows():
             typer.echo(f"{split:>5}: {n:,} samples, {100 * pos:.1f}% liked, timestamps {t0}..{t1}")

@@ -47,13 +47,19 @@ def records(exp_show: list) -> list[dict]:
     is either a committed run again or uncommitted work. An experiment still queued or running, or
     one that failed, gets no metrics: the files DVC shows for it are its baseline commit's."""
     if not isinstance(exp_show, list) or not all(isinstance(row, dict) and "rev" in row for row in exp_show):
-        raise RecpipeError(f"dvc exp show --json: expected a list of revisions, each with a 'rev', got {type(exp_show).__name__}")
+        raise RecpipeError(
+            f"dvc exp show --json: expected a list of revisions, each with a 'rev', got {type(exp_show).__name__}"
+        )
     out = []
 
     def add(row: dict, name: str, finished: bool = True) -> None:
         data = row.get("data") or {}
         params = get_path(data, ("params", PARAMS_FILE, "data")) or {}
-        metrics = {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)} if finished else {}
+        metrics = (
+            {file: m.get("data") for file, m in (data.get("metrics") or {}).items() if isinstance(m, dict)}
+            if finished
+            else {}
+        )
         out.append({"name": name, "timestamp": data.get("timestamp"), "params": flatten(params), "metrics": metrics})
 
     for baseline in exp_show:
@@ -72,7 +78,9 @@ def exp_show() -> list:
     try:
         run = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise RecpipeError("dvc not found: install recpipe's environment, or pass --from a saved `dvc exp show --json`") from None
+        raise RecpipeError(
+            "dvc not found: install recpipe's environment, or pass --from a saved `dvc exp show --json`"
+        ) from None
     if run.returncode != 0:
         last = (run.stderr.strip().splitlines() or ["no message"])[-1]
         raise RecpipeError(f"dvc exp show --json failed: {last}")
@@ -98,7 +106,9 @@ def read_exp_shows(paths) -> list:
     for path in paths:
         saved = read_exp_show(path)
         if not isinstance(saved, list):
-            raise RecpipeError(f"{path}: expected a list of revisions (the output of `dvc exp show --json`), got {type(saved).__name__}")
+            raise RecpipeError(
+                f"{path}: expected a list of revisions (the output of `dvc exp show --json`), got {type(saved).__name__}"
+            )
         for row in saved:
             kept = by_rev.get(row.get("rev")) if isinstance(row, dict) else None
             if kept is None:
@@ -124,7 +134,9 @@ def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or key not in keys:
-            raise RecpipeError(f"--set {item!r}: expected key=value with a dotted key of {params_path} (e.g. train.lr=1e-4)")
+            raise RecpipeError(
+                f"--set {item!r}: expected key=value with a dotted key of {params_path} (e.g. train.lr=1e-4)"
+            )
         value = yaml.safe_load(text)
         if isinstance(value, str):  # YAML reads 1e-4 as a string; -S writes it as a number
             try:
@@ -154,7 +166,9 @@ def keep_runs(path: str | Path, runs, report: dict, force: bool = False) -> None
     except RecpipeError as e:
         raise RecpipeError(f"{e}: {how}") from None
     except (KeyError, TypeError, AttributeError, ValueError):
-        raise RecpipeError(f"{path}: not a report this command writes, so what replacing it would drop is unknown: {how}") from None
+        raise RecpipeError(
+            f"{path}: not a report this command writes, so what replacing it would drop is unknown: {how}"
+        ) from None
     dropped = sorted(held - runs(report))
     if dropped:
         shown = ", ".join(" ".join(run) for run in dropped[:3]) + (", ..." if len(dropped) > 3 else "")

@@ -170,7 +170,9 @@ def sink_parquet(batches: Callable[[], Iterator[pl.DataFrame]], schema: dict, pa
             yield pl.DataFrame(schema=schema)
 
     with atomic_path(path) as tmp:
-        register_io_source(source, schema=schema).sink_parquet(tmp, compression="zstd", statistics=False, row_group_size=ROW_GROUP)
+        register_io_source(source, schema=schema).sink_parquet(
+            tmp, compression="zstd", statistics=False, row_group_size=ROW_GROUP
+        )
 
 
 def write_json(obj, path: str | Path) -> None:

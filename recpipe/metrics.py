@@ -93,7 +93,7 @@ def rating_metrics(predictions: list[str], targets: list[float], low: float, hig
 
 
 def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" from the answer's first word (lowercased, punctuation stripped), else None."""
+    """ "yes" or "no" from the answer's first word (lowercased, punctuation stripped), else None."""
     words = (text or "").split()
     word = words[0].strip(string.punctuation).lower() if words else ""
     return word if word in ("yes", "no") else None
@@ -105,7 +105,10 @@ def yes_no_metrics(predictions: list[str], targets: list[str]) -> dict:
     when every one is, yes_no_auc ranks them too, as the TALLRec task does (None with one class)."""
     p_yes = [_probability(p) for p in predictions]
     scored = bool(p_yes) and None not in p_yes
-    answers = [("yes" if p >= 0.5 else "no") if scored else parse_yes_no(text) for p, text in zip(p_yes, predictions, strict=True)]
+    answers = [
+        ("yes" if p >= 0.5 else "no") if scored else parse_yes_no(text)
+        for p, text in zip(p_yes, predictions, strict=True)
+    ]
     truth = [t.strip().lower() for t in targets]
     right = sum(a == t for a, t in zip(answers, truth, strict=True))
     unparsable = answers.count(None)
@@ -168,7 +171,14 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return float(binomtest(only_a, only_a + only_b).pvalue) if only_a + only_b else 1.0
 
 
-def paired_bootstrap_auc(labels: list[int], scores: dict[str, list[float]], pairs: list[tuple[str, str]], rounds: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+def paired_bootstrap_auc(
+    labels: list[int],
+    scores: dict[str, list[float]],
+    pairs: list[tuple[str, str]],
+    rounds: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
     """AUCs of several scorers of the same samples, each with a percentile interval over the
     samples drawn with replacement, and for each (a, b) in `pairs` the difference AUC(a) - AUC(b)
     with its interval and a two-sided p-value (twice the share of draws on the smaller side of
@@ -200,5 +210,9 @@ def paired_bootstrap_auc(labels: list[int], scores: dict[str, list[float]], pair
         d = per[a] - per[b]
         lo, hi = np.quantile(d, [tail, 1 - tail])
         p = min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (len(d) + 1))  # never 0 from finite draws
-        out[f"{a}_vs_{b}"] = {"difference": round(whole[a] - whole[b], 5), "ci": [round(float(lo), 5), round(float(hi), 5)], "p": round(float(p), 5)}
+        out[f"{a}_vs_{b}"] = {
+            "difference": round(whole[a] - whole[b], 5),
+            "ci": [round(float(lo), 5), round(float(hi), 5)],
+            "p": round(float(p), 5),
+        }
     return out

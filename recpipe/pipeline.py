@@ -14,8 +14,14 @@ SAMPLES, SHOTS = "data/instructions/samples.parquet", "data/sample"
 CROSS = "data/instructions/cross_domain.parquet"  # evaluate.dataset's samples, when it is set
 ADAPTER, EVAL, LIVE = "data/adapter", "data/eval", "dvclive/train"
 P5_DATA, P5_REPORTS, P5_LIVE = "data/p5", "reports/p5", "dvclive/p5"  # one folder per dataset in each
-RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = "data/recsysllm", "reports/recsysllm", "dvclive/recsysllm"  # likewise
-CHECKPOINTS = ".recpipe/checkpoints"  # the P5 and pretraining runs' own folders in it: p5-<dataset>, recsysllm-<dataset>
+RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = (
+    "data/recsysllm",
+    "reports/recsysllm",
+    "dvclive/recsysllm",
+)  # likewise
+CHECKPOINTS = (
+    ".recpipe/checkpoints"  # the P5 and pretraining runs' own folders in it: p5-<dataset>, recsysllm-<dataset>
+)
 
 load_params = params.load
 dataset_name = params.dataset_name
@@ -79,7 +85,12 @@ def textualize(p: Params, dataset: str) -> None:
     from recpipe.data.textualize import textualize as _textualize
 
     template = p.registry[dataset].template or dataset
-    _textualize(dataset_dir(TABLES, dataset), dataset_dir(TEXT, dataset), template=template, move_article=p.textualize.article_first)
+    _textualize(
+        dataset_dir(TABLES, dataset),
+        dataset_dir(TEXT, dataset),
+        template=template,
+        move_article=p.textualize.article_first,
+    )
 
 
 def instructions(p: Params) -> None:
@@ -116,10 +127,20 @@ def train(p: Params) -> None:
     positions = intra_positions(p, p.train.init, p.dataset)
     validate = valid_auc(p.instructions.template, p.train.eval_batch_size, positions)
     _train(
-        f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", ADAPTER, "reports/train.json", p.model, p.lora, p.train, p.seed,
-        live_dir=LIVE, validate=validate, run_path="reports/train_run.json", init=start(p.train.init, p.dataset),
+        f"{SHOTS}/train.parquet",
+        f"{SHOTS}/valid.parquet",
+        ADAPTER,
+        "reports/train.json",
+        p.model,
+        p.lora,
+        p.train,
+        p.seed,
+        live_dir=LIVE,
+        validate=validate,
+        run_path="reports/train_run.json",
+        init=start(p.train.init, p.dataset),
         task=answer_task(f"{SHOTS}/train.parquet", f"{SHOTS}/valid.parquet", p.train.max_length, positions),
-    )  # fmt: skip
+    )
 
 
 def start(init: str, dataset: str):
@@ -156,7 +177,12 @@ def scoring_model(p: Params, adapter: str | None = None, init=None):
     from recpipe.model.load import load, pick_device, pick_dtype
 
     device = pick_device(p.model.device)
-    model, tokenizer = load(p.model.name, p.model.sha256, dtype=pick_dtype(p.evaluate.dtype, device), attention=pick_attention(p.model.attention, device))
+    model, tokenizer = load(
+        p.model.name,
+        p.model.sha256,
+        dtype=pick_dtype(p.evaluate.dtype, device),
+        attention=pick_attention(p.model.attention, device),
+    )
     model = model.to(device)  # before the adapter: it is loaded and merged on the same device
     if init is not None:
         model = init(model, tokenizer).to(device)
@@ -170,7 +196,9 @@ def scoring_model(p: Params, adapter: str | None = None, init=None):
 def evaluate(p: Params) -> None:
     """Score the test split with the tuned adapter (on the pretrained model with train.init pretrained)."""
     model, tokenizer = scoring_model(p, ADAPTER, start(p.train.init, p.dataset))
-    score_test(p, "tuned", model, tokenizer, with_positions(intra_positions(p, p.train.init, p.dataset), model, tokenizer))
+    score_test(
+        p, "tuned", model, tokenizer, with_positions(intra_positions(p, p.train.init, p.dataset), model, tokenizer)
+    )
 
 
 def evaluate_base(p: Params) -> None:
@@ -183,7 +211,17 @@ def score_test(p: Params, name: str, model, tokenizer, positions=None) -> None:
 
     # Scored with the training template's answer words, the ones the adapter learned (the
     # instructions step checks that evaluate.instructions' template has the same).
-    _evaluate(test_samples(p), f"{EVAL}/{name}", f"reports/{name}.json", f"reports/roc_{name}.csv", model, tokenizer, p.evaluate.batch_size, p.instructions.template, positions)
+    _evaluate(
+        test_samples(p),
+        f"{EVAL}/{name}",
+        f"reports/{name}.json",
+        f"reports/roc_{name}.csv",
+        model,
+        tokenizer,
+        p.evaluate.batch_size,
+        p.instructions.template,
+        positions,
+    )
 
 
 def report(p: Params) -> None:
@@ -203,7 +241,16 @@ def families(p: Params, dataset: str) -> None:
     interactions = read_parquet(f"{dataset_dir(TABLES, dataset)}/interactions.parquet", "ingest")
     names = item_names(items, interactions, p.p5.indexing, p.seed, p.p5.clusters)
     rating_max = p.registry[dataset].rating_max
-    _families(dataset_dir(TABLES, dataset), dataset_dir(TEXT, dataset), f"{dataset_dir(P5_DATA, dataset)}/families", dataset, p.p5, p.seed, rating_max, names)
+    _families(
+        dataset_dir(TABLES, dataset),
+        dataset_dir(TEXT, dataset),
+        f"{dataset_dir(P5_DATA, dataset)}/families",
+        dataset,
+        p.p5,
+        p.seed,
+        rating_max,
+        names,
+    )
 
 
 def p5_sample(p: Params, dataset: str) -> None:
@@ -219,11 +266,20 @@ def p5_train(p: Params, dataset: str) -> None:
     shots = f"{dataset_dir(P5_DATA, dataset)}/shots"
     positions = intra_positions(p, p.p5.train.init, dataset)
     _train(
-        f"{shots}/train.parquet", f"{shots}/valid.parquet", f"{dataset_dir(P5_DATA, dataset)}/adapter", f"{dataset_dir(P5_REPORTS, dataset)}/train.json",
-        p.model, p.p5.lora, p.p5.train, p.seed, live_dir=dataset_dir(P5_LIVE, dataset), run_path=f"{dataset_dir(P5_REPORTS, dataset)}/train_run.json",
-        checkpoints=dataset_dir(CHECKPOINTS, f"p5-{dataset}"), init=start(p.p5.train.init, dataset),
+        f"{shots}/train.parquet",
+        f"{shots}/valid.parquet",
+        f"{dataset_dir(P5_DATA, dataset)}/adapter",
+        f"{dataset_dir(P5_REPORTS, dataset)}/train.json",
+        p.model,
+        p.p5.lora,
+        p.p5.train,
+        p.seed,
+        live_dir=dataset_dir(P5_LIVE, dataset),
+        run_path=f"{dataset_dir(P5_REPORTS, dataset)}/train_run.json",
+        checkpoints=dataset_dir(CHECKPOINTS, f"p5-{dataset}"),
+        init=start(p.p5.train.init, dataset),
         task=answer_task(f"{shots}/train.parquet", f"{shots}/valid.parquet", p.p5.train.max_length, positions),
-    )  # fmt: skip
+    )
 
 
 def p5_evaluate(p: Params, dataset: str) -> None:
@@ -232,10 +288,17 @@ def p5_evaluate(p: Params, dataset: str) -> None:
     model, tokenizer = scoring_model(p, f"{dataset_dir(P5_DATA, dataset)}/adapter", start(p.p5.train.init, dataset))
     d = p.registry[dataset]
     evaluate_p5(
-        f"{dataset_dir(P5_DATA, dataset)}/shots/{p.p5.evaluate_split}.parquet", f"{dataset_dir(P5_DATA, dataset)}/families/names.parquet", f"{dataset_dir(TABLES, dataset)}/interactions.parquet",
-        f"{dataset_dir(P5_DATA, dataset)}/eval", f"{dataset_dir(P5_REPORTS, dataset)}/families", model, tokenizer, p.p5, (d.rating_min, d.rating_max),
+        f"{dataset_dir(P5_DATA, dataset)}/shots/{p.p5.evaluate_split}.parquet",
+        f"{dataset_dir(P5_DATA, dataset)}/families/names.parquet",
+        f"{dataset_dir(TABLES, dataset)}/interactions.parquet",
+        f"{dataset_dir(P5_DATA, dataset)}/eval",
+        f"{dataset_dir(P5_REPORTS, dataset)}/families",
+        model,
+        tokenizer,
+        p.p5,
+        (d.rating_min, d.rating_max),
         with_positions(intra_positions(p, p.p5.train.init, dataset), model, tokenizer),
-    )  # fmt: skip
+    )
 
 
 def baselines(p: Params, dataset: str) -> None:
@@ -259,11 +322,20 @@ def p5_report(p: Params, dataset: str) -> None:
     summary = {"dataset": dataset, "seed": p.seed, "model": p.model.name, "p5": p.p5.model_dump(exclude={"datasets"})}
     out = dataset_dir(P5_REPORTS, dataset)
     test = p.p5.evaluate_split == "test"  # the baselines score the test cases: nothing to set beside validation figures
-    predictions = {"recpipe": f"{dataset_dir(P5_DATA, dataset)}/eval/predictions.parquet", "baselines": f"{dataset_dir(P5_DATA, dataset)}/baselines/predictions.parquet"}
+    predictions = {
+        "recpipe": f"{dataset_dir(P5_DATA, dataset)}/eval/predictions.parquet",
+        "baselines": f"{dataset_dir(P5_DATA, dataset)}/baselines/predictions.parquet",
+    }
     write_p5_report(
-        dataset, f"{out}/families", f"{out}/baselines.json" if test else None, f"{out}/report.md", summary, predictions if test else None,
-        p.p5.indexing, p.p5.evaluate_split,
-    )  # fmt: skip
+        dataset,
+        f"{out}/families",
+        f"{out}/baselines.json" if test else None,
+        f"{out}/report.md",
+        summary,
+        predictions if test else None,
+        p.p5.indexing,
+        p.p5.evaluate_split,
+    )
 
 
 # RecSysLLM's masked pretraining (opt-in: one stage per dataset in recsysllm.datasets).
@@ -291,18 +363,38 @@ def pretrain(p: Params, dataset: str) -> None:
 
     out = dataset_dir(RECSYSLLM_DATA, dataset)
     _pretrain(
-        dataset_dir(TEXT, dataset), held_out(p, dataset), f"{out}/corpus.parquet", f"{out}/pretrained", f"{dataset_dir(RECSYSLLM_REPORTS, dataset)}/pretrain.json",
-        p.model, p.recsysllm, p.seed, live_dir=dataset_dir(RECSYSLLM_LIVE, dataset), checkpoints=dataset_dir(CHECKPOINTS, f"recsysllm-{dataset}"),
+        dataset_dir(TEXT, dataset),
+        held_out(p, dataset),
+        f"{out}/corpus.parquet",
+        f"{out}/pretrained",
+        f"{dataset_dir(RECSYSLLM_REPORTS, dataset)}/pretrain.json",
+        p.model,
+        p.recsysllm,
+        p.seed,
+        live_dir=dataset_dir(RECSYSLLM_LIVE, dataset),
+        checkpoints=dataset_dir(CHECKPOINTS, f"recsysllm-{dataset}"),
         run_path=f"{dataset_dir(RECSYSLLM_REPORTS, dataset)}/pretrain_run.json",
-    )  # fmt: skip
+    )
 
 
 STEPS = {
-    "download": download, "ingest": ingest, "textualize": textualize, "instructions": instructions,
-    "sample": sample, "pretrain": pretrain, "train": train, "evaluate_base": evaluate_base, "evaluate": evaluate, "report": report,
-    "families": families, "p5_sample": p5_sample, "p5_train": p5_train, "p5_evaluate": p5_evaluate,
-    "baselines": baselines, "p5_report": p5_report,
-}  # fmt: skip
+    "download": download,
+    "ingest": ingest,
+    "textualize": textualize,
+    "instructions": instructions,
+    "sample": sample,
+    "pretrain": pretrain,
+    "train": train,
+    "evaluate_base": evaluate_base,
+    "evaluate": evaluate,
+    "report": report,
+    "families": families,
+    "p5_sample": p5_sample,
+    "p5_train": p5_train,
+    "p5_evaluate": p5_evaluate,
+    "baselines": baselines,
+    "p5_report": p5_report,
+}
 
 
 # dvc.yaml runs these once per dataset (foreach over `datasets`, `p5.datasets` or `recsysllm.datasets`).
@@ -319,7 +411,13 @@ def main(step: str) -> None:
     try:
         p = params.load()
         if step in PER_DATASET | PER_P5_DATASET | PER_RECSYSLLM_DATASET:
-            allowed, where = (p.datasets, "datasets") if step in PER_DATASET else (p.p5.datasets, "p5.datasets") if step in PER_P5_DATASET else (p.recsysllm.datasets, "recsysllm.datasets")
+            allowed, where = (
+                (p.datasets, "datasets")
+                if step in PER_DATASET
+                else (p.p5.datasets, "p5.datasets")
+                if step in PER_P5_DATASET
+                else (p.recsysllm.datasets, "recsysllm.datasets")
+            )
             args = sys.argv[1:] or [os.environ.get("DVC_STAGE", "").partition("@")[2]]
             if len(args) != 1 or args[0] not in allowed:
                 raise RecpipeError(f"usage: {step}.py <dataset>, one of {where}: {list(allowed)}")

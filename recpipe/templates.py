@@ -21,7 +21,9 @@ def read_template_file(name_or_path: str) -> tuple[Path, dict]:
     return path, read_mapping(path)
 
 
-def load_template(name_or_path: str, required: dict[str, set[str] | None], allowed: dict[str, set[str]] | None = None) -> dict:
+def load_template(
+    name_or_path: str, required: dict[str, set[str] | None], allowed: dict[str, set[str]] | None = None
+) -> dict:
     """Load a template file; check each required key has its placeholders, plain ones only (and
     only those `allowed` names for the key, where it names the key). A key required as None is
     literal text, not a template."""
@@ -37,7 +39,9 @@ def load_template(name_or_path: str, required: dict[str, set[str] | None], allow
                 raise RecpipeError(f"{path}: {key!r} lacks placeholders {sorted(fields - found)}")
             unknown = found - allowed[key] if allowed and key in allowed else set()
             if unknown:
-                raise RecpipeError(f"{path}: {key!r} has unknown placeholders {sorted(unknown)} (it can use {sorted(allowed[key])})")
+                raise RecpipeError(
+                    f"{path}: {key!r} has unknown placeholders {sorted(unknown)} (it can use {sorted(allowed[key])})"
+                )
     return data
 
 
@@ -50,14 +54,18 @@ def placeholders(template: str, where: str = "template") -> set[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError:  # a lone { or }: Python's words for it can point at the wrong one
-        raise RecpipeError(f"{where}: a {{ or }} that opens or closes no placeholder (write {{{{ or }}}} for a literal brace)") from None
+        raise RecpipeError(
+            f"{where}: a {{ or }} that opens or closes no placeholder (write {{{{ or }}}} for a literal brace)"
+        ) from None
     fields = set()
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
         if not field.isidentifier() or spec or conversion:
             written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise RecpipeError(f"{where}: placeholder {written} is not a plain name such as {{title}} (no attribute, index, conversion or format spec)")
+            raise RecpipeError(
+                f"{where}: placeholder {written} is not a plain name such as {{title}} (no attribute, index, conversion or format spec)"
+            )
         fields.add(field)
     return fields
 

@@ -37,7 +37,8 @@ def make_ratings(seed: int = 0) -> tuple[list, list, list]:
 def grouplens_files(ratings, items, users) -> dict[str, bytes]:
     data = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings)
     item = "".join(
-        f"{i}|{title} ({year})|01-Jan-{year}||http://x|" + "|".join(map(str, flags)) + "\n" for i, title, year, flags in items
+        f"{i}|{title} ({year})|01-Jan-{year}||http://x|" + "|".join(map(str, flags)) + "\n"
+        for i, title, year, flags in items
     )
     user = "".join(f"{u}|{a}|{g}|{o}|{z}\n" for u, a, g, o, z in users)
     return {"ml-100k/u.data": data.encode(), "ml-100k/u.item": item.encode("latin-1"), "ml-100k/u.user": user.encode()}
@@ -45,9 +46,12 @@ def grouplens_files(ratings, items, users) -> dict[str, bytes]:
 
 def atomic_files(ratings, items, users) -> dict[str, bytes]:
     base = "recbole/dataset_example/ml-100k/ml-100k"
-    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings)
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings
+    )
     item = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + "".join(
-        f"{i}\t{title}\t{year}\t" + " ".join(g for g, f in zip(ML100K_GENRES, flags) if f) + "\n" for i, title, year, flags in items
+        f"{i}\t{title}\t{year}\t" + " ".join(g for g, f in zip(ML100K_GENRES, flags) if f) + "\n"
+        for i, title, year, flags in items
     )
     user = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n" + "".join(
         f"{u}\t{a}\t{g}\t{o}\t{z}\n" for u, a, g, o, z in users
@@ -113,12 +117,25 @@ def make_tiny_model(folder: Path, texts: list[str]) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<s>", "</s>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     import torch
 
     torch.manual_seed(0)

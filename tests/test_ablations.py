@@ -15,14 +15,28 @@ FULL_PARAMS = {
     "seed": 0,
     "lora": {"rank": 8},
     "train": {"init": "pretrained", "lr": 0.001},
-    "p5": {"datasets": ["ml-100k"], "lora": {"rank": 8}, "train": {"init": "pretrained"}, "sequential_ranking": "likelihood"},
-    "recsysllm": {"datasets": ["ml-100k"], "sampling": {"mode": "temporal"}, "whole_entities": True, "order": "chronological", "positions_2d": True, "dynamic_positions": True},
-}  # fmt: skip
+    "p5": {
+        "datasets": ["ml-100k"],
+        "lora": {"rank": 8},
+        "train": {"init": "pretrained"},
+        "sequential_ranking": "likelihood",
+    },
+    "recsysllm": {
+        "datasets": ["ml-100k"],
+        "sampling": {"mode": "temporal"},
+        "whole_entities": True,
+        "order": "chronological",
+        "positions_2d": True,
+        "dynamic_positions": True,
+    },
+}
 
 
 def write_params(folder, data):
     """params.yaml as `data`, and a datasets.yaml that knows ml-100k: the params are checked as a stage reads them."""
-    (folder / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    (folder / "datasets.yaml").write_text(
+        "ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n"
+    )
     params = folder / "params.yaml"
     params.write_text(json.dumps(data))
     return params
@@ -40,10 +54,33 @@ def run(name, seed, score, timestamp="2026-01-01T00:00:00", finished=True, **cha
             node = node[part]
         node[leaf] = value
     families = "reports/p5/ml-100k/families"
-    seq = {g: {"n": 10, "hr@5": score / 2, "ndcg@5": score / 3, "hr@10": score, "ndcg@10": score / 2 + (g == "unseen") / 100} for g in ("seen", "unseen")}
-    rating = {g: {"n": 10, "rmse": 1.2 - score, "mae": 0.9 - score, "yes_no_auc": 0.5 + score} for g in ("seen", "unseen")}
-    metrics = {"reports/tuned.json": {"data": {"auc": 0.6 + score}}, f"{families}/sequential.json": {"data": seq}, f"{families}/rating.json": {"data": rating}}
-    data = {"rev": f"{name}-rev", "timestamp": timestamp, "params": {"params.yaml": {"data": params}}, "metrics": metrics if finished else {}, "deps": {}, "outs": {}, "meta": {}}
+    seq = {
+        g: {
+            "n": 10,
+            "hr@5": score / 2,
+            "ndcg@5": score / 3,
+            "hr@10": score,
+            "ndcg@10": score / 2 + (g == "unseen") / 100,
+        }
+        for g in ("seen", "unseen")
+    }
+    rating = {
+        g: {"n": 10, "rmse": 1.2 - score, "mae": 0.9 - score, "yes_no_auc": 0.5 + score} for g in ("seen", "unseen")
+    }
+    metrics = {
+        "reports/tuned.json": {"data": {"auc": 0.6 + score}},
+        f"{families}/sequential.json": {"data": seq},
+        f"{families}/rating.json": {"data": rating},
+    }
+    data = {
+        "rev": f"{name}-rev",
+        "timestamp": timestamp,
+        "params": {"params.yaml": {"data": params}},
+        "metrics": metrics if finished else {},
+        "deps": {},
+        "outs": {},
+        "meta": {},
+    }
     return {"rev": f"{name}-rev", "name": name, "data": data, "error": None, "experiments": None}
 
 
@@ -52,22 +89,32 @@ def exp_show(*exps):
 
 
 EXPS = [
-    run("full-1", 1, 0.12), run("full-2", 2, 0.14),  # with main: the full recipe at seeds 0, 1, 2
-    run("base-0", 0, 0.05, train__init="base", p5__train__init="base"), run("base-1", 1, 0.07, train__init="base", p5__train__init="base"),
-    run("uniform", 0, 0.08, recsysllm__sampling__mode="uniform"), run("recent", 0, 0.09, recsysllm__sampling__mode="recent"),
-    run("tokens", 0, 0.11, recsysllm__whole_entities=False), run("random", 0, 0.1, recsysllm__order="random"),
-    run("flat", 5, 0.06, recsysllm__positions_2d=False), run("static", 0, 0.09, recsysllm__dynamic_positions=False),
-]  # fmt: skip
+    run("full-1", 1, 0.12),
+    run("full-2", 2, 0.14),  # with main: the full recipe at seeds 0, 1, 2
+    run("base-0", 0, 0.05, train__init="base", p5__train__init="base"),
+    run("base-1", 1, 0.07, train__init="base", p5__train__init="base"),
+    run("uniform", 0, 0.08, recsysllm__sampling__mode="uniform"),
+    run("recent", 0, 0.09, recsysllm__sampling__mode="recent"),
+    run("tokens", 0, 0.11, recsysllm__whole_entities=False),
+    run("random", 0, 0.1, recsysllm__order="random"),
+    run("flat", 5, 0.06, recsysllm__positions_2d=False),
+    run("static", 0, 0.09, recsysllm__dynamic_positions=False),
+]
 
 
 def test_one_row_per_switch_setting_with_mean_sd_and_the_paired_difference():
     ab = aggregate(records(exp_show(*EXPS)), flatten(FULL_PARAMS))
     labels = [(r["switch"], r["setting"]) for r in ab.rows]
     assert labels == [
-        (FULL, ""), ("behaviour sampling", "recsysllm.sampling.mode=recent"), ("behaviour sampling", "recsysllm.sampling.mode=uniform"),
-        ("masking", "recsysllm.whole_entities=False"), ("span order", "recsysllm.order=random"), ("2D positions", "recsysllm.positions_2d=False"),
-        ("dynamic positions", "recsysllm.dynamic_positions=False"), ("pretraining", "p5.train.init=base, train.init=base"),
-    ]  # fmt: skip
+        (FULL, ""),
+        ("behaviour sampling", "recsysllm.sampling.mode=recent"),
+        ("behaviour sampling", "recsysllm.sampling.mode=uniform"),
+        ("masking", "recsysllm.whole_entities=False"),
+        ("span order", "recsysllm.order=random"),
+        ("2D positions", "recsysllm.positions_2d=False"),
+        ("dynamic positions", "recsysllm.dynamic_positions=False"),
+        ("pretraining", "p5.train.init=base, train.init=base"),
+    ]
     full, base = ab.rows[0], ab.rows[-1]
     aucs = [0.7, 0.72, 0.74]
     assert full["seeds"] == [0, 1, 2] and full["metrics"]["TALLRec AUC"]["mean"] == round(statistics.fmean(aucs), 5)
@@ -75,8 +122,16 @@ def test_one_row_per_switch_setting_with_mean_sd_and_the_paired_difference():
     assert full["metrics"]["sequential unseen ndcg@10"]["mean"] == round(statistics.fmean([0.06, 0.07, 0.08]), 5)
     assert full["metrics"]["rating seen rmse"]["mean"] == round(statistics.fmean([1.1, 1.08, 1.06]), 5)
     # No pretraining: seeds 0 and 1 paired with the full recipe's seeds 0 and 1.
-    assert base["metrics"]["sequential seen hr@10"] == {"mean": 0.06, "sd": round(statistics.stdev([0.05, 0.07]), 5), "n": 2, "by_seed": {"0": 0.05, "1": 0.07}}
-    assert base["vs_full"]["sequential seen hr@10"] == {"diff": round(statistics.fmean([0.05 - 0.1, 0.07 - 0.12]), 5), "paired_seeds": [0, 1]}
+    assert base["metrics"]["sequential seen hr@10"] == {
+        "mean": 0.06,
+        "sd": round(statistics.stdev([0.05, 0.07]), 5),
+        "n": 2,
+        "by_seed": {"0": 0.05, "1": 0.07},
+    }
+    assert base["vs_full"]["sequential seen hr@10"] == {
+        "diff": round(statistics.fmean([0.05 - 0.1, 0.07 - 0.12]), 5),
+        "paired_seeds": [0, 1],
+    }
     assert base["vs_full"]["rating unseen mae"]["diff"] == round(statistics.fmean([0.05, 0.05]), 5)
     assert base["vs_full"]["rating seen yes_no_auc"]["diff"] == round(statistics.fmean([-0.05, -0.05]), 5)
     # A seed the full recipe did not run: the difference of the means, marked unpaired.
@@ -128,24 +183,49 @@ def test_the_rank_sweep_gives_each_metric_against_rank():
 def test_bad_input_is_one_clear_line(tmp_path):
     with pytest.raises(RecpipeError, match="expected a list of revisions"):
         write_ablations({"rows": []}, flatten(FULL_PARAMS), tmp_path)
-    with pytest.raises(RecpipeError, match=r"^p5.datasets: the ablation reads one P5 dataset's metrics, the reference params list \[\]"):
+    with pytest.raises(
+        RecpipeError, match=r"^p5.datasets: the ablation reads one P5 dataset's metrics, the reference params list \[\]"
+    ):
         aggregate([], flatten({**FULL_PARAMS, "p5": {**FULL_PARAMS["p5"], "datasets": []}}))
-    with pytest.raises(RecpipeError, match="no finished experiment is the full recipe, one switch away from it or a LoRA rank of it"):
+    with pytest.raises(
+        RecpipeError, match="no finished experiment is the full recipe, one switch away from it or a LoRA rank of it"
+    ):
         write_ablations(exp_show(), flatten({**FULL_PARAMS, "seed": 0, "train": {"init": "base", "lr": 0.5}}), tmp_path)
     params = write_params(tmp_path, FULL_PARAMS)
     result = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "missing.json")])
-    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "missing.json: not found" in result.output
-    result = CliRunner().invoke(app, ["ablations", "--params", str(params), "-S", "recsysllm.nope=1", "--from", str(params)])
-    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "--set 'recsysllm.nope=1'" in result.output
+    assert (
+        result.exit_code == 1 and result.output.strip().count("\n") == 0 and "missing.json: not found" in result.output
+    )
+    result = CliRunner().invoke(
+        app, ["ablations", "--params", str(params), "-S", "recsysllm.nope=1", "--from", str(params)]
+    )
+    assert (
+        result.exit_code == 1 and result.output.strip().count("\n") == 0 and "--set 'recsysllm.nope=1'" in result.output
+    )
 
 
 def test_cli_writes_json_markdown_and_the_rank_plot(tmp_path):
     exps = [*EXPS, *(ranked(f"r{r}", r, 0, r / 100) for r in (2, 4, 16, 32))]
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(exp_show(*exps)))
-    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
+    params = write_params(
+        tmp_path,
+        {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}},
+    )
     out = tmp_path / "reports"
-    args = ["ablations", "--params", str(params), "--from", str(saved), "--out", str(out), "-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
+    args = [
+        "ablations",
+        "--params",
+        str(params),
+        "--from",
+        str(saved),
+        "--out",
+        str(out),
+        "-S",
+        "train.init=pretrained",
+        "-S",
+        "p5.train.init=pretrained",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     written = json.loads((out / "recsysllm_ablations.json").read_text())
@@ -154,47 +234,123 @@ def test_cli_writes_json_markdown_and_the_rank_plot(tmp_path):
     assert "| pretraining | p5.train.init=base, train.init=base | 2 |" in (out / "recsysllm_ablations.md").read_text()
     png = (out / "recsysllm_lora_rank.png").read_bytes()
     assert png[:4] == b"\x89PNG"
-    assert CliRunner().invoke(app, args).exit_code == 0 and (out / "recsysllm_lora_rank.png").read_bytes() == png  # the same records, the same bytes
+    assert (
+        CliRunner().invoke(app, args).exit_code == 0 and (out / "recsysllm_lora_rank.png").read_bytes() == png
+    )  # the same records, the same bytes
 
 
 def test_experiments_saved_in_several_files_aggregate_as_one(tmp_path):
     """Experiments run on two machines, each saved with `dvc exp show --json`, give the table one
     saved file of all of them gives; a file that is not exp show's list names itself."""
-    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
+    params = write_params(
+        tmp_path,
+        {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}},
+    )
     full = ["-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
     half = len(EXPS) // 2
     files = {"all": EXPS, "first": EXPS[:half], "second": EXPS[half:]}
     for name, exps in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(exp_show(*exps)))
-    one = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "all.json"), "--out", str(tmp_path / "one"), *full])
-    two = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "second.json"), "--out", str(tmp_path / "two"), *full])
+    one = CliRunner().invoke(
+        app,
+        [
+            "ablations",
+            "--params",
+            str(params),
+            "--from",
+            str(tmp_path / "all.json"),
+            "--out",
+            str(tmp_path / "one"),
+            *full,
+        ],
+    )
+    two = CliRunner().invoke(
+        app,
+        [
+            "ablations",
+            "--params",
+            str(params),
+            "--from",
+            str(tmp_path / "first.json"),
+            "--from",
+            str(tmp_path / "second.json"),
+            "--out",
+            str(tmp_path / "two"),
+            *full,
+        ],
+    )
     assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
-    only_first = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--out", str(tmp_path / "part"), *full])
+    only_first = CliRunner().invoke(
+        app,
+        [
+            "ablations",
+            "--params",
+            str(params),
+            "--from",
+            str(tmp_path / "first.json"),
+            "--out",
+            str(tmp_path / "part"),
+            *full,
+        ],
+    )
     assert only_first.exit_code == 0, only_first.output
     table = (tmp_path / "one" / "recsysllm_ablations.json").read_text()
     assert (tmp_path / "two" / "recsysllm_ablations.json").read_text() == table
     assert (tmp_path / "part" / "recsysllm_ablations.json").read_text() != table
     names = [r["name"] for r in records(read_exp_shows([tmp_path / "first.json", tmp_path / "second.json"]))]
-    assert names == [r["name"] for r in records(read_exp_shows([tmp_path / "all.json"]))]  # the baseline both files hold, once
+    assert names == [
+        r["name"] for r in records(read_exp_shows([tmp_path / "all.json"]))
+    ]  # the baseline both files hold, once
     (tmp_path / "mapping.json").write_text(json.dumps({"rows": []}))
-    bad = CliRunner().invoke(app, ["ablations", "--params", str(params), "--from", str(tmp_path / "first.json"), "--from", str(tmp_path / "mapping.json"), *full])
-    assert bad.exit_code == 1 and bad.output.strip().count("\n") == 0 and "mapping.json: expected a list of revisions" in bad.output
+    bad = CliRunner().invoke(
+        app,
+        [
+            "ablations",
+            "--params",
+            str(params),
+            "--from",
+            str(tmp_path / "first.json"),
+            "--from",
+            str(tmp_path / "mapping.json"),
+            *full,
+        ],
+    )
+    assert (
+        bad.exit_code == 1
+        and bad.output.strip().count("\n") == 0
+        and "mapping.json: expected a list of revisions" in bad.output
+    )
 
 
 def test_a_report_is_not_replaced_by_one_with_fewer_runs_and_set_values_are_checked(tmp_path):
-    params = write_params(tmp_path, {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}})
+    params = write_params(
+        tmp_path,
+        {**FULL_PARAMS, "train": {"init": "base", "lr": 0.001}, "p5": {**FULL_PARAMS["p5"], "train": {"init": "base"}}},
+    )
     full = ["-S", "train.init=pretrained", "-S", "p5.train.init=pretrained"]
     out = tmp_path / "reports"
     (tmp_path / "all.json").write_text(json.dumps(exp_show(*EXPS, *(ranked(f"r{r}", r, 0, r / 100) for r in (2, 4)))))
-    (tmp_path / "none.json").write_text(json.dumps(exp_show()))  # no experiments: the baseline commit's full recipe only
+    (tmp_path / "none.json").write_text(
+        json.dumps(exp_show())
+    )  # no experiments: the baseline commit's full recipe only
     ablations = ["ablations", "--params", str(params), "--out", str(out), *full, "--from"]
     assert CliRunner().invoke(app, [*ablations, str(tmp_path / "all.json")]).exit_code == 0
-    written = {name: (out / name).read_bytes() for name in ("recsysllm_ablations.json", "recsysllm_ablations.md", "recsysllm_lora_rank.png")}
+    written = {
+        name: (out / name).read_bytes()
+        for name in ("recsysllm_ablations.json", "recsysllm_ablations.md", "recsysllm_lora_rank.png")
+    }
     result = CliRunner().invoke(app, [*ablations, str(tmp_path / "none.json")])
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
-    assert "recsysllm_ablations.json holds 16 run(s) and the new report would drop 15 of them (ml-100k 2D positions (recsysllm.positions_2d=False) seed 5, ml-100k LoRA rank 2 seed 0, ml-100k LoRA rank 4 seed 0, ...)" in result.output
+    assert (
+        "recsysllm_ablations.json holds 16 run(s) and the new report would drop 15 of them (ml-100k 2D positions (recsysllm.positions_2d=False) seed 5, ml-100k LoRA rank 2 seed 0, ml-100k LoRA rank 4 seed 0, ...)"
+        in result.output
+    )
     assert "--force" in result.output and {name: (out / name).read_bytes() for name in written} == written
     assert CliRunner().invoke(app, [*ablations, str(tmp_path / "none.json"), "--force"]).exit_code == 0
     assert [r["seeds"] for r in json.loads((out / "recsysllm_ablations.json").read_text())["rows"]] == [[0]]
     result = CliRunner().invoke(app, [*ablations, str(tmp_path / "all.json"), "-S", "p5.lora.rank=abc"])
-    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "--set: p5.lora.rank: Input should be a valid integer" in result.output
+    assert (
+        result.exit_code == 1
+        and result.output.strip().count("\n") == 0
+        and "--set: p5.lora.rank: Input should be a valid integer" in result.output
+    )

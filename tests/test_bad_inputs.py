@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import params_dict, source
-from test_text_instructions_sample import run_data_stages
 from typer.testing import CliRunner
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, pipeline
 from recpipe.cli import app
 from recpipe.params import InstructionsParams
+from test_text_instructions_sample import run_data_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,12 @@ def project(archives, tmp_path_factory) -> Path:
     """A project folder: params.yaml, datasets.yaml and the data stages' outputs under data/."""
     built, root = tmp_path_factory.mktemp("built"), tmp_path_factory.mktemp("project")
     run_data_stages(archives["atomic"], built)
-    for src, dst in (("tables", "tables/ml-100k"), ("text", "text/ml-100k"), ("instructions", "instructions"), ("sample", "sample")):
+    for src, dst in (
+        ("tables", "tables/ml-100k"),
+        ("text", "text/ml-100k"),
+        ("instructions", "instructions"),
+        ("sample", "sample"),
+    ):
         (root / "data" / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(built / src, root / "data" / dst)
     params = params_dict([source("atomic", archives["atomic"])])
@@ -57,15 +62,25 @@ def truncate(path: Path) -> Path:
 
 def run_stage(stage: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
 
 
-@pytest.mark.parametrize("stage, broken, made_by, output", [
-    ("sample", "data/instructions/samples.parquet", "instructions", "data/sample"),
-    ("instructions", "data/text/ml-100k/histories.parquet", "textualize", "data/instructions/samples.parquet"),  # a lazy scan
-    ("instructions", "data/text/ml-100k/items.parquet", "textualize", "data/instructions/samples.parquet"),
-    ("textualize", "data/tables/ml-100k/interactions.parquet", "ingest", "data/text/ml-100k"),  # a lazy scan
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "stage, broken, made_by, output",
+    [
+        ("sample", "data/instructions/samples.parquet", "instructions", "data/sample"),
+        (
+            "instructions",
+            "data/text/ml-100k/histories.parquet",
+            "textualize",
+            "data/instructions/samples.parquet",
+        ),  # a lazy scan
+        ("instructions", "data/text/ml-100k/items.parquet", "textualize", "data/instructions/samples.parquet"),
+        ("textualize", "data/tables/ml-100k/interactions.parquet", "ingest", "data/text/ml-100k"),  # a lazy scan
+    ],
+)
 def test_a_truncated_parquet_file_fails_its_stage_in_one_line(copy, stage, broken, made_by, output):
     truncate(copy / broken)
     out = copy / output
@@ -73,7 +88,9 @@ def test_a_truncated_parquet_file_fails_its_stage_in_one_line(copy, stage, broke
     result = run_stage(stage, copy, *(["ml-100k"] if stage == "textualize" else []))
     assert result.returncode == 1, result.stderr
     last = one_line(result.stderr.strip().splitlines()[-1])
-    assert last.startswith(f"error: {stage}: {broken}: not a readable parquet file (") and last.endswith(f"(the {made_by} stage writes it)")
+    assert last.startswith(f"error: {stage}: {broken}: not a readable parquet file (") and last.endswith(
+        f"(the {made_by} stage writes it)"
+    )
     assert "Traceback" not in result.stderr and not out.exists()
 
 
@@ -99,7 +116,10 @@ def test_a_missing_input_through_the_cli_names_the_stage_that_writes_it(copy, mo
     (copy / "data/instructions/samples.parquet").unlink()
     result = CliRunner().invoke(app, ["sample"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert one_line(result.output) == "error: data/instructions/samples.parquet: not found (the instructions stage writes it)"
+    assert (
+        one_line(result.output)
+        == "error: data/instructions/samples.parquet: not found (the instructions stage writes it)"
+    )
 
 
 def test_ingest_before_download_names_the_stage_that_writes_its_input(copy, monkeypatch):
@@ -144,20 +164,25 @@ TALLREC = (ROOT / "recpipe/templates/tallrec.yaml").read_text()
 INPUT = "Movies the user liked: {liked}"
 
 
-@pytest.mark.parametrize("key, old, field", [
-    ("input", INPUT, "{target.__class__.__mro__}"),
-    ("input", INPUT, "{liked[0]}"),
-    ("input", INPUT, "{target!r}"),
-    ("input", INPUT, "{n_liked:>3}"),
-    ("input", INPUT, "{}"),
-    ("item", '"{name}"', "{name.__class__}"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, old, field",
+    [
+        ("input", INPUT, "{target.__class__.__mro__}"),
+        ("input", INPUT, "{liked[0]}"),
+        ("input", INPUT, "{target!r}"),
+        ("input", INPUT, "{n_liked:>3}"),
+        ("input", INPUT, "{}"),
+        ("item", '"{name}"', "{name.__class__}"),
+    ],
+)
 def test_a_template_field_that_is_not_a_plain_name_is_one_line(project, tmp_path, key, old, field):
     from recpipe.tallrec.instructions import instructions
 
     bad = tmp_path / "bad.yaml"
     assert old in TALLREC
-    bad.write_text(TALLREC.replace(old, old.replace("{name}", "{name}" + field) if key == "item" else old + " " + field))
+    bad.write_text(
+        TALLREC.replace(old, old.replace("{name}", "{name}" + field) if key == "item" else old + " " + field)
+    )
     params = InstructionsParams(pool_size=300, history_len=5).model_copy(update={"template": str(bad)})
     with pytest.raises(RecpipeError) as e:
         instructions(project / "data/text/ml-100k", tmp_path / "samples.parquet", params)
@@ -166,11 +191,17 @@ def test_a_template_field_that_is_not_a_plain_name_is_one_line(project, tmp_path
     assert not (tmp_path / "samples.parquet").exists()
 
 
-@pytest.mark.parametrize("text, says", [
-    (TALLREC.replace(INPUT, INPUT + " {rating}"), "'input' has unknown placeholders ['rating']"),
-    (TALLREC.replace(INPUT, INPUT + " {"), "'input': a { or } that opens or closes no placeholder (write {{ or }} for a literal brace)"),
-    (TALLREC.replace('answer_no: "No."', 'answer_no: "No.'), "not valid YAML ("),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        (TALLREC.replace(INPUT, INPUT + " {rating}"), "'input' has unknown placeholders ['rating']"),
+        (
+            TALLREC.replace(INPUT, INPUT + " {"),
+            "'input': a { or } that opens or closes no placeholder (write {{ or }} for a literal brace)",
+        ),
+        (TALLREC.replace('answer_no: "No."', 'answer_no: "No.'), "not valid YAML ("),
+    ],
+)
 def test_other_bad_templates_are_one_line(project, tmp_path, text, says):
     from recpipe.tallrec.instructions import instructions
 
@@ -201,12 +232,16 @@ def test_p5_and_text_templates_take_plain_fields_only(tmp_path):
     bad.write_text(p5.replace("will {user} give {item}?", "will {user} give {item!r}?", 1))
     with pytest.raises(RecpipeError) as e:
         load_templates(str(bad), ["rating"])
-    assert one_line(str(e.value)).startswith(f"{bad}: rating.seen[0].prompt: placeholder {{item!r}} is not a plain name")
+    assert one_line(str(e.value)).startswith(
+        f"{bad}: rating.seen[0].prompt: placeholder {{item!r}} is not a plain name"
+    )
     text = tmp_path / "text.yaml"
     text.write_text('item_name: "{title.__class__}"\nitem_text: "{name}."\nuser_text: "A user."\nmissing: unknown\n')
     with pytest.raises(RecpipeError) as e:
         load_template(str(text), {"item_name": {"title"}, "item_text": {"name"}, "user_text": set(), "missing": None})
-    assert one_line(str(e.value)).startswith(f"{text}: 'item_name': placeholder {{title.__class__}} is not a plain name")
+    assert one_line(str(e.value)).startswith(
+        f"{text}: 'item_name': placeholder {{title.__class__}} is not a plain name"
+    )
 
 
 # GGUF model files (model.name can be a local .gguf file).
@@ -238,11 +273,14 @@ def bad_gguf(folder: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("truncated", "is a truncated or damaged GGUF file"),
-    ("header-only", "is a truncated or damaged GGUF file"),
-    ("text", "is not a GGUF file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("truncated", "is a truncated or damaged GGUF file"),
+        ("header-only", "is a truncated or damaged GGUF file"),
+        ("text", "is not a GGUF file"),
+    ],
+)
 def test_a_broken_gguf_model_is_one_line_naming_the_file(tmp_path, monkeypatch, kind, says):
     from recpipe.model import load as model_load
 

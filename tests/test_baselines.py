@@ -41,13 +41,25 @@ def planted(seed: int = 0, users: int = N_USERS, lengths: tuple[int, int] = (8, 
         for step in range(rng.randint(*lengths)):
             rows.append((u, (start + step) % N_ITEMS + 1, float(rng.randint(1, 5)), t + 60 * step))
     rng.shuffle(rows)
-    frame = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
-    return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))  # the file order, as ingest records it
+    frame = pl.DataFrame(
+        rows,
+        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
+        orient="row",
+    )
+    return frame.with_row_index("row").with_columns(
+        pl.col("row").cast(pl.Int64)
+    )  # the file order, as ingest records it
 
 
 def test_histories_follow_the_leave_one_out_split():
     inter = pl.DataFrame(
-        {"user_id": [1, 1, 1, 2, 2, 3, 1], "item_id": [5, 6, 7, 8, 9, 4, 3], "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None], "timestamp": [30, 10, 20, 1, 2, 1, 40], "row": range(7)}
+        {
+            "user_id": [1, 1, 1, 2, 2, 3, 1],
+            "item_id": [5, 6, 7, 8, 9, 4, 3],
+            "rating": [4.0, 3.0, 5.0, 1.0, 2.0, 5.0, None],
+            "timestamp": [30, 10, 20, 1, 2, 1, 40],
+            "row": range(7),
+        }
     )
     history, target = loo_histories(inter)
     # User 1's unrated item 3 is no interaction here; user 3 has one item: no history, no test case.
@@ -132,10 +144,50 @@ def _direct_rows(inter: pl.DataFrame, n_negatives: int, seed: int = 0) -> pl.Dat
         cands = rng.sample(unseen, n_negatives) + [item]
         rng.shuffle(cands)
         for seen in (True, False):
-            rows.append({"family": "direct", "kind": "item", "split": "test", "seen": seen, "user_id": u, "item_id": item, "candidates": cands})
-        rows.append({"family": "direct", "kind": "yes_no", "split": "test", "seen": True, "user_id": u, "item_id": cands[0], "candidates": cands})
-        rows.append({"family": "direct", "kind": "item", "split": "train", "seen": True, "user_id": u, "item_id": history[u][-1], "candidates": [1]})
-        rows.append({"family": "sequential", "kind": "item", "split": "test", "seen": True, "user_id": u, "item_id": item, "candidates": None})
+            rows.append(
+                {
+                    "family": "direct",
+                    "kind": "item",
+                    "split": "test",
+                    "seen": seen,
+                    "user_id": u,
+                    "item_id": item,
+                    "candidates": cands,
+                }
+            )
+        rows.append(
+            {
+                "family": "direct",
+                "kind": "yes_no",
+                "split": "test",
+                "seen": True,
+                "user_id": u,
+                "item_id": cands[0],
+                "candidates": cands,
+            }
+        )
+        rows.append(
+            {
+                "family": "direct",
+                "kind": "item",
+                "split": "train",
+                "seen": True,
+                "user_id": u,
+                "item_id": history[u][-1],
+                "candidates": [1],
+            }
+        )
+        rows.append(
+            {
+                "family": "sequential",
+                "kind": "item",
+                "split": "test",
+                "seen": True,
+                "user_id": u,
+                "item_id": item,
+                "candidates": None,
+            }
+        )
     return pl.DataFrame(rows, schema_overrides={"candidates": pl.List(pl.Int64)})
 
 
@@ -149,7 +201,10 @@ def test_direct_ranks_only_the_candidates():
     assert result["direct_cases"] == N_USERS  # each case once; other rows ignored
     for method in ("popularity", "sasrec", "bprmf"):
         direct = result[method]["direct"]
-        assert direct["hr@5"] == direct["hr@10"] == 1.0, (method, direct)  # 2 candidates: the target is always in the top 5
+        assert direct["hr@5"] == direct["hr@10"] == 1.0, (
+            method,
+            direct,
+        )  # 2 candidates: the target is always in the top 5
         assert 0 < direct["hr@1"] <= 1 and direct["ndcg@5"] >= 1 / 1.5849625 - 1e-5
 
 
@@ -169,7 +224,12 @@ def test_direct_cases_must_match_the_split():
     with pytest.raises(RecpipeError, match="is not among its candidates"):
         baselines(inter, wrong, FAST.model_copy(update={"epochs": 1}), seed=0)
     with pytest.raises(RecpipeError, match="the cases come from another split"):
-        baselines(inter, rows.with_columns(item_id=pl.col("item_id") % N_ITEMS + 1), FAST.model_copy(update={"epochs": 1}), seed=0)
+        baselines(
+            inter,
+            rows.with_columns(item_id=pl.col("item_id") % N_ITEMS + 1),
+            FAST.model_copy(update={"epochs": 1}),
+            seed=0,
+        )
 
 
 def test_too_few_interactions_is_an_error():
@@ -283,7 +343,11 @@ def clusters(users: int = 200, groups: int = 4, size: int = 10, each: int = 7, s
         g = u % groups
         for step, item in enumerate(rng.sample(range(g * size + 1, (g + 1) * size + 1), each)):
             rows.append((u, item, 4.0, 880_000_000 + 60 * step))
-    frame = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row")
+    frame = pl.DataFrame(
+        rows,
+        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
+        orient="row",
+    )
     return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
 
 
@@ -302,9 +366,15 @@ def test_validation_and_test_items_never_train_the_models(monkeypatch, loss):
     same losses epoch after epoch, only the validation scores differ."""
     inter = planted(seed=2)
     split = leave_one_out(inter).select("row", "split")
-    moved = inter.join(split, on="row").with_columns(
-        item_id=pl.when(pl.col("split") != "train").then((pl.col("item_id") + 16) % N_ITEMS + 1).otherwise(pl.col("item_id"))
-    ).drop("split")  # fmt: skip
+    moved = (
+        inter.join(split, on="row")
+        .with_columns(
+            item_id=pl.when(pl.col("split") != "train")
+            .then((pl.col("item_id") + 16) % N_ITEMS + 1)
+            .otherwise(pl.col("item_id"))
+        )
+        .drop("split")
+    )
     assert set(moved["item_id"]) == set(inter["item_id"])  # the same item set: the same columns
     fits = []
     real = module.early_stopping

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import make_tiny_model
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
@@ -30,7 +31,10 @@ TINY = {
     ),
     "decoding.py": (
         "--model {model} --text {data}/text --n 2 --beams 2 --k 2 --history-len 3",
-        [r"constrained vs free: [\d.]+x the prompts/s", r"prompt run once vs per beam: [\d.]+x faster; same items: True"],
+        [
+            r"constrained vs free: [\d.]+x the prompts/s",
+            r"prompt run once vs per beam: [\d.]+x faster; same items: True",
+        ],
     ),
     "direct_ranking.py": (
         "--model {model} --text {data}/text --n 2 --beams 3 --k 2 --candidates 6 --history-len 3 --dtype float32",
@@ -50,11 +54,20 @@ TINY = {
     ),
     "train_profile.py": (
         "--model {model} --train {data}/sample/train.parquet --batch-size 2 --steps 1 --dtype float32 --mm-size 128",
-        [r"eager vs sdpa: [\d.]+x the tokens/s", r"auto vs sdpa: [\d.]+x the tokens/s", r"hardware limit: torch\.mm .* GFLOP/s"],
+        [
+            r"eager vs sdpa: [\d.]+x the tokens/s",
+            r"auto vs sdpa: [\d.]+x the tokens/s",
+            r"hardware limit: torch\.mm .* GFLOP/s",
+        ],
     ),
     "train_throughput.py": (
         "--model {model} --train {data}/sample/train.parquet --steps 1 --batch-size 2 --max-length 128 --dtype float32 --mm-size 128",
-        [r"recpipe vs naive: .* [\d.]+x the tokens/s", r"recpipe vs recpipe, sdpa attention: [\d.]+x", r"same useful tokens on every side: True", r"hardware limit: torch\.mm .* GFLOP/s"],
+        [
+            r"recpipe vs naive: .* [\d.]+x the tokens/s",
+            r"recpipe vs recpipe, sdpa attention: [\d.]+x",
+            r"same useful tokens on every side: True",
+            r"hardware limit: torch\.mm .* GFLOP/s",
+        ],
     ),
 }
 
@@ -83,7 +96,15 @@ def test_benchmark_runs_on_tiny_inputs(script, built, tiny_model, tmp_path):  # 
         "OMP_NUM_THREADS": "1",  # tiny matrices: extra threads only add overhead, more so on a busy CPU
     }
     argv = args.format(data=built[0], model=tiny_model).split()
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *argv],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for pattern in patterns:
         assert re.search(pattern, proc.stdout), f"{script}: no line matching {pattern!r} in:\n{proc.stdout[-3000:]}"

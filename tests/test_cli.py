@@ -1,20 +1,33 @@
 import yaml
-from conftest import params_dict, source
 from typer.testing import CliRunner
 
+from conftest import params_dict, source
 from recpipe.cli import app
 
 
 def test_help_lists_every_step():
     out = CliRunner().invoke(app, ["--help"]).output
-    for step in ("download", "ingest", "textualize", "instructions", "sample", "train", "evaluate", "report", "run", "stats"):
+    for step in (
+        "download",
+        "ingest",
+        "textualize",
+        "instructions",
+        "sample",
+        "train",
+        "evaluate",
+        "report",
+        "run",
+        "stats",
+    ):
         assert step in out
 
 
 def test_bad_params_is_one_clear_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("seed: 0\nsampel: {k: 3}\n")
-    (tmp_path / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    (tmp_path / "datasets.yaml").write_text(
+        "ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n"
+    )
     result = CliRunner().invoke(app, ["sample", "--params", str(bad)])
     assert result.exit_code == 1
     assert "sampel: unknown key (did you mean 'sample'?)" in result.output
@@ -49,7 +62,9 @@ def test_stats_bad_params_with_dataset_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "data" / "instructions" / "samples.parquet").write_bytes(b"")
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 0\nsampel: {k: 3}\n")
-    (tmp_path / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    (tmp_path / "datasets.yaml").write_text(
+        "ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n"
+    )
     result = CliRunner().invoke(app, ["stats", "--params", str(bad), "--dataset", "ml-100k"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "error: " in result.output and "sampel: unknown key" in result.output

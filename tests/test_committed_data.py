@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from test_dvc_repro import DVC, ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,14 +20,25 @@ def data_hashes(lock: dict) -> dict:
     """Each data stage's outputs and data dependencies (the files under data/), with their hashes."""
     stages = lock["stages"]
     return {
-        name: [entry for entry in stages[name].get("deps", []) + stages[name]["outs"] if entry["path"].startswith("data/")]
+        name: [
+            entry for entry in stages[name].get("deps", []) + stages[name]["outs"] if entry["path"].startswith("data/")
+        ]
         for name in DATA_STAGES
     }
 
 
 def test_data_stages_reproduce_committed_lock(tmp_path):
     # data/.gitignore too: without it DVC writes data/text/.gitignore, a fourth file in that dependency
-    for name in ("dvc.yaml", "dvc.lock", "params.yaml", "datasets.yaml", ".dvcignore", "data/.gitignore", "stages", "recpipe"):
+    for name in (
+        "dvc.yaml",
+        "dvc.lock",
+        "params.yaml",
+        "datasets.yaml",
+        ".dvcignore",
+        "data/.gitignore",
+        "stages",
+        "recpipe",
+    ):
         src, dst = ROOT / name, tmp_path / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
@@ -37,7 +49,9 @@ def test_data_stages_reproduce_committed_lock(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     fresh = data_hashes(yaml.safe_load((tmp_path / "dvc.lock").read_text()))
     for stage in DATA_STAGES:
-        assert fresh[stage] == committed[stage], f"{stage}: the data differ from the committed dvc.lock ({sys.executable})"
+        assert fresh[stage] == committed[stage], (
+            f"{stage}: the data differ from the committed dvc.lock ({sys.executable})"
+        )
 
 
 def pins(lock: Path) -> dict:
@@ -56,7 +70,6 @@ def test_lock_files_satisfy_pyproject():
     """Each lock pins every dependency that pyproject.toml names, at a version it accepts: a
     dependency added or narrowed there without `bash requirements/lock.sh` fails here."""
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
     from packaging.version import Version
@@ -69,4 +82,6 @@ def test_lock_files_satisfy_pyproject():
             req = Requirement(spec)
             name = canonicalize_name(req.name)
             assert name in pinned, f"requirements/{lock}: {req.name} is not pinned (run bash requirements/lock.sh)"
-            assert req.specifier.contains(Version(pinned[name]), prereleases=True), f"requirements/{lock}: {req.name}=={pinned[name]} is outside {spec!r}"
+            assert req.specifier.contains(Version(pinned[name]), prereleases=True), (
+                f"requirements/{lock}: {req.name}=={pinned[name]} is outside {spec!r}"
+            )

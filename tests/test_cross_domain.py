@@ -5,6 +5,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from conftest import (
     atomic_files,
     make_ratings,
@@ -13,7 +14,6 @@ from conftest import (
     source,
     write_zip,
 )
-
 from recpipe import RecpipeError, pipeline
 from recpipe.params import parse
 from recpipe.tallrec.instructions import instructions as build_instructions
@@ -39,13 +39,28 @@ def test_evaluate_dataset_must_be_prepared_and_instructions_need_it(tmp_path, ar
         parse(two_datasets(tmp_path, archives, dataset="ml-100k", instructions={"like_threshold": 4}))
     p = parse(two_datasets(tmp_path, archives, dataset="other", instructions={"like_threshold": 4, "history_len": 5}))
     assert p.scored()[0] == "other" and p.scored()[1].like_threshold == 4
-    assert parse(two_datasets(tmp_path, archives)).scored() == ("ml-100k", parse(two_datasets(tmp_path, archives)).instructions)
+    assert parse(two_datasets(tmp_path, archives)).scored() == (
+        "ml-100k",
+        parse(two_datasets(tmp_path, archives)).instructions,
+    )
 
 
 def test_adapter_tuned_on_one_dataset_is_scored_on_the_others_test_split(tmp_path, archives, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = two_datasets(tmp_path, archives, dataset="other", instructions={"history_len": 4, "pool_size": 300, "like_threshold": 3.5})
-    data["model"] = {"name": str(make_tiny_model(tmp_path / "tiny", ["### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: ### Response:\nYes. No."] * 20))}
+    data = two_datasets(
+        tmp_path, archives, dataset="other", instructions={"history_len": 4, "pool_size": 300, "like_threshold": 3.5}
+    )
+    data["model"] = {
+        "name": str(
+            make_tiny_model(
+                tmp_path / "tiny",
+                [
+                    "### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: ### Response:\nYes. No."
+                ]
+                * 20,
+            )
+        )
+    }
     data["lora"] = {"rank": 2, "alpha": 4}
     data["train"] = {"epochs": 1, "batch_size": 4, "dtype": "float32"}
     p = parse(data)
@@ -65,10 +80,15 @@ def test_adapter_tuned_on_one_dataset_is_scored_on_the_others_test_split(tmp_pat
     test = cross.filter(pl.col("split") == "test").sort("sample_id")
     for name in ("base", "tuned"):
         predicted = pl.read_parquet(f"{pipeline.EVAL}/{name}/predictions.parquet").sort("sample_id")
-        assert predicted.select("sample_id", "user_id", "item_id", "label").equals(test.select("sample_id", "user_id", "item_id", "label"))
+        assert predicted.select("sample_id", "user_id", "item_id", "label").equals(
+            test.select("sample_id", "user_id", "item_id", "label")
+        )
         assert json.loads((tmp_path / f"reports/{name}.json").read_text())["n"] == test.height
     report = (tmp_path / "reports/report.md").read_text()
-    assert "Cross-domain: trained on ml-100k, scored on the test split of other" in report and "liked if rating > 3.5" in report
+    assert (
+        "Cross-domain: trained on ml-100k, scored on the test split of other" in report
+        and "liked if rating > 3.5" in report
+    )
     # Back to in-domain: the cross-domain samples go, and the test split is ml-100k's again.
     p = parse(two_datasets(tmp_path, archives) | {"model": data["model"]})
     pipeline.instructions(p)
@@ -82,5 +102,8 @@ def test_a_template_with_other_answers_is_refused(tmp_path):
     odd = tmp_path / "odd.yaml"
     shipped = Path(pipeline.__file__).parent / "templates" / "tallrec.yaml"
     odd.write_text(shipped.read_text().replace('answer_yes: "Yes."', 'answer_yes: "Sure."'))
-    with pytest.raises(RecpipeError, match=r"evaluate.instructions.template '.*odd.yaml' answers 'Sure.'/'No.', but the model is trained on 'tallrec'"):
+    with pytest.raises(
+        RecpipeError,
+        match=r"evaluate.instructions.template '.*odd.yaml' answers 'Sure.'/'No.', but the model is trained on 'tallrec'",
+    ):
         same_answers("tallrec", str(odd))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import params_dict, source
 from typer.testing import CliRunner
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, params, pipeline
 from recpipe.cli import app
 
@@ -67,10 +67,14 @@ def test_a_shell_command_in_a_name_does_not_run_under_dvc_repro(archives, tmp_pa
     def write(names: list[str]) -> None:
         data = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"datasets": names}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-        (tmp_path / "datasets.yaml").write_text(yaml.safe_dump({name: {"sources": [source("atomic", archives["atomic"])]} for name in names}))
+        (tmp_path / "datasets.yaml").write_text(
+            yaml.safe_dump({name: {"sources": [source("atomic", archives["atomic"])]} for name in names})
+        )
 
     def repro(stage: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=tmp_path, capture_output=True, text=True, env=ENV)
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", stage], cwd=tmp_path, capture_output=True, text=True, env=ENV
+        )
 
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=ENV)
     write(["ml-100k"])  # a good name reaches the stage (through DVC_STAGE)
@@ -116,11 +120,16 @@ def test_the_cli_writes_nothing_outside_the_project_for_a_name(archives, tmp_pat
     assert result.output == f"error: --dataset: dataset name '../../../trav' {RULE}\n"
     result = CliRunner().invoke(app, [step])  # every dataset in `datasets`: refused as the params are read
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    assert result.output == f"error: {Path('params.yaml')}: datasets.1: dataset name '../../../trav' {RULE}; datasets.yaml: dataset name '../../../trav' {RULE}\n"
+    assert (
+        result.output
+        == f"error: {Path('params.yaml')}: datasets.1: dataset name '../../../trav' {RULE}; datasets.yaml: dataset name '../../../trav' {RULE}\n"
+    )
     assert {k: v for k, v in _tree(tmp_path).items() if k.parts[0] != "project"} == outside
 
 
-@pytest.mark.parametrize("step", sorted(pipeline.PER_DATASET | pipeline.PER_P5_DATASET | pipeline.PER_RECSYSLLM_DATASET))
+@pytest.mark.parametrize(
+    "step", sorted(pipeline.PER_DATASET | pipeline.PER_P5_DATASET | pipeline.PER_RECSYSLLM_DATASET)
+)
 def test_no_step_makes_a_path_of_a_bad_name(archives, tmp_path, monkeypatch, step):
     """Called as a library, with params that skipped validation: each per-dataset step refuses the
     name before it reads or writes anything."""

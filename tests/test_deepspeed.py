@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from test_text_instructions_sample import built  # noqa: F401
-from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 from recpipe import RecpipeError
 from recpipe.model.load import answer_token_ids, load
 from recpipe.model.train import deepspeed_config
 from recpipe.tallrec.evaluate import score
+from test_text_instructions_sample import built  # noqa: F401
+from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 CHILD = """
 import json, sys
@@ -35,7 +35,9 @@ print(json.dumps(results))
 
 def test_zero2_and_zero3_train_an_adapter_on_cpu(tiny, built, tmp_path):  # noqa: F811
     root, samples = built
-    run = subprocess.run([sys.executable, "-c", CHILD, str(root), str(tiny), str(tmp_path)], capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(tiny), str(tmp_path)], capture_output=True, text=True, timeout=1500
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     from peft import PeftModel
@@ -84,11 +86,24 @@ def test_two_processes_under_a_launcher_write_once(tiny, built, tmp_path):  # no
     root, _ = built
     script = tmp_path / "launched.py"
     script.write_text(LAUNCHED)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(root), str(tiny), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(root),
+        str(tiny),
+        str(tmp_path),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(line.split()[1] for line in run.stdout.splitlines() if line.startswith("rank")) == ["0", "1"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "train.json").read_text())["train_loss"] > 0
     assert (tmp_path / "live" / "metrics.json").is_file()
-    assert not list(tmp_path.glob(".adapter*")) and not list(tmp_path.glob("ckpt/*/checkpoint-*"))  # no staging or checkpoint left
+    assert not list(tmp_path.glob(".adapter*")) and not list(
+        tmp_path.glob("ckpt/*/checkpoint-*")
+    )  # no staging or checkpoint left

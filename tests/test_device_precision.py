@@ -4,11 +4,9 @@ the scoring model moved to the chosen device)."""
 
 import pytest
 import torch
-from conftest import params_dict, source
-from test_text_instructions_sample import built  # noqa: F401
-from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 import recpipe.model.load
+from conftest import params_dict, source
 from recpipe import RecpipeError, params, pipeline
 from recpipe.model.load import load, pick_device, pick_dtype
 from recpipe.model.train import (
@@ -21,6 +19,8 @@ from recpipe.model.train import (
     train,
 )
 from recpipe.params import LoraParams, ModelParams, TrainParams
+from test_text_instructions_sample import built  # noqa: F401
+from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 
 @pytest.fixture
@@ -49,7 +49,9 @@ def test_device_auto_is_the_cpu_here_and_cuda_without_cuda_fails():
 def test_device_choice_on_a_machine_with_two_gpus(two_gpus):
     assert pick_device("auto") == pick_device("cuda") == torch.device("cuda", 0)
     assert pick_device("cuda:1") == torch.device("cuda", 1) and pick_device("cpu") == torch.device("cpu")
-    with pytest.raises(RecpipeError, match=r"model.device 'cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(
+        RecpipeError, match=r"model.device 'cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"
+    ):
         pick_device("cuda:2")
 
 
@@ -63,8 +65,17 @@ def test_auto_dtype_follows_the_chosen_device(monkeypatch):
 
 def test_params_take_float16_devices_and_gradient_checkpointing(archives):
     base = [source("atomic", archives["atomic"])]
-    p = params.parse(params_dict(base, model={"device": "cuda:1"}, train={"dtype": "float16", "gradient_checkpointing": True}, evaluate={"dtype": "float16"}))
-    assert p.model.device == "cuda:1" and p.train.dtype == p.evaluate.dtype == "float16" and p.train.gradient_checkpointing
+    p = params.parse(
+        params_dict(
+            base,
+            model={"device": "cuda:1"},
+            train={"dtype": "float16", "gradient_checkpointing": True},
+            evaluate={"dtype": "float16"},
+        )
+    )
+    assert (
+        p.model.device == "cuda:1" and p.train.dtype == p.evaluate.dtype == "float16" and p.train.gradient_checkpointing
+    )
     assert params.ModelParams().device == "auto" and not params.TrainParams().gradient_checkpointing
     with pytest.raises(RecpipeError, match="model.device: String should match pattern"):
         params.parse(params_dict(base, model={"device": "gpu"}))
@@ -75,11 +86,24 @@ def test_train_fails_early_on_a_device_or_precision_this_machine_lacks(tiny, bui
     monkeypatch.setattr(recpipe.model.load, "load", no_load)
 
     def run(model_p, train_p):
-        train(root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "a", tmp_path / "m.json", model_p, LoraParams(), train_p, seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt")
+        train(
+            root / "sample" / "train.parquet",
+            root / "sample" / "valid.parquet",
+            tmp_path / "a",
+            tmp_path / "m.json",
+            model_p,
+            LoraParams(),
+            train_p,
+            seed=0,
+            live_dir=tmp_path / "live",
+            checkpoints=tmp_path / "ckpt",
+        )
 
     with pytest.raises(RecpipeError, match=r"^model.device 'cuda': no CUDA device here"):
         run(ModelParams(name=str(tiny), device="cuda"), TrainParams())
-    with pytest.raises(RecpipeError, match=r"^train.dtype float16: the Trainer trains in float16 on CUDA only, and model.device is cpu"):
+    with pytest.raises(
+        RecpipeError, match=r"^train.dtype float16: the Trainer trains in float16 on CUDA only, and model.device is cpu"
+    ):
         run(ModelParams(name=str(tiny)), TrainParams(dtype="float16"))
 
 
@@ -95,25 +119,40 @@ def test_pinned_device_replaces_the_trainers_own_choice(monkeypatch):
 
 
 def scoring_params(archives, tiny, **evaluate):  # noqa: F811
-    return params.parse(params_dict([source("atomic", archives["atomic"])], model={"name": str(tiny)}, evaluate=evaluate))
+    return params.parse(
+        params_dict([source("atomic", archives["atomic"])], model={"name": str(tiny)}, evaluate=evaluate)
+    )
 
 
 def test_scoring_model_is_moved_to_the_chosen_device_in_the_chosen_dtype(archives, tiny, tmp_path, monkeypatch):  # noqa: F811
     # The meta device stands in for a GPU: a model not moved by the loading helper stays on the CPU.
     monkeypatch.setattr(recpipe.model.load, "pick_device", lambda name: torch.device("meta"))
     model, _ = pipeline.scoring_model(scoring_params(archives, tiny, dtype="bfloat16"))
-    assert {p.device.type for p in model.parameters()} == {"meta"} and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"meta"} and {p.dtype for p in model.parameters()} == {
+        torch.bfloat16
+    }
     monkeypatch.undo()
     # With an adapter: merged into plain weights, on the CPU here, in float16.
     base, _ = load(str(tiny))
     add_lora(base, LoraParams(rank=4, alpha=8)).save_pretrained(tmp_path / "adapter")
     model, tok = pipeline.scoring_model(scoring_params(archives, tiny, dtype="float16"), str(tmp_path / "adapter"))
     assert not any("lora" in n for n, _ in model.named_parameters()) and not model.training
-    assert {p.device for p in model.parameters()} == {torch.device("cpu")} and {p.dtype for p in model.parameters()} == {torch.float16}
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")} and {
+        p.dtype for p in model.parameters()
+    } == {torch.float16}
     from recpipe.model.load import answer_token_ids
     from recpipe.tallrec.evaluate import score
 
-    assert all(0 < s < 1 for s in score(model, tok, ["liked: a\n### Response:\n", "x\n### Response:\n"], *answer_token_ids(tok, "Yes.", "No."), batch_size=2))
+    assert all(
+        0 < s < 1
+        for s in score(
+            model,
+            tok,
+            ["liked: a\n### Response:\n", "x\n### Response:\n"],
+            *answer_token_ids(tok, "Yes.", "No."),
+            batch_size=2,
+        )
+    )
 
 
 def test_scoring_model_fails_before_loading_on_a_missing_device(archives, tiny, monkeypatch):  # noqa: F811
@@ -144,7 +183,11 @@ def test_gradient_checkpointing_gives_the_same_loss_and_adapter_gradients(tiny):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)  # B starts at 0: random, so every path carries gradient
     instruction = "Decide whether the user will like the movie. Answer Yes. or No.\n"
-    prompts = [instruction + "liked: a, b\n### Response:\n", instruction + "liked: c, d, e, f\n### Response:\n", instruction + "x\n### Response:\n"]
+    prompts = [
+        instruction + "liked: a, b\n### Response:\n",
+        instruction + "liked: c, d, e, f\n### Response:\n",
+        instruction + "x\n### Response:\n",
+    ]
     batch = PadCollator(tok.pad_token_id)(encode(prompts, ["Yes.", "No.", "No."], tok, max_length=128))
     model.train()
 
@@ -174,11 +217,18 @@ def test_training_with_gradient_checkpointing_matches_training_without(tiny, bui
             return {}
 
         return train(
-            root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / str(on), tmp_path / f"{on}.json",
-            ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
+            root / "sample" / "train.parquet",
+            root / "sample" / "valid.parquet",
+            tmp_path / str(on),
+            tmp_path / f"{on}.json",
+            ModelParams(name=str(tiny)),
+            LoraParams(rank=4, alpha=8, dropout=0.0),
             TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32", gradient_checkpointing=on),
-            seed=0, live_dir=tmp_path / f"live-{on}", checkpoints=tmp_path / "ckpt", validate=validate,
-        )  # fmt: skip
+            seed=0,
+            live_dir=tmp_path / f"live-{on}",
+            checkpoints=tmp_path / "ckpt",
+            validate=validate,
+        )
 
     without, with_ = run(False), run(True)
     assert seen == {False: False, True: True}

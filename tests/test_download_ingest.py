@@ -3,8 +3,8 @@ import zipfile
 
 import polars as pl
 import pytest
-from conftest import atomic_files, grouplens_files, make_ratings, source, write_zip
 
+from conftest import atomic_files, grouplens_files, make_ratings, source, write_zip
 from recpipe import RecpipeError
 from recpipe.data.download import download
 from recpipe.data.ingest import ingest
@@ -32,7 +32,10 @@ def test_first_verified_source_wins_and_both_formats_agree(archives, tmp_path):
 
 def test_checksum_mismatch_names_source_expected_and_actual(archives, tmp_path):
     s = source("atomic", archives["atomic"], sha256="0" * 64)
-    with pytest.raises(RecpipeError, match=r"all sources.*checksum mismatch for source 'wheel'.*expected sha256 0{64}, got [0-9a-f]{64}"):
+    with pytest.raises(
+        RecpipeError,
+        match=r"all sources.*checksum mismatch for source 'wheel'.*expected sha256 0{64}, got [0-9a-f]{64}",
+    ):
         fetch_dataset([s], tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -87,11 +90,26 @@ def _set_line(files, member, line_no, text):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f: _set_line(f, INTER, 3, "1\t2\t9\t880000000"), r"interactions: column 'rating' fails in_range\(1, 5\) in 1 rows, e.g. \['9.0'\]"),
-        (lambda f: _set_line(f, INTER, 3, "1\t2\tgood\t880000000"), r"interactions: column 'rating': 1 values are not Float64, e.g. \['good'\]"),
-        (lambda f: _set_line(f, INTER, 3, "1\t2\t3"), r"interactions: 1 malformed rows, e.g. line 4 has 3 fields, expected 4"),
-        (lambda f: _set_line(f, INTER, 3, "1\t999\t3\t880000000"), r"column 'item_id': 1 interactions name an id missing from .*items, e.g. \[999\]"),
-        (lambda f: _set_line(f, INTER, 0, "user_id:token\titem_id:token\tscore:float\ttimestamp:float"), r"interactions: missing columns \['rating'\]"),
+        (
+            lambda f: _set_line(f, INTER, 3, "1\t2\t9\t880000000"),
+            r"interactions: column 'rating' fails in_range\(1, 5\) in 1 rows, e.g. \['9.0'\]",
+        ),
+        (
+            lambda f: _set_line(f, INTER, 3, "1\t2\tgood\t880000000"),
+            r"interactions: column 'rating': 1 values are not Float64, e.g. \['good'\]",
+        ),
+        (
+            lambda f: _set_line(f, INTER, 3, "1\t2\t3"),
+            r"interactions: 1 malformed rows, e.g. line 4 has 3 fields, expected 4",
+        ),
+        (
+            lambda f: _set_line(f, INTER, 3, "1\t999\t3\t880000000"),
+            r"column 'item_id': 1 interactions name an id missing from .*items, e.g. \[999\]",
+        ),
+        (
+            lambda f: _set_line(f, INTER, 0, "user_id:token\titem_id:token\tscore:float\ttimestamp:float"),
+            r"interactions: missing columns \['rating'\]",
+        ),
     ],
 )
 def test_bad_rows_fail_with_file_column_count_and_examples(tmp_path, mutate, message):
@@ -110,8 +128,11 @@ def test_duplicate_user_item_pair_is_rejected(tmp_path):
         ingest(raw_with(tmp_path, dup), tmp_path / "tables")
     message = str(e.value)
     assert "\n" not in message and "None" not in message
-    assert re.search(r"raw/interactions: columns \['user_id', 'item_id'\] must be unique together \(one row per key\), "
-                     r"but 1 key repeats in 2 rows, e.g. data row \d+: \{'user_id': \d+, 'item_id': \d+, .*\}; data row \d+: \{", message)
+    assert re.search(
+        r"raw/interactions: columns \['user_id', 'item_id'\] must be unique together \(one row per key\), "
+        r"but 1 key repeats in 2 rows, e.g. data row \d+: \{'user_id': \d+, 'item_id': \d+, .*\}; data row \d+: \{",
+        message,
+    )
     assert not (tmp_path / "tables").exists()
 
 

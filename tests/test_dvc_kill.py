@@ -5,9 +5,8 @@ import shutil
 import subprocess
 
 from conftest import params_dict, source
-from test_dvc_repro import DVC, ENV, ROOT, run, write
-
 from recpipe.params import P5Params, RecsysllmParams
+from test_dvc_repro import DVC, ENV, ROOT, run, write
 
 # Each data stage and the output it is killed writing (its temporary written, not yet renamed).
 KILLED = {
@@ -36,8 +35,12 @@ def test_a_killed_data_stage_does_not_change_the_next_runs_lock(archives, tmp_pa
     # running its code, so nothing the killed run left is cleaned by it.
     for stage, out in KILLED.items():
         env = {**ENV, "RECPIPE_TEST_KILL_BEFORE_RENAME": out}
-        killed = subprocess.run([*DVC, "repro", "--force", "--single-item", stage], cwd=tmp_path, capture_output=True, text=True, env=env)
-        assert killed.returncode != 0 and "exited with -9" in killed.stdout + killed.stderr, killed.stdout + killed.stderr
+        killed = subprocess.run(
+            [*DVC, "repro", "--force", "--single-item", stage], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
+        assert killed.returncode != 0 and "exited with -9" in killed.stdout + killed.stderr, (
+            killed.stdout + killed.stderr
+        )
         assert not (tmp_path / out).exists(), out
         rerun = run([*DVC, "repro", "sample"], tmp_path).stdout
         assert "Running stage" not in rerun, f"killed {stage}, then:\n{rerun}"  # all restored, nothing rerun

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 from recpipe import params
 from recpipe.model.load import answer_token_ids, load
 from recpipe.model.train import train
 from recpipe.params import LoraParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 ROOT_PARAMS = params.load(Path(__file__).resolve().parents[1] / "params.yaml")  # the default model
 
@@ -35,9 +35,17 @@ def test_embedded_model_scores_in_both_dtypes(built):  # noqa: F811
 def test_embedded_model_trains_an_adapter(built, tmp_path):  # noqa: F811
     root, _ = built
     metrics = train(
-        root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
-        ROOT_PARAMS.model, LoraParams(rank=4, alpha=8), TrainParams(epochs=1, batch_size=8, dtype="float32"),
-        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16),
-    )  # fmt: skip
+        root / "sample" / "train.parquet",
+        root / "sample" / "valid.parquet",
+        tmp_path / "adapter",
+        tmp_path / "train.json",
+        ROOT_PARAMS.model,
+        LoraParams(rank=4, alpha=8),
+        TrainParams(epochs=1, batch_size=8, dtype="float32"),
+        seed=0,
+        live_dir=tmp_path / "live",
+        checkpoints=tmp_path / "ckpt",
+        validate=valid_auc("tallrec", 16),
+    )
     assert metrics["train_loss"] > 0 and 0 <= metrics["valid_auc"] <= 1
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -2,8 +2,6 @@
 
 import polars as pl
 import pytest
-from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_ingest
-from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
 
 from recpipe import RecpipeError
 from recpipe.p5.families import (
@@ -16,6 +14,8 @@ from recpipe.p5.families import (
 )
 from recpipe.p5.indexing import item_names
 from recpipe.params import P5Params
+from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_ingest
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,12 @@ def test_every_family_on_review_data(amazon):
 def test_leave_one_out_tests_each_users_last_item(amazon):
     inter = amazon[0]
     samples = make(amazon, ["sequential"])
-    last = inter.sort(["user_id", "timestamp", "row"]).group_by("user_id", maintain_order=True).last().select("user_id", "item_id")
+    last = (
+        inter.sort(["user_id", "timestamp", "row"])
+        .group_by("user_id", maintain_order=True)
+        .last()
+        .select("user_id", "item_id")
+    )
     test = samples.filter((pl.col("split") == "test") & pl.col("seen")).select("user_id", "item_id").sort("user_id")
     assert test.equals(last.sort("user_id"))
 
@@ -83,7 +88,9 @@ def test_review_families_need_review_text(built):  # noqa: F811
 
 def test_template_file_missing_a_part_names_file_and_place(tmp_path):
     bad = tmp_path / "t.yaml"
-    bad.write_text("rating:\n  seen:\n    - prompt: 'Rate {item} for {usr}'\n      target: '{rating}'\n  unseen:\n    - prompt: x\n      target: y\n")
+    bad.write_text(
+        "rating:\n  seen:\n    - prompt: 'Rate {item} for {usr}'\n      target: '{rating}'\n  unseen:\n    - prompt: x\n      target: y\n"
+    )
     with pytest.raises(RecpipeError, match=r"t.yaml: rating.seen\[0\].prompt has unknown placeholders \['usr'\]"):
         load_templates(str(bad), ["rating"])
     with pytest.raises(RecpipeError, match=r"t.yaml: family 'sequential' has no 'seen' templates"):
@@ -124,14 +131,34 @@ def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(ama
     users.write_parquet(tmp_path / "text" / "users.parquet")
     inter.write_parquet(tmp_path / "tables" / "interactions.parquet")
     p5 = P5Params(negatives=10, indexing="random")
-    samples = families(tmp_path / "tables", tmp_path / "text", tmp_path / "out", "amazon-x", p5, 0, 5, item_names(items, inter, "random", 0))
+    samples = families(
+        tmp_path / "tables",
+        tmp_path / "text",
+        tmp_path / "out",
+        "amazon-x",
+        p5,
+        0,
+        5,
+        item_names(items, inter, "random", 0),
+    )
     names = pl.read_parquet(tmp_path / "out" / "names.parquet")
     assert names.height == items.height and names["name"].str.contains(r"^\d+$").all()  # ids as written
     assert pl.read_parquet(tmp_path / "out" / "samples.parquet").equals(samples)
     # Every user with a single rating: no history to learn a next item from.
     inter.group_by("user_id").head(1).write_parquet(tmp_path / "tables" / "interactions.parquet")
-    with pytest.raises(RecpipeError, match="families: sequential has no .* samples on amazon-x: .* histories are too short"):
-        families(tmp_path / "tables", tmp_path / "text", tmp_path / "out2", "amazon-x", P5Params(families=["sequential"], negatives=10), 0, 5, item_names(items, inter, "names", 0))
+    with pytest.raises(
+        RecpipeError, match="families: sequential has no .* samples on amazon-x: .* histories are too short"
+    ):
+        families(
+            tmp_path / "tables",
+            tmp_path / "text",
+            tmp_path / "out2",
+            "amazon-x",
+            P5Params(families=["sequential"], negatives=10),
+            0,
+            5,
+            item_names(items, inter, "names", 0),
+        )
     assert not (tmp_path / "out2").exists()
 
 
@@ -143,7 +170,9 @@ def test_history_spans_mark_each_history_item_of_train_prompts(amazon):
     assert train.filter(pl.col("family") == "rating")["spans"].list.len().sum() == 0  # no history in its prompts
     for row in train.filter(pl.col("family") != "rating").iter_rows(named=True):
         for start, end, item in row["spans"]:
-            assert row["prompt"][start:end] == " " + names[item]  # the item's name as an answer writes it: after a space
+            assert (
+                row["prompt"][start:end] == " " + names[item]
+            )  # the item's name as an answer writes it: after a space
     assert samples.filter(pl.col("split") != "train")["spans"].list.len().sum() == 0
     assert make(amazon, ["sequential"], history_targets=False)["spans"].list.len().sum() == 0
 
@@ -155,7 +184,11 @@ def test_sequential_stride_tiles_each_history_once(amazon):
 
     samples = make(amazon, ["sequential"], history_len=3, history_targets=True, sequential_stride=4)
     train = samples.filter(pl.col("split") == "train")
-    learned = Counter((row["user_id"], item) for row in train.iter_rows(named=True) for item in [s[2] for s in row["spans"]] + [row["item_id"]])
+    learned = Counter(
+        (row["user_id"], item)
+        for row in train.iter_rows(named=True)
+        for item in [s[2] for s in row["spans"]] + [row["item_id"]]
+    )
     assert set(learned.values()) == {1}  # windows of 3 history items + the target, stride 4: no overlap
     loo = leave_one_out(amazon[0].filter(pl.col("rating").is_not_null())).filter(pl.col("split") == "train")
     every = set(loo.select("user_id", "item_id").iter_rows())

@@ -5,14 +5,28 @@ import copy
 import pytest
 import torch
 from scipy.stats import pearsonr
+
+from recpipe.model.decoding import (
+    PrefixCache,
+    float32_logits,
+    generate,
+    length_batches,
+    likelihood_ranking,
+    output_layer,
+)
+from recpipe.model.load import answer_token_ids, load
+from recpipe.tallrec.evaluate import score
 from test_text_instructions_sample import built  # noqa: F401
 from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
-from recpipe.model.decoding import PrefixCache, float32_logits, generate, length_batches, likelihood_ranking, output_layer
-from recpipe.model.load import answer_token_ids, load
-from recpipe.tallrec.evaluate import score
-
-NAMES = {1: "The Usual Suspects (1995)", 2: "Heat (1995)", 3: "Casino (1995)", 4: "Dr. No (1962)", 5: "The House of Yes (1997)", 6: "Fargo (1996)"}
+NAMES = {
+    1: "The Usual Suspects (1995)",
+    2: "Heat (1995)",
+    3: "Casino (1995)",
+    4: "Dr. No (1962)",
+    5: "The House of Yes (1997)",
+    6: "Fargo (1996)",
+}
 
 
 def large_answer_logits(model, tok, prompts):
@@ -21,7 +35,9 @@ def large_answer_logits(model, tok, prompts):
     logit of 20 moves in steps of 0.125, which is what ties a bfloat16 output layer's scores."""
     yes, no = answer_token_ids(tok, "Yes.", "No.")
     with torch.no_grad():
-        h = torch.stack([model.get_decoder()(torch.tensor([tok(p).input_ids])).last_hidden_state[0, -1] for p in prompts])
+        h = torch.stack(
+            [model.get_decoder()(torch.tensor([tok(p).input_ids])).last_hidden_state[0, -1] for p in prompts]
+        )
         mean, spread = h.mean(0), h - h.mean(0)
         direction = torch.linalg.svd(spread, full_matrices=False).Vh[0]
         diff = direction / (spread @ direction).std()
@@ -65,10 +81,14 @@ def test_likelihood_ranking_in_a_bfloat16_body_ranks_as_float32(tiny, built):  #
     with torch.no_grad():
         model.lm_head.weight *= 30  # logits of a real model's size (tens), where bfloat16 steps are coarse
     half = copy.deepcopy(model).to(torch.bfloat16)
-    prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (200, 80, 40, 1))]  # the last: no prompt cache
+    prompts = [
+        p[-n:] for p, n in zip(built[1]["prompt"].head(4).to_list(), (200, 80, 40, 1))
+    ]  # the last: no prompt cache
     candidates = [list(NAMES)] * len(prompts)
     same = copy.deepcopy(half).float()  # the bfloat16 weights, run in float32
-    assert likelihood_ranking(half, tok, prompts, candidates, NAMES) == likelihood_ranking(same, tok, prompts, candidates, NAMES)
+    assert likelihood_ranking(half, tok, prompts, candidates, NAMES) == likelihood_ranking(
+        same, tok, prompts, candidates, NAMES
+    )
 
 
 def test_float32_logits_are_the_models_own_logits(tiny, built):  # noqa: F811
@@ -78,7 +98,9 @@ def test_float32_logits_are_the_models_own_logits(tiny, built):  # noqa: F811
 
     model, tok = load(str(tiny))
     ids = torch.tensor([tok(p).input_ids[:40] for p in built[1]["prompt"].head(3).to_list()])
-    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     merged = copy.deepcopy(lora).merge_and_unload()
     for m in (model, lora, merged):
         with torch.no_grad():
@@ -86,7 +108,9 @@ def test_float32_logits_are_the_models_own_logits(tiny, built):  # noqa: F811
             assert torch.allclose(float32_logits(m, keep=0, input_ids=ids), own, atol=1e-5)
             assert torch.allclose(float32_logits(m, rows=[5, 7], input_ids=ids)[:, -1], own[:, -1, [5, 7]], atol=1e-5)
             cache = PrefixCache(m, ids[:, :30]).rows(1)
-            tail = float32_logits(m, keep=torch.tensor([0, 9]), head=output_layer(m), input_ids=ids[:, 30:], cache=cache, use_cache=True)
+            tail = float32_logits(
+                m, keep=torch.tensor([0, 9]), head=output_layer(m), input_ids=ids[:, 30:], cache=cache, use_cache=True
+            )
             assert torch.allclose(tail, own[:, [30, 39]], atol=1e-5)
     assert not torch.allclose(lora(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-3)  # the adapter counts
 
@@ -98,6 +122,13 @@ def test_greedy_answers_are_generates_own(tiny, built):  # noqa: F811
     theirs = []
     for p in prompts:
         ids = torch.tensor([tok(p).input_ids])
-        out = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            input_ids=ids,
+            max_new_tokens=6,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         theirs.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     assert ours == theirs

@@ -25,17 +25,34 @@ def amazon_records(seed: int = 0) -> tuple[list[dict], list[dict]]:
         t = 1_300_000_000 + rng.randrange(10**6)
         for i in rng.sample(range(N_ITEMS), PER_USER):
             t += rng.choice([0, 86400])  # review times are whole days: many ties
-            r = {"reviewerID": f"A{u:05d}XYZ", "asin": f"B00{i:07d}", "reviewerName": f"Shopper {u}", "helpful": [0, 0],
-                 "reviewText": f"Review {u}-{i}: très bien", "overall": float(rng.randint(1, 5)), "summary": f"Summary {u}-{i}",
-                 "unixReviewTime": t, "reviewTime": "01 1, 2013"}  # fmt: skip
+            r = {
+                "reviewerID": f"A{u:05d}XYZ",
+                "asin": f"B00{i:07d}",
+                "reviewerName": f"Shopper {u}",
+                "helpful": [0, 0],
+                "reviewText": f"Review {u}-{i}: très bien",
+                "overall": float(rng.randint(1, 5)),
+                "summary": f"Summary {u}-{i}",
+                "unixReviewTime": t,
+                "reviewTime": "01 1, 2013",
+            }
             reviews.append(r)
     del reviews[3]["reviewText"]  # some reviews have no text
-    reviews.append({**reviews[5], "overall": 1.0, "unixReviewTime": reviews[5]["unixReviewTime"] + 86400})  # a duplicate, later
+    reviews.append(
+        {**reviews[5], "overall": 1.0, "unixReviewTime": reviews[5]["unixReviewTime"] + 86400}
+    )  # a duplicate, later
     meta = []
     for i in range(N_ITEMS + 20):  # the dump covers items nobody in the 5-core file reviewed
-        m = {"asin": f"B00{i:07d}", "title": f"Lip Balm &amp; Gloss No. {i}", "price": 3.5 + i, "imUrl": "http://ecx.images-amazon.com/x.jpg",
-             "related": {"also_bought": [f"B00{(i + 1) % N_ITEMS:07d}"]}, "salesRank": {"Beauty": 1000 + i},
-             "categories": [["Beauty", "Makeup", "Lips"], ["Beauty", "Skin Care"]], "brand": "Acme"}  # fmt: skip
+        m = {
+            "asin": f"B00{i:07d}",
+            "title": f"Lip Balm &amp; Gloss No. {i}",
+            "price": 3.5 + i,
+            "imUrl": "http://ecx.images-amazon.com/x.jpg",
+            "related": {"also_bought": [f"B00{(i + 1) % N_ITEMS:07d}"]},
+            "salesRank": {"Beauty": 1000 + i},
+            "categories": [["Beauty", "Makeup", "Lips"], ["Beauty", "Skin Care"]],
+            "brand": "Acme",
+        }
         if i == 7:
             del m["title"]  # an item with no title: it and its reviews are dropped
         if i == 8:
@@ -54,7 +71,11 @@ def amazon_files(tmp_path, reviews, meta, meta_lines=None):
 
 
 def amazon_source(rev, met):
-    return {"name": "snap", "format": "amazon", "files": {"interactions": {"url": rev.as_uri()}, "items": {"url": met.as_uri()}}}
+    return {
+        "name": "snap",
+        "format": "amazon",
+        "files": {"interactions": {"url": rev.as_uri()}, "items": {"url": met.as_uri()}},
+    }
 
 
 def bx_files(seed: int = 0) -> dict[str, bytes]:
@@ -66,14 +87,42 @@ def bx_files(seed: int = 0) -> dict[str, bytes]:
         for i in rng.sample(range(N_ITEMS), PER_USER):
             ratings += q(u, f"03{i:07d}X", rng.choice([0, 3, 5, 6, 8, 10]))
     ratings += q(1, "9999999999", 7)  # an ISBN with no book record
-    books = q("ISBN", "Book-Title", "Book-Author", "Year-Of-Publication", "Publisher", "Image-URL-S", "Image-URL-M", "Image-URL-L")
+    books = q(
+        "ISBN",
+        "Book-Title",
+        "Book-Author",
+        "Year-Of-Publication",
+        "Publisher",
+        "Image-URL-S",
+        "Image-URL-M",
+        "Image-URL-L",
+    )
     for i in range(N_ITEMS):
-        title = {0: "Les Misérables", 1: "Cats &amp; Dogs", 2: "Semi; Colon", 3: "Readers (Level 4)\\"}.get(i, f"Book {i}")
-        books += q(f"03{i:07d}x", title, "Victor Hugo", 0 if i == 4 else 1990 + i % 10, "Penguin", "http://s", "http://m", "http://l")
+        title = {0: "Les Misérables", 1: "Cats &amp; Dogs", 2: "Semi; Colon", 3: "Readers (Level 4)\\"}.get(
+            i, f"Book {i}"
+        )
+        books += q(
+            f"03{i:07d}x",
+            title,
+            "Victor Hugo",
+            0 if i == 4 else 1990 + i % 10,
+            "Penguin",
+            "http://s",
+            "http://m",
+            "http://l",
+        )
     users = q("User-ID", "Location", "Age")
     for u in range(1, N_USERS + 1):
-        users += f'"{u}";"paris, ile-de-france, france";' + ("NULL" if u % 3 == 0 else '"244"' if u == 4 else f'"{20 + u}"') + "\r\n"
-    return {"BX-Book-Ratings.csv": ratings.encode("latin-1"), "BX-Books.csv": books.encode("latin-1"), "BX-Users.csv": users.encode("latin-1")}
+        users += (
+            f'"{u}";"paris, ile-de-france, france";'
+            + ("NULL" if u % 3 == 0 else '"244"' if u == 4 else f'"{20 + u}"')
+            + "\r\n"
+        )
+    return {
+        "BX-Book-Ratings.csv": ratings.encode("latin-1"),
+        "BX-Books.csv": books.encode("latin-1"),
+        "BX-Users.csv": users.encode("latin-1"),
+    }
 
 
 def bx_zip(tmp_path, files=None):
@@ -113,7 +162,11 @@ def test_amazon_reader_handles_the_dumps_quirks(tmp_path):
     n_reviews_of_7 = sum(r["asin"] == "B000000007" for r in reviews)
     assert inter.height == len(reviews) - 1 - n_reviews_of_7  # the duplicate review collapsed
     dup = reviews[5]
-    kept = inter.join(users, on="user_id").join(items, on="item_id").filter((pl.col("reviewer_id") == dup["reviewerID"]) & (pl.col("asin") == dup["asin"]))
+    kept = (
+        inter.join(users, on="user_id")
+        .join(items, on="item_id")
+        .filter((pl.col("reviewer_id") == dup["reviewerID"]) & (pl.col("asin") == dup["asin"]))
+    )
     assert kept.height == 1 and kept["rating"][0] == 1.0  # the later review wins
     assert inter["review"].null_count() == 1 and "très bien" in inter["review"][0]
     assert items["item_id"].to_list() == sorted(items["item_id"].to_list())
@@ -135,7 +188,10 @@ def test_amazon_ids_do_not_depend_on_file_order(tmp_path):
 @pytest.mark.parametrize(
     "bad_line, message",
     [
-        ("{'asin': 'B000000001', 'title': __import__('os').system('echo pwned')}", r"items:2: metadata record is not a plain Python literal"),
+        (
+            "{'asin': 'B000000001', 'title': __import__('os').system('echo pwned')}",
+            r"items:2: metadata record is not a plain Python literal",
+        ),
         ("{'asin': 'B000000001', 'title': 'Unclosed", r"items:2: metadata record is not a plain Python literal"),
         ("['B000000001', 'a list']", r"items:2: metadata record is not a dict with an 'asin'"),
     ],
@@ -154,8 +210,16 @@ def test_unsafe_or_malformed_metadata_names_file_and_line(tmp_path, bad_line, me
     "mutate, message",
     [
         (lambda rs: rs.__setitem__(2, "{not json"), r"interactions:3: not a JSON review record"),
-        (lambda rs: rs.__setitem__(2, json.dumps({"asin": "B000000001", "overall": 5.0, "unixReviewTime": 1})), r"interactions:3: review record lacks \['reviewerID'\]"),
-        (lambda rs: rs.__setitem__(2, json.dumps({"reviewerID": "A", "asin": "B000000001", "overall": "five", "unixReviewTime": 1})), r":3: 'overall' and 'unixReviewTime' must be numbers"),
+        (
+            lambda rs: rs.__setitem__(2, json.dumps({"asin": "B000000001", "overall": 5.0, "unixReviewTime": 1})),
+            r"interactions:3: review record lacks \['reviewerID'\]",
+        ),
+        (
+            lambda rs: rs.__setitem__(
+                2, json.dumps({"reviewerID": "A", "asin": "B000000001", "overall": "five", "unixReviewTime": 1})
+            ),
+            r":3: 'overall' and 'unixReviewTime' must be numbers",
+        ),
     ],
 )
 def test_malformed_review_lines_name_file_and_line(tmp_path, mutate, message):
@@ -171,13 +235,25 @@ def test_malformed_review_lines_name_file_and_line(tmp_path, mutate, message):
 def test_truncated_gzip_is_a_clear_error(tmp_path):
     rev, met = amazon_files(tmp_path, *amazon_records())
     rev.write_bytes(rev.read_bytes()[:300])
-    with pytest.raises(RecpipeError, match=r"reviews_Beauty_5.json.gz|interactions: not a readable gzip file \(truncated or corrupt\)"):
+    with pytest.raises(
+        RecpipeError, match=r"reviews_Beauty_5.json.gz|interactions: not a readable gzip file \(truncated or corrupt\)"
+    ):
         fetch_and_ingest(tmp_path, amazon_source(rev, met))
 
 
 def test_unreachable_host_lists_each_file_that_failed(tmp_path):
-    src = {"name": "snap", "format": "amazon", "files": {"interactions": {"url": "http://unreachable.invalid/reviews.json.gz"}, "items": {"url": "http://unreachable.invalid/meta.json.gz"}}}
-    with pytest.raises(RecpipeError, match=r"all sources for dataset 'd' failed: snap: cannot fetch http://unreachable.invalid/reviews.json.gz"):
+    src = {
+        "name": "snap",
+        "format": "amazon",
+        "files": {
+            "interactions": {"url": "http://unreachable.invalid/reviews.json.gz"},
+            "items": {"url": "http://unreachable.invalid/meta.json.gz"},
+        },
+    }
+    with pytest.raises(
+        RecpipeError,
+        match=r"all sources for dataset 'd' failed: snap: cannot fetch http://unreachable.invalid/reviews.json.gz",
+    ):
         download("d", dataset(src), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
@@ -186,7 +262,10 @@ def test_files_checksums_are_verified(tmp_path):
     rev, met = amazon_files(tmp_path, *amazon_records())
     src = amazon_source(rev, met)
     src["files"]["items"]["sha256"] = "0" * 64
-    with pytest.raises(RecpipeError, match=r"checksum mismatch for source 'snap/items' \(meta_Beauty.json.gz\): expected sha256 0{64}, got [0-9a-f]{64}"):
+    with pytest.raises(
+        RecpipeError,
+        match=r"checksum mismatch for source 'snap/items' \(meta_Beauty.json.gz\): expected sha256 0{64}, got [0-9a-f]{64}",
+    ):
         download("d", dataset(src), tmp_path / "raw")
 
 
@@ -238,11 +317,13 @@ def test_bookcrossing_bad_rating_is_rejected(tmp_path):
 
 def _pipeline_params(sources: dict, **sections) -> dict:
     data = {
-        "seed": 0, "datasets": list(sources), "dataset": next(iter(sources)),
+        "seed": 0,
+        "datasets": list(sources),
+        "dataset": next(iter(sources)),
         "registry": sources,
         "instructions": {"history_len": 5, "pool_size": 200},
         "sample": {"k": 8, "valid_size": 5},
-    }  # fmt: skip
+    }
     data.update(sections)
     return data
 
@@ -251,12 +332,24 @@ def _pipeline_params(sources: dict, **sections) -> dict:
 def test_end_to_end_data_stages(tmp_path, monkeypatch, which):
     """download -> ingest -> textualize -> instructions -> sample, through pipeline.py's paths."""
     if which == "amazon":
-        src = {"template": "amazon", "k_core": 5, "sources": [amazon_source(*amazon_files(tmp_path, *amazon_records()))]}
+        src = {
+            "template": "amazon",
+            "k_core": 5,
+            "sources": [amazon_source(*amazon_files(tmp_path, *amazon_records()))],
+        }
         sections = {"instructions": {"history_len": 5, "pool_size": 200, "template": "tallrec-products"}}
         name = "amazon-beauty"
     else:
         src = {"template": "bookcrossing", "rating_max": 10, "sources": [bx_source(bx_zip(tmp_path))]}
-        sections = {"instructions": {"history_len": 5, "pool_size": 200, "template": "tallrec-books", "like_threshold": 5, "split": "paper"}}
+        sections = {
+            "instructions": {
+                "history_len": 5,
+                "pool_size": 200,
+                "template": "tallrec-books",
+                "like_threshold": 5,
+                "split": "paper",
+            }
+        }
         name = "bookcrossing"
     p = parse(_pipeline_params({name: src}, **sections))
     monkeypatch.chdir(tmp_path)
@@ -265,11 +358,16 @@ def test_end_to_end_data_stages(tmp_path, monkeypatch, which):
     for step in ("instructions", "sample"):
         pipeline.STEPS[step](p)
     items = pl.read_parquet(f"data/text/{name}/items.parquet")
-    expected = {"amazon": "Lip Balm & Gloss No. 0. Brand: Acme. Categories: Beauty, Makeup, Lips, Skin Care.",
-                "bookcrossing": "Les Misérables by Victor Hugo, published by Penguin in 1990."}[which]  # fmt: skip
+    expected = {
+        "amazon": "Lip Balm & Gloss No. 0. Brand: Acme. Categories: Beauty, Makeup, Lips, Skin Care.",
+        "bookcrossing": "Les Misérables by Victor Hugo, published by Penguin in 1990.",
+    }[which]
     assert expected in items["text"].to_list()
     users = pl.read_parquet(f"data/text/{name}/users.parquet")["text"].to_list()
-    assert which == "amazon" or ("A reader aged 21 from paris, ile-de-france, france." in users and "A reader from paris, ile-de-france, france." in users)
+    assert which == "amazon" or (
+        "A reader aged 21 from paris, ile-de-france, france." in users
+        and "A reader from paris, ile-de-france, france." in users
+    )
     samples = pl.read_parquet(pipeline.SAMPLES)
     assert set(samples["split"]) == {"train", "valid", "test"}
     assert samples["prompt"].str.contains("Yes.").all() and samples["answer"].is_in(["Yes.", "No."]).all()

@@ -37,7 +37,11 @@ def test_atomic_path_removes_stale_temporaries_of_its_target_only(tmp_path):
 def test_atomic_dir_removes_stale_folders_of_its_target_only(tmp_path):
     target = tmp_path / "text" / "ml-100k"
     stale = [tmp_path / "text" / ".ml-100k.k2j3h4g5", tmp_path / "text" / ".ml-100k.9_a8b7c6"]
-    kept = [tmp_path / "text" / ".ml-100k.staging", tmp_path / "text" / ".amazon.k2j3h4g5", tmp_path / "text" / "ml-100k.k2j3h4g5"]
+    kept = [
+        tmp_path / "text" / ".ml-100k.staging",
+        tmp_path / "text" / ".amazon.k2j3h4g5",
+        tmp_path / "text" / "ml-100k.k2j3h4g5",
+    ]
     for d in stale + kept:
         (d / "sub").mkdir(parents=True)
         (d / "sub" / "items.parquet").write_bytes(b"half")
@@ -91,15 +95,23 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
 
 def test_in_a_dvc_project_a_killed_writers_temporaries_stay_out_of_its_folders(tmp_path):
     (tmp_path / ".dvc").mkdir()
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         from recpipe.io import atomic_dir, atomic_path
         with atomic_path("reports/base.json") as f, atomic_dir("data/text/ml-100k") as d:
             f.write_text("half"); (d / "items.parquet").write_text("half")
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RECPIPE_TEST_KILL_BEFORE_RENAME": "data/text/ml-100k"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "RECPIPE_TEST_KILL_BEFORE_RENAME": "data/text/ml-100k",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
-    assert [p.name for p in (tmp_path / "data/text").iterdir()] == [] and [p.name for p in (tmp_path / "reports").iterdir()] == []
+    assert [p.name for p in (tmp_path / "data/text").iterdir()] == [] and [
+        p.name for p in (tmp_path / "reports").iterdir()
+    ] == []
     area = tmp_path / ".recpipe/tmp"
     assert len(list(area.iterdir())) == 2  # the killed run's two temporaries
     with atomic_path(tmp_path / "reports/base.json") as f:

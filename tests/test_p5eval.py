@@ -7,9 +7,6 @@ import time
 import polars as pl
 import pytest
 from pydantic import ValidationError
-from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
-from test_text_instructions_sample import built  # noqa: F401
-from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 from recpipe.data.splits import loo_histories
 from recpipe.metrics import (
@@ -24,16 +21,31 @@ from recpipe.model.load import load
 from recpipe.p5.evaluate import COLUMNS, evaluate_p5, family_metrics
 from recpipe.p5.families import FAMILIES
 from recpipe.params import P5Params
+from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
+from test_text_instructions_sample import built  # noqa: F401
+from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("5", 5.0), ("5.0", 5.0), (" 4 stars", 4.0), ("4/5", 4.0), ("Rating: 3.5", 3.5), ("3.5 out of 5", 3.5),
-        ("five", 5.0), ("Two stars.", 2.0), ("9", 5.0), ("0", 1.0), ("-2", 1.0),  # out of range: clamped
-        ("no idea", None), ("", None), ("someone stone", None), ("none", None),  # no number, no number word
+        ("5", 5.0),
+        ("5.0", 5.0),
+        (" 4 stars", 4.0),
+        ("4/5", 4.0),
+        ("Rating: 3.5", 3.5),
+        ("3.5 out of 5", 3.5),
+        ("five", 5.0),
+        ("Two stars.", 2.0),
+        ("9", 5.0),
+        ("0", 1.0),
+        ("-2", 1.0),  # out of range: clamped
+        ("no idea", None),
+        ("", None),
+        ("someone stone", None),
+        ("none", None),  # no number, no number word
     ],
-)  # fmt: skip
+)
 def test_parse_rating(text, expected):
     assert parse_rating(text, 1, 5) == expected
 
@@ -48,7 +60,14 @@ def test_rating_metrics_count_unparsable_and_clamped_answers():
 
 
 def test_yes_no_accuracy_counts_other_answers_as_wrong():
-    assert [parse_yes_no(t) for t in ["Yes.", "no", "NO, never", "maybe", "", " yes!"]] == ["yes", "no", "no", None, None, "yes"]
+    assert [parse_yes_no(t) for t in ["Yes.", "no", "NO, never", "maybe", "", " yes!"]] == [
+        "yes",
+        "no",
+        "no",
+        None,
+        None,
+        "yes",
+    ]
     m = yes_no_metrics(["Yes.", "no", "No, never", "maybe", "", "YES!"], ["yes", "yes", "no", "no", "no", "yes"])
     assert m == {"yes_no_accuracy": 0.5, "yes_no_unparsable": 2, "yes_no_unparsable_rate": 0.3333}
 
@@ -77,11 +96,24 @@ def test_seen_and_unseen_are_scored_apart():
     rows = []
     for seen, answers in ((True, ["4", "2", "yes"]), (False, ["5", "x", "no"])):
         for (kind, target), answer in zip([("rating", "4"), ("rating", "3"), ("yes_no", "yes")], answers):
-            rows.append({"family": "rating", "template": "t", "seen": seen, "kind": kind, "user_id": 1, "item_id": 2, "target": target, "prediction": answer})
+            rows.append(
+                {
+                    "family": "rating",
+                    "template": "t",
+                    "seen": seen,
+                    "kind": kind,
+                    "user_id": 1,
+                    "item_id": 2,
+                    "target": target,
+                    "prediction": answer,
+                }
+            )
     m = family_metrics(pl.DataFrame(rows), (1, 5))
     seen, unseen = m["rating"]["seen"], m["rating"]["unseen"]
     assert (seen["n"], seen["n_rating"], seen["n_yes_no"]) == (3, 2, 1)
-    assert seen["rmse"] == 0.7071 and seen["mae"] == 0.5 and seen["unparsable"] == 0 and seen["yes_no_accuracy"] == 1.0  # 4 vs 4, 2 vs 3
+    assert (
+        seen["rmse"] == 0.7071 and seen["mae"] == 0.5 and seen["unparsable"] == 0 and seen["yes_no_accuracy"] == 1.0
+    )  # 4 vs 4, 2 vs 3
     assert unseen["rmse"] == unseen["mae"] == 1.0 and unseen["unparsable"] == 1 and unseen["yes_no_accuracy"] == 0.0
 
 
@@ -100,7 +132,12 @@ def scored(amazon, tiny, tmp_path_factory):  # noqa: F811
     inter, items, _ = amazon
     samples = make(amazon, list(FAMILIES))  # 10 negatives: 11 candidates per direct prompt
     test = samples.filter(pl.col("split") == "test")
-    cases = test.select("family", "user_id", "item_id").unique(maintain_order=True).group_by("family", maintain_order=True).head(6)
+    cases = (
+        test.select("family", "user_id", "item_id")
+        .unique(maintain_order=True)
+        .group_by("family", maintain_order=True)
+        .head(6)
+    )
     test = test.join(cases, on=["family", "user_id", "item_id"], how="semi", maintain_order="left")
     d = tmp_path_factory.mktemp("p5eval")
     test.write_parquet(d / "test.parquet")
@@ -109,11 +146,26 @@ def scored(amazon, tiny, tmp_path_factory):  # noqa: F811
     model, tok = load(str(tiny))
     p5 = P5Params(beams=8, top_k=5, max_new_tokens=8, eval_batch_size=8)
     started = time.perf_counter()
-    metrics = evaluate_p5(d / "test.parquet", d / "names.parquet", d / "interactions.parquet", d / "eval", d / "families", model, tok, p5, (1, 5))
+    metrics = evaluate_p5(
+        d / "test.parquet",
+        d / "names.parquet",
+        d / "interactions.parquet",
+        d / "eval",
+        d / "families",
+        model,
+        tok,
+        p5,
+        (1, 5),
+    )
     print(f"evaluate_p5: {test.height} prompts in {time.perf_counter() - started:.1f} s")
     saved = {f.stem: json.loads(f.read_text()) for f in (d / "families").glob("*.json")}
     assert saved == metrics
-    return test, {u: set(h) for u, h in loo_histories(inter)[0].items()}, metrics, pl.read_parquet(d / "eval" / "predictions.parquet")
+    return (
+        test,
+        {u: set(h) for u, h in loo_histories(inter)[0].items()},
+        metrics,
+        pl.read_parquet(d / "eval" / "predictions.parquet"),
+    )
 
 
 def test_history_never_holds_the_test_item(amazon):  # noqa: F811
@@ -166,14 +218,22 @@ def test_ratings_and_yes_no_answered_by_probabilities_or_by_greedy_text(scored, 
     assert ratings.height and all(1 <= float(x) <= 5 for x in ratings["prediction"])
     model, tok = load(str(tiny))
     rows = test.filter(pl.col("kind") == "rating").head(3)
-    means = expected_ratings(model, tok, rows["prompt"].to_list(), {r: rating_text(r) for r in (1.0, 2.0, 3.0, 4.0, 5.0)})
-    assert predict(rows, model, tok, {}, None, P5Params(), rating_range=(1, 5))["prediction"].to_list() == [f"{m:.4f}" for m in means]
+    means = expected_ratings(
+        model, tok, rows["prompt"].to_list(), {r: rating_text(r) for r in (1.0, 2.0, 3.0, 4.0, 5.0)}
+    )
+    assert predict(rows, model, tok, {}, None, P5Params(), rating_range=(1, 5))["prediction"].to_list() == [
+        f"{m:.4f}" for m in means
+    ]
     greedy = P5Params(rating_scoring="greedy", max_new_tokens=8, eval_batch_size=8)
-    assert predict(rows, model, tok, {}, None, greedy)["prediction"].to_list() == generate(model, tok, rows["prompt"].to_list(), 8, 8)
+    assert predict(rows, model, tok, {}, None, greedy)["prediction"].to_list() == generate(
+        model, tok, rows["prompt"].to_list(), 8, 8
+    )
     questions = test.filter(pl.col("kind") == "yes_no").head(3)
     p_yes = [float(p[0]) for p in answer_probabilities(model, tok, questions["prompt"].to_list(), ["yes", "no"])]
     assert predict(questions, model, tok, {}, None, P5Params())["prediction"].to_list() == [f"{p:.4f}" for p in p_yes]
-    assert predict(questions, model, tok, {}, None, greedy)["prediction"].to_list() == generate(model, tok, questions["prompt"].to_list(), 8, 8)
+    assert predict(questions, model, tok, {}, None, greedy)["prediction"].to_list() == generate(
+        model, tok, questions["prompt"].to_list(), 8, 8
+    )
     with pytest.raises(ValidationError):
         P5Params(rating_scoring="mode")
 
@@ -183,7 +243,9 @@ def test_predictions_frame_rankings_and_recomputed_metrics(scored):
     assert predictions.columns == COLUMNS and predictions.height == test.height
     keys = ["family", "template", "seen", "user_id", "item_id", "target"]
     assert predictions.select(keys).equals(test.select(keys))  # in the test rows' order
-    items = predictions.filter(pl.col("kind") == "item").join(test.select("template", "user_id", "item_id", "candidates"), on=["template", "user_id", "item_id"])
+    items = predictions.filter(pl.col("kind") == "item").join(
+        test.select("template", "user_id", "item_id", "candidates"), on=["template", "user_id", "item_id"]
+    )
     assert items.height == test.filter(pl.col("kind") == "item").height
     for row in items.iter_rows(named=True):
         assert len(row["ranked"]) == len(set(row["ranked"])) == 5  # k items, history excluded inside the search
@@ -199,16 +261,29 @@ def test_validation_split_is_scored_with_its_own_history(amazon, tiny, tmp_path)
     items rated before the validation item, not the item itself."""
     inter, items, _ = amazon
     samples = make(amazon, ["rating", "sequential", "direct"])
-    valid = samples.filter(pl.col("split") == "valid").group_by("family", maintain_order=True).head(4).select(samples.columns)
+    valid = (
+        samples.filter(pl.col("split") == "valid")
+        .group_by("family", maintain_order=True)
+        .head(4)
+        .select(samples.columns)
+    )
     pl.concat([valid, samples.filter(pl.col("split") == "test").head(6)]).write_parquet(tmp_path / "shots.parquet")
     inter.write_parquet(tmp_path / "interactions.parquet")
     pl.DataFrame({"item_id": items["item_id"], "name": items["name"]}).write_parquet(tmp_path / "names.parquet")
     model, tok = load(str(tiny))
     p5 = P5Params(beams=6, top_k=5, eval_batch_size=4, evaluate_split="valid")
-    metrics = evaluate_p5(*(tmp_path / f for f in ("shots.parquet", "names.parquet", "interactions.parquet", "eval", "families")), model, tok, p5, (1, 5))
+    metrics = evaluate_p5(
+        *(tmp_path / f for f in ("shots.parquet", "names.parquet", "interactions.parquet", "eval", "families")),
+        model,
+        tok,
+        p5,
+        (1, 5),
+    )
     assert set(metrics) == {"rating", "sequential", "direct"}
     for family, groups in metrics.items():
-        assert groups["seen"]["n"] == valid.filter(pl.col("family") == family).height > 0 and groups["unseen"] == {"n": 0}
+        assert groups["seen"]["n"] == valid.filter(pl.col("family") == family).height > 0 and groups["unseen"] == {
+            "n": 0
+        }
     predictions = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
     assert predictions.height == valid.height  # the test rows in the same file are not scored
     before, target = loo_histories(inter, "valid")
@@ -247,7 +322,9 @@ def test_sequential_ranked_by_likelihood_over_every_unrated_item(amazon, tiny): 
     names = item_names(amazon[1], amazon[0], "names", 0)
     history = {u: set(h) for u, h in loo_histories(amazon[0])[0].items()}
     rows = make(amazon, ["sequential"]).filter((pl.col("split") == "test") & pl.col("seen")).head(3)
-    out = rank(rows, model, tok, names, history, P5Params(top_k=5, beams=5, eval_batch_size=2, sequential_ranking="likelihood"))
+    out = rank(
+        rows, model, tok, names, history, P5Params(top_k=5, beams=5, eval_batch_size=2, sequential_ranking="likelihood")
+    )
     for row, ranked in zip(rows.iter_rows(named=True), out["ranked"].to_list()):
         unrated = [i for i in sorted(names) if i not in history[row["user_id"]]]
         assert ranked == likelihood_ranking(model, tok, [row["prompt"]], [unrated], names)[0][:5]

@@ -7,15 +7,26 @@ from recpipe import RecpipeError
 from recpipe.p5.report import COLUMNS, load_references, p5_tables, write_p5_report
 
 OURS = {
-    "rating": {"seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01, "yes_no_auc": 0.61}, "unseen": {"n": 400, "rmse": 1.3}},
-    "sequential": {"seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025, "short_lists": 0}, "unseen": {"n": 300, "hr@5": 0.02, "short_lists": 2}},
+    "rating": {
+        "seen": {"n": 400, "rmse": 1.23456, "mae": 0.9, "unparsable_rate": 0.01, "yes_no_auc": 0.61},
+        "unseen": {"n": 400, "rmse": 1.3},
+    },
+    "sequential": {
+        "seen": {"n": 300, "hr@5": 0.03, "ndcg@5": 0.02, "hr@10": 0.05, "ndcg@10": 0.025, "short_lists": 0},
+        "unseen": {"n": 300, "hr@5": 0.02, "short_lists": 2},
+    },
     "explanation": {"seen": {"bleu": 1.234, "rouge1": 20.5, "rouge2": 3.0, "rougeL": 15.0}, "unseen": {}},
 }
 # as recpipe.p5.baselines writes it: per-method metrics, plus counts
 BASELINES = {
     "popularity": {"sequential": {"hr@5": 0.011, "ndcg@5": 0.007}, "direct": {"hr@1": 0.02}},
     "sasrec": {"sequential": {"hr@10": 0.04}, "best_epoch": 43, "best_valid_ndcg@10": 0.12, "epochs_run": 53},
-    "bprmf": {"sequential": {"hr@10": 0.03, "ndcg@10": 0.015}, "best_epoch": 41, "best_valid_ndcg@10": 0.07, "epochs_run": 51},
+    "bprmf": {
+        "sequential": {"hr@10": 0.03, "ndcg@10": 0.015},
+        "best_epoch": 41,
+        "best_valid_ndcg@10": 0.07,
+        "epochs_run": 51,
+    },
     "users": 1000,
     "items": 50,
 }
@@ -37,11 +48,17 @@ def test_references_hold_the_papers_tables():
             assert len(set(keys)) == len(keys)  # each method once per prompts (and hints) block
             for r in rows:
                 assert r["prompts"] in {"seen", "unseen", "n/a"}
-                ours_only = {"review": {"bleu"}, "rating": {"yes_no_auc"}}.get(family, set())  # columns the paper does not print
+                ours_only = {"review": {"bleu"}, "rating": {"yes_no_auc"}}.get(
+                    family, set()
+                )  # columns the paper does not print
                 assert set(r) - {"method", "prompts", "hints", "note"} == set(COLUMNS[family]) - ours_only
 
     def find(dataset, family, method, prompts, hints=None):
-        return next(r for r in ref["datasets"][dataset][family] if (r["method"], r["prompts"], r.get("hints")) == (method, prompts, hints))
+        return next(
+            r
+            for r in ref["datasets"][dataset][family]
+            if (r["method"], r["prompts"], r.get("hints")) == (method, prompts, hints)
+        )
 
     assert find("amazon-beauty", "sequential", "P5", "seen")["hr@5"] == 0.0508
     assert find("amazon-beauty", "sequential", "P5", "seen")["ndcg@5"] == 0.0379
@@ -63,11 +80,17 @@ def test_beauty_tables_show_the_papers_rows_and_ours():
         "## Sequential recommendation (RecSysLLM Table 4)",
         "## Explanation generation (RecSysLLM Table 5)",
     ]
-    assert row(text, "| method | from | prompts | HR@5 |") == "| method | from | prompts | HR@5 | NDCG@5 | HR@10 | NDCG@10 |"
+    assert (
+        row(text, "| method | from | prompts | HR@5 |")
+        == "| method | from | prompts | HR@5 | NDCG@5 | HR@10 | NDCG@10 |"
+    )
     assert row(text, "| P5 | paper | seen | 0.0508") == "| P5 | paper | seen | 0.0508 | 0.0379 | 0.0664 | 0.0429 |"
     assert row(text, "| P5 | paper | unseen | 0.0493") == "| P5 | paper | unseen | 0.0493 | 0.0367 | 0.0645 | 0.0416 |"
     assert row(text, "| MF | paper | n/a |") == "| MF | paper | n/a | 1.1973 | 0.9461 | – |"
-    assert row(text, "| recpipe (seen prompts) | this run | seen | 1.2346") == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 | 0.6100 |"
+    assert (
+        row(text, "| recpipe (seen prompts) | this run | seen | 1.2346")
+        == "| recpipe (seen prompts) | this run | seen | 1.2346 | 0.9000 | 0.6100 |"
+    )
     assert "| Popularity | this run | n/a | 0.0110 | 0.0070 | – | – |" in text
     assert "| SASRec | this run | n/a | – | – | 0.0400 | – |" in text
     assert "| BPR-MF | this run | n/a | – | – | 0.0300 | 0.0150 |" in text
@@ -78,7 +101,10 @@ def test_beauty_tables_show_the_papers_rows_and_ours():
     assert "| recpipe (seen prompts) | this run | seen | – | 1.23 | 20.50 | 3.00 | 15.00 |" in text
     assert "rating 400 / 400; sequential 300 / 300; explanation – / –" in text
     assert "leave-one-out" in text and "unparsable_rate 0.0100 / –" in text and "short_lists 0 / 2" in text
-    assert "1000 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's sequential rankings cover a subsample of them." in text
+    assert (
+        "1000 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's sequential rankings cover a subsample of them."
+        in text
+    )
     assert "| users |" not in text and "| items |" not in text
 
 
@@ -93,7 +119,10 @@ def test_subsampling_is_judged_on_the_ranking_cases():
     # direct mixes ranking and yes/no prompts: n counts both, n_item the ranked cases
     ours = {"direct": {"seen": {"n": 1200, "n_item": 600, "hr@1": 0.1}, "unseen": {"n": 600, "n_item": 600}}}
     text = p5_tables("ml-100k", ours, {"users": 600}, load_references())
-    assert "600 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's direct rankings cover all of them." in text
+    assert (
+        "600 users have a leave-one-out test case, all of them ranked by the baselines; recpipe's direct rankings cover all of them."
+        in text
+    )
     text = p5_tables("ml-100k", ours, {"users": 943}, load_references())
     assert "recpipe's direct rankings cover a subsample of them." in text
     assert "n_item" not in text  # bookkeeping, not listed as a result
@@ -109,7 +138,9 @@ def test_ml100k_has_no_paper_rows_and_says_so():
 def test_missing_metrics_are_dashes_and_empty_columns_dropped():
     ours = {"sequential": {"seen": {"hr@5": 0.5, "hr@10": None}, "unseen": {}}, "rating": {"seen": {}, "unseen": {}}}
     text = p5_tables("ml-100k", ours, None, load_references())
-    assert row(text, "| method | from | prompts | HR@5") == "| method | from | prompts | HR@5 |"  # no value anywhere: no column
+    assert (
+        row(text, "| method | from | prompts | HR@5") == "| method | from | prompts | HR@5 |"
+    )  # no value anywhere: no column
     assert "| recpipe (unseen prompts) | this run | unseen | – |" in text
     assert "No metric of this table (RMSE, MAE, yes/no AUC) has a value." in text
     assert "sequential – / –" in text  # n missing
@@ -132,7 +163,11 @@ def write_inputs(root, ours=OURS):
 def test_write_p5_report_writes_the_file(tmp_path):
     metrics, baselines = write_inputs(tmp_path)
     out = tmp_path / "reports" / "p5.md"
-    summary = {"model": "org/model", "lora": {"rank": 8}, "p5": {"families": ["rating", "sequential"], "train": {"epochs": 2}}}
+    summary = {
+        "model": "org/model",
+        "lora": {"rank": 8},
+        "p5": {"families": ["rating", "sequential"], "train": {"epochs": 2}},
+    }
     text = write_p5_report("amazon-beauty", metrics, baselines, out, summary)
     assert out.read_text() == text
     assert text.startswith("# recpipe P5 report: amazon-beauty")
@@ -165,7 +200,14 @@ def test_write_p5_report_rejects_a_wrong_shape_a_missing_file_and_an_empty_dir(t
     with pytest.raises(RecpipeError, match=r"nope\.json: not found \(the baselines stage writes it\)"):
         write_p5_report("ml-100k", metrics, tmp_path / "nope.json", tmp_path / "p5.md", {})
     with pytest.raises(RecpipeError, match=r"gone\.parquet not found \(the recpipe predictions"):
-        write_p5_report("ml-100k", metrics, baselines, tmp_path / "p5.md", {}, {"recpipe": tmp_path / "gone.parquet", "baselines": tmp_path / "gone.parquet"})
+        write_p5_report(
+            "ml-100k",
+            metrics,
+            baselines,
+            tmp_path / "p5.md",
+            {},
+            {"recpipe": tmp_path / "gone.parquet", "baselines": tmp_path / "gone.parquet"},
+        )
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RecpipeError, match="no metrics files"):
@@ -198,19 +240,33 @@ def test_paired_tests_count_the_cases_only_one_method_hits():
     from recpipe.p5.report import paired_tests
 
     # Sequential, seen prompts: recpipe hits users 1-3, popularity users 3-9 (ranked lists of 10 or fewer).
-    ours = pl.DataFrame({
-        "family": ["sequential"] * 10 + ["rating"], "seen": [True] * 11, "kind": ["item"] * 10 + ["rating"],
-        "user_id": list(range(1, 11)) + [1], "item_id": [100] * 10 + [5],
-        "ranked": [[100] if u <= 3 else [7] for u in range(1, 11)] + [None],
-    })  # fmt: skip
-    base = pl.DataFrame({
-        "method": ["popularity"] * 12, "family": ["sequential"] * 12, "user_id": list(range(1, 13)), "item_id": [100] * 12,
-        "ranked": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100] if u <= 2 else ([100] if u <= 9 else [8]) for u in range(1, 13)],
-    })  # fmt: skip
+    ours = pl.DataFrame(
+        {
+            "family": ["sequential"] * 10 + ["rating"],
+            "seen": [True] * 11,
+            "kind": ["item"] * 10 + ["rating"],
+            "user_id": list(range(1, 11)) + [1],
+            "item_id": [100] * 10 + [5],
+            "ranked": [[100] if u <= 3 else [7] for u in range(1, 11)] + [None],
+        }
+    )
+    base = pl.DataFrame(
+        {
+            "method": ["popularity"] * 12,
+            "family": ["sequential"] * 12,
+            "user_id": list(range(1, 13)),
+            "item_id": [100] * 12,
+            "ranked": [
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100] if u <= 2 else ([100] if u <= 9 else [8]) for u in range(1, 13)
+            ],
+        }
+    )
     lines = paired_tests(ours, base)
     # Only recpipe: users 1 and 2 (popularity has them 11th); only popularity: users 4-9. Users 11-12 were not asked of recpipe.
     p = 2 * sum(math.comb(8, i) for i in range(3)) / 2**8  # the exact two-sided binomial test, 2 of 8
-    assert lines == {"sequential": f"Paired on the same cases, HR@10 (cases only one of the two hits, exact McNemar p): recpipe (seen prompts) 2 vs Popularity 6, p {p:.3f} (n 10)."}
+    assert lines == {
+        "sequential": f"Paired on the same cases, HR@10 (cases only one of the two hits, exact McNemar p): recpipe (seen prompts) 2 vs Popularity 6, p {p:.3f} (n 10)."
+    }
     assert "Paired on the same cases" in p5_tables("ml-100k", OURS, BASELINES, load_references(), lines)
 
 
@@ -228,14 +284,28 @@ def test_openp5_indexings_sit_beside_this_runs_sequential_figures():
     assert "| recpipe (seen prompts) | collaborative | this run | 0.0300 | 0.0200 | 0.0500 | 0.0250 |" in text
     assert "not a matched comparison" in text and "consecutive ids give away sequence order" in text
     # After the sequential table, before the next family's.
-    assert text.index("## Sequential recommendation") < text.index("## Item indexing") < text.index("## Explanation generation")
+    assert (
+        text.index("## Sequential recommendation")
+        < text.index("## Item indexing")
+        < text.index("## Explanation generation")
+    )
     assert "this run writes items as `p5.indexing` says" in text.lower()
-    assert "## Item indexing" not in p5_tables("amazon-beauty", OURS, BASELINES, load_references())  # OpenP5 rows are ML-100K's
-    assert "## Item indexing" not in p5_tables("ml-100k", {"rating": OURS["rating"]}, None, load_references())  # no sequential figures
+    assert "## Item indexing" not in p5_tables(
+        "amazon-beauty", OURS, BASELINES, load_references()
+    )  # OpenP5 rows are ML-100K's
+    assert "## Item indexing" not in p5_tables(
+        "ml-100k", {"rating": OURS["rating"]}, None, load_references()
+    )  # no sequential figures
 
 
 def test_validation_figures_say_so():
-    text = p5_tables("ml-100k", {"sequential": {"seen": OURS["sequential"]["seen"], "unseen": {"n": 0}}}, None, load_references(), split="valid")
+    text = p5_tables(
+        "ml-100k",
+        {"sequential": {"seen": OURS["sequential"]["seen"], "unseen": {"n": 0}}},
+        None,
+        load_references(),
+        split="valid",
+    )
     assert "Validation samples n (seen / unseen prompts): sequential 300 / 0." in text and "Test cases n" not in text
     assert "p5.evaluate_split: valid" in text and "| SASRec |" not in text
     assert "p5.evaluate_split" not in p5_tables("ml-100k", OURS, BASELINES, load_references())

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import params_dict, source
 from pydantic import BaseModel
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,9 @@ def test_early_stopping_needs_evaluations(archives):
         params.parse(params_dict(src, train={"patience": 10}))
     with pytest.raises(RecpipeError, match=r"p5.train: save_steps \(15\) must be a multiple of eval_steps \(10\)"):
         params.parse(params_dict(src, p5={"train": {"eval_steps": 10, "save_steps": 15}}))
-    assert params.parse(params_dict(src, train={"eval_steps": 10, "patience": 10, "save_steps": 20})).train.patience == 10
+    assert (
+        params.parse(params_dict(src, train={"eval_steps": 10, "patience": 10, "save_steps": 20})).train.patience == 10
+    )
 
 
 def test_params_yaml_renders_the_defaults():
@@ -109,10 +111,16 @@ def test_registry_errors_name_the_registry_file(tmp_path):
     assert f"{tmp_path / 'params.yaml'}: dataset 'nope' has no entry in {tmp_path / 'datasets.yaml'}" in str(e.value)
     with pytest.raises(RecpipeError) as e:
         params.load(write(tmp_path, "seed: 0\n", ENTRY.replace("format", "fromat") % HEX))
-    assert f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.fromat: unknown key (did you mean 'format'?)" in str(e.value)
-    with pytest.raises(RecpipeError, match=r"params.yaml: download: unknown key \(the dataset registry is datasets.yaml"):
+    assert f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.fromat: unknown key (did you mean 'format'?)" in str(
+        e.value
+    )
+    with pytest.raises(
+        RecpipeError, match=r"params.yaml: download: unknown key \(the dataset registry is datasets.yaml"
+    ):
         params.load(write(tmp_path, "download: {datasets: {}}\n", ENTRY % HEX))
-    with pytest.raises(RecpipeError, match=r"params.yaml: registry: unknown key \(the dataset registry is read from .*datasets.yaml\)"):
+    with pytest.raises(
+        RecpipeError, match=r"params.yaml: registry: unknown key \(the dataset registry is read from .*datasets.yaml\)"
+    ):
         params.load(write(tmp_path, "registry: {}\n", ENTRY % HEX))
 
 
@@ -120,16 +128,29 @@ def test_registry_errors_name_the_registry_file(tmp_path):
 def test_unquoted_digits_as_sha256_is_one_clear_error(tmp_path, value):
     with pytest.raises(RecpipeError) as e:
         params.load(write(tmp_path, "seed: 0\n", ENTRY % value))
-    assert str(e.value) == f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits (YAML reads unquoted digits as a number: put the checksum in quotes)"
-    with pytest.raises(RecpipeError, match=r"params.yaml: model.sha256: must be a quoted string of 64 hex digits \(YAML reads"):
+    assert (
+        str(e.value)
+        == f"{tmp_path / 'datasets.yaml'}: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits (YAML reads unquoted digits as a number: put the checksum in quotes)"
+    )
+    with pytest.raises(
+        RecpipeError, match=r"params.yaml: model.sha256: must be a quoted string of 64 hex digits \(YAML reads"
+    ):
         params.load(write(tmp_path, f"model: {{name: x, sha256: {value}}}\n", ENTRY % HEX))
 
 
 @pytest.mark.parametrize("value", ["'123'", "abc", HEX + "0", HEX[:-1] + "g"])
 def test_sha256_must_be_64_hex_digits(tmp_path, value):
-    with pytest.raises(RecpipeError, match=r"datasets.yaml: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits, got '"):
+    with pytest.raises(
+        RecpipeError, match=r"datasets.yaml: ml-100k.sources.0.sha256: must be a quoted string of 64 hex digits, got '"
+    ):
         params.load(write(tmp_path, "seed: 0\n", ENTRY % value))
-    files = "ml-100k: {sources: [{name: f, format: amazon, files: {items: {url: x, sha256: %s}}}]}\n" % value
-    with pytest.raises(RecpipeError, match=r"ml-100k.sources.0.files.items.sha256: must be a quoted string of 64 hex digits"):
+    files = "ml-100k: {sources: [{name: f, format: amazon, files: {items: {url: x, sha256: VALUE}}}]}\n"
+    files = files.replace("VALUE", value)
+    with pytest.raises(
+        RecpipeError, match=r"ml-100k.sources.0.files.items.sha256: must be a quoted string of 64 hex digits"
+    ):
         params.load(write(tmp_path, "seed: 0\n", files))
-    assert params.load(write(tmp_path, "seed: 0\n", ENTRY % f"'{HEX.upper()}'")).registry["ml-100k"].sources[0].sha256 == HEX.upper()
+    assert (
+        params.load(write(tmp_path, "seed: 0\n", ENTRY % f"'{HEX.upper()}'")).registry["ml-100k"].sources[0].sha256
+        == HEX.upper()
+    )

@@ -1,8 +1,6 @@
 """Trie-constrained decoding writes only real items; ranking metrics."""
 
 import pytest
-from test_text_instructions_sample import built  # noqa: F401
-from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
 from recpipe import RecpipeError
 from recpipe.metrics import hit_and_ndcg
@@ -16,8 +14,16 @@ from recpipe.model.decoding import (
     written_out_beams,
 )
 from recpipe.model.load import load
+from test_text_instructions_sample import built  # noqa: F401
+from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
-NAMES = {1: "The Usual Suspects (1995)", 2: "Heat (1995)", 3: "Heat (1995)", 4: "Dr. No (1962)", 5: "The House of Yes (1997)"}
+NAMES = {
+    1: "The Usual Suspects (1995)",
+    2: "Heat (1995)",
+    3: "Heat (1995)",
+    4: "Dr. No (1962)",
+    5: "The House of Yes (1997)",
+}
 
 
 def test_trie_allows_exactly_the_item_continuations(tiny):  # noqa: F811
@@ -55,7 +61,9 @@ def test_one_trie_per_prompt_ranks_only_its_own_candidates(tiny, built):  # noqa
     assert sorted(ranked[0]) == [1, 4] and sorted(ranked[1]) == [2, 5] and sorted(ranked[3]) == [4, 5]
     assert ranked[2] and set(ranked[2]) <= set(NAMES)
     # History exclusion happens before the cut to k.
-    ranked, _ = constrained_topk(model, tok, prompts, tries, k=1, beams=2, batch_size=3, exclude=[{1}, set(), set(), {4, 5}])
+    ranked, _ = constrained_topk(
+        model, tok, prompts, tries, k=1, beams=2, batch_size=3, exclude=[{1}, set(), set(), {4, 5}]
+    )
     assert ranked[0] == [4] and ranked[3] == []
     with pytest.raises(RecpipeError, match="2 tries for 4 prompts"):
         constrained_topk(model, tok, prompts, tries[:2], k=2, beams=2)
@@ -146,7 +154,9 @@ def test_expected_ratings_are_the_mean_under_each_whole_ratings_probability(tiny
         return float((torch.stack(logps).softmax(0) * torch.tensor(scale, dtype=torch.float64)).sum())
 
     assert got == pytest.approx([naive(p) for p in prompts], abs=1e-4)
-    assert all(1 <= g <= 5 for g in got) and len({round(g, 6) for g in got}) == len(got)  # a mean, not one rating for every prompt
+    assert all(1 <= g <= 5 for g in got) and len({round(g, 6) for g in got}) == len(
+        got
+    )  # a mean, not one rating for every prompt
 
 
 def test_prefix_cache_hands_out_copies_that_leave_the_prefix_as_it_was(tiny, built):  # noqa: F811
@@ -185,7 +195,9 @@ def test_trie_without_items_never_completes_them(tiny):  # noqa: F811
     assert reachable(one) == {1, 3, 4, 5} and one.items(heat) == [3]  # item 3 has item 2's name
     both = one.without({3})
     assert reachable(both) == {1, 4, 5} and both.items(heat) == []
-    assert reachable(trie.without(set(NAMES))) == set() and trie.next_tokens(()) == list(dict.fromkeys(trie.next_tokens(())))
+    assert reachable(trie.without(set(NAMES))) == set() and trie.next_tokens(()) == list(
+        dict.fromkeys(trie.next_tokens(()))
+    )
     assert reachable(trie) == set(NAMES) and trie.items(heat) == [2, 3]  # views leave the trie as it was
 
 
@@ -199,12 +211,16 @@ def test_beam_search_returns_k_unseen_items_when_the_history_covers_most(tiny, b
     names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
     prompts = [p[-n:] for p, n in zip(built[1]["prompt"].head(3).to_list(), (200, 40, 90))]
     history = [set(sorted(names)[12:]), set(sorted(names)[:48]), set(list(names)[::2]) | set(list(names)[1:40:2])]
-    ranked, validity = constrained_topk(model, tok, prompts, ItemTrie(names, tok), k=10, beams=20, batch_size=2, exclude=history)
+    ranked, validity = constrained_topk(
+        model, tok, prompts, ItemTrie(names, tok), k=10, beams=20, batch_size=2, exclude=history
+    )
     for items_, seen in zip(ranked, history, strict=True):
         assert len(items_) == len(set(items_)) == 10 and not set(items_) & seen
     assert validity == 1.0  # more than 20 beams' worth of unseen items: every beam names one
     # Fewer unseen items than beams: each of them, and nothing else.
-    ranked, _ = constrained_topk(model, tok, prompts[:1], ItemTrie(names, tok), k=10, beams=20, exclude=[set(sorted(names)[5:])])
+    ranked, _ = constrained_topk(
+        model, tok, prompts[:1], ItemTrie(names, tok), k=10, beams=20, exclude=[set(sorted(names)[5:])]
+    )
     assert sorted(ranked[0]) == sorted(names)[:5]
 
 
@@ -214,7 +230,15 @@ def tokenizers():
     from recpipe.model.load import CACHE
 
     smollm2 = sorted(CACHE.glob("dequantized/SmolLM2-135M*/tokenizer.json"))
-    return ["tiny", "p5", pytest.param(smollm2[0].parent if smollm2 else None, id="smollm2", marks=pytest.mark.skipif(not smollm2, reason="SmolLM2 is not cached"))]
+    return [
+        "tiny",
+        "p5",
+        pytest.param(
+            smollm2[0].parent if smollm2 else None,
+            id="smollm2",
+            marks=pytest.mark.skipif(not smollm2, reason="SmolLM2 is not cached"),
+        ),
+    ]
 
 
 @pytest.mark.parametrize("indexing", ["names", "random", "sequential", "collaborative"])
@@ -226,9 +250,9 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
     tokens likelihood_ranking scores are one sequence."""
     import polars as pl
     import torch
-    from conftest import make_tiny_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from conftest import make_tiny_model
     from recpipe.model.decoding import likelihood_ranking
     from recpipe.model.train import encode
     from recpipe.p5.families import build, load_templates
@@ -237,9 +261,20 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
     from recpipe.params import P5Params
 
     root = built[0]
-    inter, items, users = (pl.read_parquet(root / d / f"{t}.parquet") for d, t in (("tables", "interactions"), ("text", "items"), ("text", "users")))
+    inter, items, users = (
+        pl.read_parquet(root / d / f"{t}.parquet")
+        for d, t in (("tables", "interactions"), ("text", "items"), ("text", "users"))
+    )
     families = ["sequential", "direct"]
-    p5 = P5Params(negatives=10, history_targets=True, sequential_stride=1, k=None, families=families, indexing=indexing, clusters=4)
+    p5 = P5Params(
+        negatives=10,
+        history_targets=True,
+        sequential_stride=1,
+        k=None,
+        families=families,
+        indexing=indexing,
+        clusters=4,
+    )
     names = item_names(items, inter, indexing, 0, clusters=4)
     samples = build(inter, names, users, load_templates("p5", families), families, p5, seed=0, max_rating=5)
     train, _, _ = p5_mixture(samples, p5, 0)
@@ -247,17 +282,30 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
         model, tok = load(str(tiny))
     else:
         if which == "p5":
-            lists = [", ".join(names[i] for i in samples["item_id"][j : j + 10]) + "." for j in range(0, samples.height, 10)]
+            lists = [
+                ", ".join(names[i] for i in samples["item_id"][j : j + 10]) + "." for j in range(0, samples.height, 10)
+            ]
             which = make_tiny_model(tmp_path, (samples["prompt"] + samples["target"]).to_list() + lists * 3)
         tok = AutoTokenizer.from_pretrained(str(which))
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+            )
+        )
     eos = tok.eos_token_id
 
     in_prompt: dict[int, list[int]] = {}
     as_answer: dict[int, list[int]] = {}
     for row in train.iter_rows(named=True):
-        assert row["prompt"] == row["prompt"].rstrip() and row["answer"] == " " + row["target"]  # the answer brings the space
+        assert (
+            row["prompt"] == row["prompt"].rstrip() and row["answer"] == " " + row["target"]
+        )  # the answer brings the space
         enc = tok(row["prompt"], return_offsets_mapping=True)
         encoded = encode([row["prompt"]], [row["answer"]], tok, 10**6, [row["spans"]])[0]
         p = len(enc.input_ids)
@@ -270,7 +318,9 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
             assert encoded["input_ids"][-1] == eos
             assert as_answer.setdefault(row["item_id"], encoded["input_ids"][p:-1]) == encoded["input_ids"][p:-1]
     assert len(in_prompt) == len(names) and len(as_answer) > 20  # every item sits in some history
-    if indexing == "collaborative":  # a cluster's items share its path's tokens: the trie branches as the hierarchy does
+    if (
+        indexing == "collaborative"
+    ):  # a cluster's items share its path's tokens: the trie branches as the hierarchy does
         for item, toks in in_prompt.items():
             words = names[item].split()
             assert len(words) >= 2 and all(w.startswith("c") for w in words)
@@ -282,11 +332,17 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
     for item, toks in in_prompt.items():
         assert all(toks[n] in trie.next_tokens(tuple(toks[:n])) for n in range(len(toks)))
         assert item in trie.items(tuple(toks) + (eos,)), (names[item], tok.convert_ids_to_tokens(toks))
-        assert as_answer.get(item, toks) == toks, (names[item], tok.convert_ids_to_tokens(as_answer[item]), tok.convert_ids_to_tokens(toks))
+        assert as_answer.get(item, toks) == toks, (
+            names[item],
+            tok.convert_ids_to_tokens(as_answer[item]),
+            tok.convert_ids_to_tokens(toks),
+        )
 
     scored = []
     # The body sees every pass (the output layer is applied apart, in float32).
-    hook = model.get_decoder().register_forward_pre_hook(lambda _, args, kwargs: scored.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: scored.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
     candidates = sorted(in_prompt)
     likelihood_ranking(model, tok, [train["prompt"][0]], [candidates], names, chunk=1)
     hook.remove()

@@ -51,7 +51,9 @@ def test_uniform_and_recent_ablations_and_determinism():
     recent = sample_behaviour(ts, BehaviourSampling(mode="recent", length=10), random.Random(0))
     assert recent == list(range(80, 90))
     uniform = [sample_behaviour(ts, BehaviourSampling(mode="uniform", length=20), random.Random(s)) for s in range(30)]
-    assert sum(window_counts(ts, p)[0] for p in uniform) / 30 > 4  # a third of the events are long-term: about 6.7 of 20
+    assert (
+        sum(window_counts(ts, p)[0] for p in uniform) / 30 > 4
+    )  # a third of the events are long-term: about 6.7 of 20
     again = sample_behaviour(ts, BehaviourSampling(), random.Random(7))
     assert again == sample_behaviour(ts, BehaviourSampling(), random.Random(7))
 
@@ -72,10 +74,18 @@ def test_bad_sampling_settings_are_one_line(kwargs, message):
 
 
 def test_documents_hold_no_held_out_event_and_span_every_name():
-    users = pl.DataFrame({"user_id": [1, 2], "text": ["A 24-year-old man.", "A 53-year-old woman."], "spans": [[{"entity": "age", "start": 2, "end": 4}], [{"entity": "age", "start": 2, "end": 4}]]})
+    users = pl.DataFrame(
+        {
+            "user_id": [1, 2],
+            "text": ["A 24-year-old man.", "A 53-year-old woman."],
+            "spans": [[{"entity": "age", "start": 2, "end": 4}], [{"entity": "age", "start": 2, "end": 4}]],
+        }
+    )
     items = pl.DataFrame({"item_id": list(range(10)), "name": [f"Movie {i} (199{i})" for i in range(10)]})
     ts = history(3, 3, 4)
-    histories = pl.DataFrame({"user_id": [1, 2], "item_id": [list(range(10)), list(range(9, -1, -1))], "timestamp": [ts, ts]})
+    histories = pl.DataFrame(
+        {"user_id": [1, 2], "item_id": [list(range(10)), list(range(9, -1, -1))], "timestamp": [ts, ts]}
+    )
     held = pl.DataFrame({"user_id": [1, 1, 2], "item_id": [8, 9, 0]})
     docs = documents(users, items, histories, held, BehaviourSampling(length=6), seed=0)
     assert docs["user_id"].to_list() == [1, 2]
@@ -91,15 +101,25 @@ def test_documents_hold_no_held_out_event_and_span_every_name():
 
 
 def test_infill_samples_of_the_corpus_are_seeded_per_user_and_name_a_bad_row():
+    from recpipe.recsysllm.infill import InfillConfig, build_all
     from test_recsysllm_infill import word_tokenizer
 
-    from recpipe.recsysllm.infill import InfillConfig, build_all
-
-    docs = pl.DataFrame({"user_id": [1, 2], "text": ["a b c d e f", "b c d e f a"], "spans": [[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 2, "end": 5}]]})
+    docs = pl.DataFrame(
+        {
+            "user_id": [1, 2],
+            "text": ["a b c d e f", "b c d e f a"],
+            "spans": [[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 2, "end": 5}]],
+        }
+    )
     tok, ids = word_tokenizer(list("abcdef"))
     both = build_all(docs, tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2)
     assert len(both) == 4 and both == build_all(docs, tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2)
     assert build_all(docs.tail(1), tok, ids, InfillConfig(ratio=0.3), seed=0, copies=2) == both[2:]
-    bad = docs.with_columns(spans=pl.Series([[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 4, "end": 40}]]))
-    with pytest.raises(RecpipeError, match=r"corpus row 1 \(user 2\): entity span \(4, 40\) does not lie inside its text of 11 characters"):
+    bad = docs.with_columns(
+        spans=pl.Series([[{"entity": "x", "start": 0, "end": 3}], [{"entity": "x", "start": 4, "end": 40}]])
+    )
+    with pytest.raises(
+        RecpipeError,
+        match=r"corpus row 1 \(user 2\): entity span \(4, 40\) does not lie inside its text of 11 characters",
+    ):
         build_all(bad, tok, ids, InfillConfig(), seed=0)

@@ -111,9 +111,13 @@ def test_random_order_shuffles_spans_and_token_masking_splits_entities():
     halves = [(0, middle), (middle + 1, len(text))]
     s = infill.build(text, halves, tok, ids, InfillConfig(), random.Random(0))
     assert s["input_ids"][: s["part_a"]].count(ids["[MASK]"]) == 1
-    assert s["input_ids"].count(ids[START]) == 1 and len(s["input_ids"]) - s["part_a"] - 2 in {len(text[a:b].split()) for a, b in halves}
+    assert s["input_ids"].count(ids[START]) == 1 and len(s["input_ids"]) - s["part_a"] - 2 in {
+        len(text[a:b].split()) for a, b in halves
+    }
     s = infill.build(text, halves, tok, ids, InfillConfig(whole_entities=False, span_mean=1), random.Random(0))
-    assert s["input_ids"].count(ids[START]) > 1 and len(s["input_ids"]) - s["part_a"] < min(len(text[a:b].split()) for a, b in halves)
+    assert s["input_ids"].count(ids[START]) > 1 and len(s["input_ids"]) - s["part_a"] < min(
+        len(text[a:b].split()) for a, b in halves
+    )
 
 
 def test_attention_mask_is_bidirectional_over_part_a_and_causal_over_part_b():
@@ -148,7 +152,9 @@ def test_bad_settings_are_one_line(kwargs, message):
 
 
 def test_entities_that_do_not_match_the_text_are_one_line():
-    with pytest.raises(RecpipeError, match=r"users.parquet row 3: entity span \(5, 40\) does not lie inside its text of 10 characters"):
+    with pytest.raises(
+        RecpipeError, match=r"users.parquet row 3: entity span \(5, 40\) does not lie inside its text of 10 characters"
+    ):
         infill.outer_entities("0123456789", [(5, 40)], "users.parquet row 3")
     with pytest.raises(RecpipeError, match="overlap without nesting"):
         infill.outer_entities("0123456789", [(0, 5), (3, 8)])
@@ -161,7 +167,9 @@ def tiny(tmp_path_factory):
 
     from tests.conftest import make_tiny_model
 
-    texts = ["A 24-year-old man who works as technician. He watched Toy Story (1995), GoldenEye (1995) and Heat (1995)."] * 20
+    texts = [
+        "A 24-year-old man who works as technician. He watched Toy Story (1995), GoldenEye (1995) and Heat (1995)."
+    ] * 20
     folder = make_tiny_model(tmp_path_factory.mktemp("tiny"), texts)
     tok = AutoTokenizer.from_pretrained(folder)
     ids = infill.special_token_ids(tok)
@@ -211,7 +219,12 @@ def test_the_mask_equals_an_explicit_per_row_computation(tiny):
     batch = infill.collate([s], tok.pad_token_id)
     layer = model.model.layers[0].self_attn
     seen = {}
-    hook = layer.register_forward_hook(lambda m, args, kwargs, out: seen.update(out=out[0], hidden=kwargs["hidden_states"], pos=kwargs["position_embeddings"]), with_kwargs=True)
+    hook = layer.register_forward_hook(
+        lambda m, args, kwargs, out: seen.update(
+            out=out[0], hidden=kwargs["hidden_states"], pos=kwargs["position_embeddings"]
+        ),
+        with_kwargs=True,
+    )
     infill.infill_forward(model, batch)
     hook.remove()
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -240,7 +253,9 @@ def test_intra_embedding_starts_neutral_and_trains(tiny):
     batch = infill.collate([s], tok.pad_token_id)
     intra = infill.IntraEmbedding(16, model.config.hidden_size)
     with torch.no_grad():
-        torch.testing.assert_close(infill.infill_forward(model, batch, intra).logits, infill.infill_forward(model, batch).logits)
+        torch.testing.assert_close(
+            infill.infill_forward(model, batch, intra).logits, infill.infill_forward(model, batch).logits
+        )
     out = infill.infill_forward(model, batch, intra)
     labels = batch["labels"][:, 1:]
     loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
@@ -264,7 +279,9 @@ def spans_of(sample: dict, ids: dict) -> list[tuple[int, int]]:
 def test_trie_driven_intra_ids_equal_the_training_paths():
     rng = random.Random(5)
     texts = [random_text(rng, 40, f"t{i}w") for i in range(10)]
-    tok, ids = word_tokenizer([w for words, _, _ in texts for w in words] + [w.rstrip(".") for words, _, _ in texts for w in words])
+    tok, ids = word_tokenizer(
+        [w for words, _, _ in texts for w in words] + [w.rstrip(".") for words, _, _ in texts for w in words]
+    )
     trie = infill.entity_trie([(text, spans) for _, text, spans in texts], tok)
     checked = multi = 0
     for seed, (_, text, spans) in enumerate(texts * 3):
@@ -300,8 +317,13 @@ def test_cached_infilling_follows_the_training_forward(tiny):
     tokens, intra_ids = infill.fill_blank(model, part_a, mask_position, trie, ids, intra, max_new_tokens=6)
     assert len(tokens) >= 1 and len(intra_ids) == len(tokens) + 1
     # One forward over part A + [START] + the generated tokens, as training runs it, picks the same tokens.
-    full = {"input_ids": part_a["input_ids"] + [ids[START], *tokens], "labels": [IGNORE] * (a + 1 + len(tokens)),
-            "position_ids": [*range(a), *[mask_position] * (len(tokens) + 1)], "intra_ids": part_a["intra_ids"] + intra_ids, "part_a": a}  # fmt: skip
+    full = {
+        "input_ids": part_a["input_ids"] + [ids[START], *tokens],
+        "labels": [IGNORE] * (a + 1 + len(tokens)),
+        "position_ids": [*range(a), *[mask_position] * (len(tokens) + 1)],
+        "intra_ids": part_a["intra_ids"] + intra_ids,
+        "part_a": a,
+    }
     with torch.no_grad():
         logits = infill.infill_forward(model, infill.collate([full], 0), intra).logits[0]
     assert logits[a:-1].argmax(-1).tolist() == tokens

@@ -7,9 +7,8 @@ import random
 import polars as pl
 import pytest
 import torch
-from conftest import params_dict, source
-from test_recsysllm_infill import random_text, word_tokenizer
 
+from conftest import params_dict, source
 from recpipe import RecpipeError, params
 from recpipe.model.decoding import ItemTrie, constrained_beams, generate, likelihood_ranking, name_tokens
 from recpipe.model.train import PadCollator, answer_loss, answer_task
@@ -23,6 +22,7 @@ from recpipe.recsysllm.positions import (
 )
 from recpipe.recsysllm.pretrain import INTRA
 from recpipe.tallrec.evaluate import score
+from test_recsysllm_infill import random_text, word_tokenizer
 
 
 def test_by_hand():
@@ -77,7 +77,9 @@ def tiny(tmp_path_factory):
 
     from tests.conftest import make_tiny_model
 
-    texts = ["A 24-year-old technician watched Toy Story (1995), GoldenEye (1995) and Heat (1995). Next: Heat (1995) Yes No"] * 20
+    texts = [
+        "A 24-year-old technician watched Toy Story (1995), GoldenEye (1995) and Heat (1995). Next: Heat (1995) Yes No"
+    ] * 20
     folder = make_tiny_model(tmp_path_factory.mktemp("tiny"), texts)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
@@ -123,7 +125,11 @@ def test_generation_writes_what_the_training_forward_predicts(tiny):
         for prompt, answer in zip(PROMPTS, answers):
             text = tok(prompt).input_ids
             written = []
-            while len(written) < 8 and (token := int(full_logits(model, text, positions.run(text)[0], intra)[-1].argmax())) != tok.eos_token_id:
+            while (
+                len(written) < 8
+                and (token := int(full_logits(model, text, positions.run(text)[0], intra)[-1].argmax()))
+                != tok.eos_token_id
+            ):
                 written.append(token)
                 text = text + [token]
             assert tok.decode(written, skip_special_tokens=True).strip() == answer
@@ -161,12 +167,16 @@ def test_scoring_switched_off_or_with_a_zero_embedding_is_plain(tiny):
     intra = with_intra(model, 0.0)
     try:
         assert score(model, tok, prompts, yes, no, batch_size=2) == plain
-        torch.testing.assert_close(score(model, tok, prompts, yes, no, batch_size=2, positions=Positions(trie, intra)), plain)
+        torch.testing.assert_close(
+            score(model, tok, prompts, yes, no, batch_size=2, positions=Positions(trie, intra)), plain
+        )
         torch.nn.init.normal_(intra.embedding.weight, std=0.5)
         on = score(model, tok, prompts, yes, no, batch_size=2, positions=Positions(trie, intra))
         assert all(abs(a - b) > 1e-6 for a, b in zip(on, plain))
         # Each prompt scored alone (no shared prefix, no padding) gives the same.
-        torch.testing.assert_close(on, [score(model, tok, [q], yes, no, batch_size=1, positions=Positions(trie, intra))[0] for q in prompts])
+        torch.testing.assert_close(
+            on, [score(model, tok, [q], yes, no, batch_size=1, positions=Positions(trie, intra))[0] for q in prompts]
+        )
     finally:
         delattr(model, INTRA)
 
@@ -177,19 +187,25 @@ def test_training_rows_carry_the_ids_and_the_loss_adds_them(tiny, tmp_path):
     frame.write_parquet(tmp_path / "shots.parquet")
     intra = with_intra(model, 0.5)
     try:
-        task = answer_task(tmp_path / "shots.parquet", tmp_path / "shots.parquet", 256, lambda m, t: Positions(trie, intra))(model, tok)
+        task = answer_task(
+            tmp_path / "shots.parquet", tmp_path / "shots.parquet", 256, lambda m, t: Positions(trie, intra)
+        )(model, tok)
         assert all(r["intra_ids"] == running_intra(r["input_ids"], trie)[0] for r in task.rows + task.valid)
         batch = task.collate(task.rows)
         loss, n, _ = task.loss(model, batch)  # shared prefix cached, then each row
         explicit = 0.0
         for r in task.rows:
             logp = full_logits(model, r["input_ids"], r["intra_ids"], intra).log_softmax(-1)
-            explicit -= sum(logp[j - 1, r["input_ids"][j]].item() for j, label in enumerate(r["labels"]) if j and label != -100)
+            explicit -= sum(
+                logp[j - 1, r["input_ids"][j]].item() for j, label in enumerate(r["labels"]) if j and label != -100
+            )
         assert abs(loss.item() - explicit) < 1e-3 and n > 0
         # Without positions: plain rows, no intra ids, the plain loss.
         plain = answer_task(tmp_path / "shots.parquet", tmp_path / "shots.parquet", 256, lambda m, t: None)(model, tok)
         assert "intra_ids" not in plain.rows[0] and "intra_ids" not in PadCollator(0)(plain.rows)
-        assert plain.loss is answer_loss and not torch.equal(answer_loss(model, PadCollator(tok.pad_token_id)(plain.rows))[0], loss)
+        assert plain.loss is answer_loss and not torch.equal(
+            answer_loss(model, PadCollator(tok.pad_token_id)(plain.rows))[0], loss
+        )
     finally:
         delattr(model, INTRA)
 
@@ -209,7 +225,9 @@ def test_entity_positions_need_an_intra_embedding_and_the_corpus(tiny, tmp_path)
         assert positions.embedding is intra
         heat = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         inside = [s < 22 and 11 < e for s, e in heat.offset_mapping]  # the tokens that overlap the entity
-        assert positions.run(heat.input_ids)[0] == [0] * inside.index(True) + list(range(1, sum(inside) + 1)) + [0] * (len(inside) - inside.index(True) - sum(inside))
+        assert positions.run(heat.input_ids)[0] == [0] * inside.index(True) + list(range(1, sum(inside) + 1)) + [0] * (
+            len(inside) - inside.index(True) - sum(inside)
+        )
         assert running_intra([], positions.trie) == ([], OUTSIDE)
     finally:
         delattr(model, INTRA)
@@ -226,9 +244,13 @@ def test_beam_search_with_dynamic_positions_ranks_as_the_training_forward(tiny):
         cands = sorted(names)
         for prompt in PROMPTS:
             beams = constrained_beams(model, tok, [prompt], items, beams=len(names) + 1, positions=positions)[0]
-            assert [i for n in beams for i in n] == likelihood_ranking(model, tok, [prompt], [cands], names, positions=positions)[0]
+            assert [i for n in beams for i in n] == likelihood_ranking(
+                model, tok, [prompt], [cands], names, positions=positions
+            )[0]
         plain = [constrained_beams(model, tok, [p], items, beams=len(names) + 1)[0] for p in PROMPTS]
-        assert plain != [constrained_beams(model, tok, [p], items, beams=len(names) + 1, positions=positions)[0] for p in PROMPTS]  # the ids matter
+        assert plain != [
+            constrained_beams(model, tok, [p], items, beams=len(names) + 1, positions=positions)[0] for p in PROMPTS
+        ]  # the ids matter
     finally:
         delattr(model, INTRA)
 
@@ -236,8 +258,22 @@ def test_beam_search_with_dynamic_positions_ranks_as_the_training_forward(tiny):
 def test_dynamic_positions_take_either_ranking(archives):
     src = [source("atomic", archives["atomic"])]
     recsysllm = {"datasets": ["ml-100k"]}
-    on = params.parse(params_dict(src, recsysllm=recsysllm, p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}, "sequential_ranking": "beam"}))
+    on = params.parse(
+        params_dict(
+            src,
+            recsysllm=recsysllm,
+            p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}, "sequential_ranking": "beam"},
+        )
+    )
     assert on.intra_positions("pretrained") and not on.intra_positions("base")
-    off = params.parse(params_dict(src, recsysllm={**recsysllm, "dynamic_positions": False}, p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}}))
+    off = params.parse(
+        params_dict(
+            src,
+            recsysllm={**recsysllm, "dynamic_positions": False},
+            p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}},
+        )
+    )
     assert not off.intra_positions("pretrained")
-    assert not params.parse(params_dict(src, recsysllm={**recsysllm, "positions_2d": False})).intra_positions("pretrained")
+    assert not params.parse(params_dict(src, recsysllm={**recsysllm, "positions_2d": False})).intra_positions(
+        "pretrained"
+    )

@@ -7,10 +7,9 @@ import json
 import polars as pl
 import pytest
 import torch
-from conftest import make_tiny_model, params_dict, source
 from safetensors.torch import load_file
-from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
+from conftest import make_tiny_model, params_dict, source
 from recpipe import RecpipeError, params, pipeline
 from recpipe.model.load import load
 from recpipe.model.train import add_lora
@@ -23,19 +22,27 @@ from recpipe.recsysllm.pretrain import (
     intra_module,
     load_pretrained,
 )
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 TINY_RUN = {
-    "datasets": ["ml-100k"], "valid_size": 4, "sampling": {"length": 8},
+    "datasets": ["ml-100k"],
+    "valid_size": 4,
+    "sampling": {"length": 8},
     "lora": {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
     "train": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "dtype": "float32", "max_length": 256, "save_steps": 4},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(built, tmp_path_factory):  # noqa: F811
     root, samples = built
     users, items = pl.read_parquet(root / "text" / "users.parquet"), pl.read_parquet(root / "text" / "items.parquet")
-    texts = users["text"].to_list() + items["name"].to_list() + ["Watched, oldest first: "] + (samples["prompt"] + samples["answer"]).to_list()
+    texts = (
+        users["text"].to_list()
+        + items["name"].to_list()
+        + ["Watched, oldest first: "]
+        + (samples["prompt"] + samples["answer"]).to_list()
+    )
     return make_tiny_model(tmp_path_factory.mktemp("tiny"), texts)
 
 
@@ -49,7 +56,12 @@ def tiny_params(archives, tiny, **recsysllm) -> params.Params:
 def workdir(root, folder):
     """The pipeline's standard layout (data/tables/<d>, data/text/<d>, data/instructions) over the
     data stages' outputs in `root`."""
-    for link, target in (("data/tables/ml-100k", "tables"), ("data/text/ml-100k", "text"), ("data/instructions", "instructions"), ("data/sample", "sample")):
+    for link, target in (
+        ("data/tables/ml-100k", "tables"),
+        ("data/text/ml-100k", "text"),
+        ("data/instructions", "instructions"),
+        ("data/sample", "sample"),
+    ):
         (folder / link).parent.mkdir(parents=True, exist_ok=True)
         (folder / link).symlink_to(root / target)
     return folder
@@ -69,9 +81,17 @@ def pretrained(built, tiny, archives, tmp_path_factory):  # noqa: F811
 def test_the_stage_writes_corpus_adapter_and_metrics(pretrained):
     folder, _, _ = pretrained
     out = folder / "data/recsysllm/ml-100k"
-    assert {f.name for f in (out / "pretrained").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"}
+    assert {f.name for f in (out / "pretrained").iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    }
     metrics = json.loads((folder / "reports/recsysllm/ml-100k/pretrain.json").read_text())
-    assert set(metrics) == {"train_loss", "valid_loss", "best_step", "steps"} and metrics["train_loss"] > 0 and metrics["valid_loss"] > 0
+    assert (
+        set(metrics) == {"train_loss", "valid_loss", "best_step", "steps"}
+        and metrics["train_loss"] > 0
+        and metrics["valid_loss"] > 0
+    )
     assert (folder / "dvclive/recsysllm/ml-100k/plots/metrics/train/loss.tsv").is_file()
     corpus = pl.read_parquet(out / "corpus.parquet")
     assert corpus.group_by("split").len().sort("split").rows() == [("train", corpus.height - 4), ("valid", 4)]
@@ -89,7 +109,9 @@ def test_no_held_out_event_enters_any_pretraining_text(pretrained, built):  # no
     samples = pl.read_parquet(root / "instructions" / "samples.parquet")
     tallrec = samples.filter(pl.col("split") != "train").select("user_id", "item_id")
     interactions = pl.read_parquet(root / "tables" / "interactions.parquet")
-    last = interactions.sort("timestamp", "row").group_by("user_id").agg(pl.col("item_id").last())  # P5's leave-one-out test items
+    last = (
+        interactions.sort("timestamp", "row").group_by("user_id").agg(pl.col("item_id").last())
+    )  # P5's leave-one-out test items
     assert tallrec.join(held, on=["user_id", "item_id"], how="anti").is_empty()
     assert last.join(held, on=["user_id", "item_id"], how="anti").is_empty()
     names = dict(pl.read_parquet(root / "text" / "items.parquet").select("item_id", "name").iter_rows())
@@ -111,7 +133,9 @@ def test_same_params_give_the_same_corpus_and_adapter_bytes(pretrained, archives
     with contextlib.chdir(again):
         pipeline.pretrain(p, "ml-100k")
     for rel in ("corpus.parquet", "pretrained/adapter_model.safetensors", "pretrained/adapter_config.json"):
-        assert (again / "data/recsysllm/ml-100k" / rel).read_bytes() == (folder / "data/recsysllm/ml-100k" / rel).read_bytes(), rel
+        assert (again / "data/recsysllm/ml-100k" / rel).read_bytes() == (
+            folder / "data/recsysllm/ml-100k" / rel
+        ).read_bytes(), rel
 
 
 def test_loading_gives_back_the_saved_weights(pretrained, tiny):
@@ -128,13 +152,17 @@ def test_loading_gives_back_the_saved_weights(pretrained, tiny):
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     ids = infill.special_token_ids(tok)
-    x = torch.tensor([tok("A 25-year-old man. Watched, oldest first: ").input_ids + [ids["[MASK]"], ids["[START]"], ids["[END]"]]])
+    x = torch.tensor(
+        [tok("A 25-year-old man. Watched, oldest first: ").input_ids + [ids["[MASK]"], ids["[START]"], ids["[END]"]]]
+    )
     with torch.no_grad():
         before = peft_model(input_ids=x).logits
         merged = peft_model.merge_and_unload()
         torch.testing.assert_close(merged(input_ids=x).logits, before, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(merged.intra.embedding.weight, saved[f"base_model.model.{INTRA}.embedding.weight"])
-    rows = next(v for k, v in saved.items() if "embed_tokens" in k and "delta" in k)  # peft's "delta": the rows' trained values
+    rows = next(
+        v for k, v in saved.items() if "embed_tokens" in k and "delta" in k
+    )  # peft's "delta": the rows' trained values
     torch.testing.assert_close(merged.get_input_embeddings().weight[sorted(ids.values())], rows)
 
 
@@ -157,12 +185,18 @@ def test_a_pretraining_step_lowers_the_loss_on_a_fixed_batch(pretrained, tiny):
         losses.append(loss.item() / int(n))
     assert losses[-1] < losses[0], losses
     moved = {n for n, w in model.named_parameters() if n in trainable and not torch.equal(w, trainable[n])}
-    assert any("trainable_tokens_delta" in n for n in moved) and any(INTRA in n for n in moved) and any("lora_B" in n for n in moved)
+    assert (
+        any("trainable_tokens_delta" in n for n in moved)
+        and any(INTRA in n for n in moved)
+        and any("lora_B" in n for n in moved)
+    )
     # The loss over part B only equals a full forward's cross-entropy over the same labels.
     with torch.no_grad():
         ours, n, _ = infill_loss(model, batch)
         full = infill.infill_forward(model, batch, intra_module(model)).logits
-        plain = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=infill.IGNORE, reduction="sum")
+        plain = torch.nn.functional.cross_entropy(
+            full[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=infill.IGNORE, reduction="sum"
+        )
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-4)
 
 
@@ -191,27 +225,46 @@ def test_fine_tuning_starts_from_the_pretrained_model(pretrained, archives, tiny
         model, _ = pipeline.scoring_model(p, pipeline.ADAPTER, pipeline.start(p.train.init, p.dataset))
         pipeline.evaluate(p)
     assert json.loads((folder / "reports/tuned.json").read_text())["auc"] >= 0
-    assert not [k for k in load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors") if "embed" in k or "lm_head" in k]  # LoRA weights only
+    assert not [
+        k for k in load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors") if "embed" in k or "lm_head" in k
+    ]  # LoRA weights only
     start = Pretrained(folder / "data/recsysllm/ml-100k/pretrained")
     base, tok2 = load(str(tiny))
     pretrained_model = start(base, tok2)
     ids = sorted(infill.special_token_ids(tok2).values())
     # The fine-tuned adapter sits on the pretrained rows: the new token rows are the pretrained ones.
-    torch.testing.assert_close(model.get_input_embeddings().weight[ids], pretrained_model.get_input_embeddings().weight[ids])
-    assert not torch.equal(pretrained_model.get_input_embeddings().weight[ids], load(str(tiny))[0].get_input_embeddings().weight[: ids[0]].mean(0).expand(len(ids), -1))
+    torch.testing.assert_close(
+        model.get_input_embeddings().weight[ids], pretrained_model.get_input_embeddings().weight[ids]
+    )
+    assert not torch.equal(
+        pretrained_model.get_input_embeddings().weight[ids],
+        load(str(tiny))[0].get_input_embeddings().weight[: ids[0]].mean(0).expand(len(ids), -1),
+    )
 
 
 def test_bad_input_is_one_line(archives, tiny, tmp_path):
     base = params_dict([source("atomic", archives["atomic"])])
     cases = [
         ({"recsysllm": {"order": "backwards"}}, r"recsysllm.order: Input should be 'chronological' or 'random'"),
-        ({"recsysllm": {"objectives": {"entity": 0, "sentence": 0}}}, r"recsysllm.objectives must be >= 0 with at least one above 0"),
+        (
+            {"recsysllm": {"objectives": {"entity": 0, "sentence": 0}}},
+            r"recsysllm.objectives must be >= 0 with at least one above 0",
+        ),
         ({"recsysllm": {"objectives": {"words": 1}}}, r"recsysllm.objectives.words"),
         ({"recsysllm": {"document": [0.5, 1.5]}}, r"recsysllm.document must be a range \[low, high\] within \(0, 1\]"),
-        ({"recsysllm": {"sampling": {"shares": [0.5, 0.5, 0.5]}}}, r"recsysllm.sampling.shares must be three numbers >= 0 summing to 1"),
-        ({"recsysllm": {"sampling": {"mode": "latest"}}}, r"recsysllm.sampling.mode: Input should be 'temporal', 'uniform' or 'recent'"),
+        (
+            {"recsysllm": {"sampling": {"shares": [0.5, 0.5, 0.5]}}},
+            r"recsysllm.sampling.shares must be three numbers >= 0 summing to 1",
+        ),
+        (
+            {"recsysllm": {"sampling": {"mode": "latest"}}},
+            r"recsysllm.sampling.mode: Input should be 'temporal', 'uniform' or 'recent'",
+        ),
         ({"recsysllm": {"datasets": ["nope"]}}, r"dataset 'nope' has no entry"),
-        ({"train": {"init": "pretrained"}}, r"train.init pretrained: dataset 'ml-100k' has no pretraining \(add it to recsysllm.datasets \[\]\)"),
+        (
+            {"train": {"init": "pretrained"}},
+            r"train.init pretrained: dataset 'ml-100k' has no pretraining \(add it to recsysllm.datasets \[\]\)",
+        ),
         ({"recsysllm": {"train": {"init": "pretrained"}}}, r"recsysllm.train.init must be base"),
     ]
     for change, message in cases:
@@ -235,10 +288,21 @@ def test_a_tied_output_layer_shares_the_trained_rows(tiny, tmp_path):
     AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp_path / "tied")
     model, tok = load(str(tmp_path / "tied"))
     r = tiny_params_section(positions_2d=True)
-    task = infill_task(pl.DataFrame({"user_id": [1], "text": ["A 24-year-old man. Watched: Heat (1995)."], "spans": [[{"entity": "item", "start": 28, "end": 39}]], "split": ["train"]}), r, 0)(model, tok)
+    task = infill_task(
+        pl.DataFrame(
+            {
+                "user_id": [1],
+                "text": ["A 24-year-old man. Watched: Heat (1995)."],
+                "spans": [[{"entity": "item", "start": 28, "end": 39}]],
+                "split": ["train"],
+            }
+        ),
+        r,
+        0,
+    )(model, tok)
     assert list(task.lora_extras["trainable_token_indices"]) == ["embed_tokens"]
     peft_model = add_lora(model, r.lora, **task.lora_extras)
-    for name, w in peft_model.named_parameters():
+    for w in peft_model.parameters():
         if w.requires_grad:
             torch.nn.init.normal_(w, std=0.1)  # as if trained
     peft_model.save_pretrained(tmp_path / "adapter")
@@ -250,7 +314,9 @@ def test_a_tied_output_layer_shares_the_trained_rows(tiny, tmp_path):
     merged = loaded.merge_and_unload()
     ids = sorted(infill.special_token_ids(tok2).values())
     torch.testing.assert_close(merged.get_output_embeddings().weight[ids], merged.get_input_embeddings().weight[ids])
-    torch.testing.assert_close(merged.get_input_embeddings().weight[ids], next(v for k, v in saved.items() if "delta" in k))
+    torch.testing.assert_close(
+        merged.get_input_embeddings().weight[ids], next(v for k, v in saved.items() if "delta" in k)
+    )
 
 
 def tiny_params_section(**recsysllm):
@@ -301,5 +367,7 @@ def test_dynamic_positions_reach_fine_tuning_and_scoring(pretrained, archives, t
         on = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": True}})
         positions = pipeline.intra_positions(on, "pretrained", "ml-100k")(start, tok)
         prompts = pl.read_parquet("data/sample/train.parquet")["prompt"].to_list()
-    assert positions.embedding is intra_module(start) and positions.embedding.embedding.weight.abs().sum() > 0  # trained, merged
+    assert (
+        positions.embedding is intra_module(start) and positions.embedding.embedding.weight.abs().sum() > 0
+    )  # trained, merged
     assert max(max(positions.run(tok(t).input_ids)[0]) for t in prompts) >= 2  # the prompts' entities get intra ids

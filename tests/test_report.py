@@ -3,8 +3,8 @@ import random
 
 import polars as pl
 import pytest
-from conftest import params_dict, source
 
+from conftest import params_dict, source
 from recpipe import RecpipeError
 from recpipe.metrics import paired_bootstrap_auc
 from recpipe.params import parse
@@ -24,9 +24,20 @@ def fake_predictions(root, n=60):
     for i in range(n):
         liked = rng.randint(0, 4)
         history = list(range(100 * i, 100 * i + 4))
-        ratings += [{"user_id": i, "item_id": item, "rating": 5.0 if j < liked else 2.0} for j, item in enumerate(history)]
+        ratings += [
+            {"user_id": i, "item_id": item, "rating": 5.0 if j < liked else 2.0} for j, item in enumerate(history)
+        ]
         label = int(liked >= 2 if rng.random() < 0.85 else liked < 2)
-        samples.append({"sample_id": f"{i:03d}", "split": "test", "user_id": i, "item_id": 9999, "label": label, "history_item_ids": history})
+        samples.append(
+            {
+                "sample_id": f"{i:03d}",
+                "split": "test",
+                "user_id": i,
+                "item_id": 9999,
+                "label": label,
+                "history_item_ids": history,
+            }
+        )
         base.append(rng.random())
         tuned.append(0.6 * label + 0.4 * rng.random())
     (root / "tables").mkdir()
@@ -35,7 +46,9 @@ def fake_predictions(root, n=60):
     frame.write_parquet(root / "samples.parquet")
     for name, scores in (("base", base), ("tuned", tuned)):
         (root / "eval" / name).mkdir(parents=True)
-        frame.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(scores)).write_parquet(root / "eval" / name / "predictions.parquet")
+        frame.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(scores)).write_parquet(
+            root / "eval" / name / "predictions.parquet"
+        )
 
 
 def fake_inputs(root):
@@ -55,7 +68,9 @@ def fake_inputs(root):
 
 
 def params(tmp_path, k=64):
-    return parse({**params_dict([source("atomic", tmp_path / "x.whl")], sample={"k": k}), "model": {"name": "org/model"}})
+    return parse(
+        {**params_dict([source("atomic", tmp_path / "x.whl")], sample={"k": k}), "model": {"name": "org/model"}}
+    )
 
 
 def test_report_puts_our_auc_beside_the_papers(tmp_path):
@@ -93,8 +108,12 @@ def test_missing_input_names_the_file_and_its_stage(tmp_path):
 
 
 def test_history_prior_is_the_liked_share_of_the_listed_history():
-    samples = pl.DataFrame({"sample_id": ["a", "b", "c"], "user_id": [1, 1, 2], "history_item_ids": [[10, 11, 12, 13], [], [10, 14]]})
-    ratings = pl.DataFrame({"user_id": [1, 1, 1, 1, 2, 2], "item_id": [10, 11, 12, 13, 10, 14], "rating": [5.0, 4.0, 3.0, 1.0, 3.0, 3.5]})
+    samples = pl.DataFrame(
+        {"sample_id": ["a", "b", "c"], "user_id": [1, 1, 2], "history_item_ids": [[10, 11, 12, 13], [], [10, 14]]}
+    )
+    ratings = pl.DataFrame(
+        {"user_id": [1, 1, 1, 1, 2, 2], "item_id": [10, 11, 12, 13, 10, 14], "rating": [5.0, 4.0, 3.0, 1.0, 3.0, 3.5]}
+    )
     assert history_prior(samples, ratings, like_threshold=3) == [0.5, 0.5, 0.5]
     assert history_prior(samples, ratings, like_threshold=4) == [0.25, 0.5, 0.0]
 
@@ -106,7 +125,12 @@ def test_paired_bootstrap_auc():
     labels = [rng.randint(0, 1) for _ in range(200)]
     perfect = [y + rng.random() * 0.5 for y in labels]
     noise = [rng.random() for _ in labels]
-    out = paired_bootstrap_auc(labels, {"perfect": perfect, "noise": noise, "same": noise}, [("perfect", "noise"), ("same", "noise")], rounds=500)
+    out = paired_bootstrap_auc(
+        labels,
+        {"perfect": perfect, "noise": noise, "same": noise},
+        [("perfect", "noise"), ("same", "noise")],
+        rounds=500,
+    )
     assert out["perfect"]["auc"] == 1.0 and out["perfect"]["ci"] == [1.0, 1.0]
     assert out["noise"]["auc"] == round(roc_auc_score(labels, noise), 5)
     assert out["noise"]["ci"][0] < out["noise"]["auc"] < out["noise"]["ci"][1]
@@ -119,7 +143,9 @@ def test_report_sets_the_tuned_model_beside_the_history_prior(tmp_path):
     text = report(reports, live, reports / "report.md", params(tmp_path))
     iv = json.loads((reports / "intervals.json").read_text())
     assert set(iv) == {"base", "tuned", "history_prior", "tuned_vs_history_prior", "tuned_vs_base"}
-    assert iv["history_prior"]["auc"] > 0.75 and iv["tuned"]["auc"] > 0.9  # labels follow the liked share 85% of the time
+    assert (
+        iv["history_prior"]["auc"] > 0.75 and iv["tuned"]["auc"] > 0.9
+    )  # labels follow the liked share 85% of the time
     row = next(line for line in text.splitlines() if line.startswith("| history prior |"))
     assert f"{iv['history_prior']['auc']:.4f}" in row
     assert "| LoRA-tuned − history prior |" in text

@@ -22,8 +22,14 @@ LOG = [
 
 
 def log() -> pl.DataFrame:
-    return pl.DataFrame(LOG, schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}, orient="row").with_row_index("row").with_columns(
-        pl.col("row").cast(pl.Int64)
+    return (
+        pl.DataFrame(
+            LOG,
+            schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
+            orient="row",
+        )
+        .with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int64))
     )
 
 
@@ -38,9 +44,14 @@ def test_leave_one_out_tests_the_last_rating_in_file_order():
     loo = leave_one_out(log())
     got = {(u, i): s for u, i, s in loo.select("user_id", "item_id", "split").iter_rows()}
     assert got == {
-        (1, 10): "train", (1, 15): "train", (1, 12): "valid", (1, 13): "test",
-        (2, 11): "train", (2, 16): "valid", (2, 14): "test",
-    }  # fmt: skip
+        (1, 10): "train",
+        (1, 15): "train",
+        (1, 12): "valid",
+        (1, 13): "test",
+        (2, 11): "train",
+        (2, 16): "valid",
+        (2, 14): "test",
+    }
     history, target = loo_histories(log())
     assert target == {1: 13, 2: 14} and history == {1: [10, 15, 12], 2: [11, 16]}
     history, target = loo_histories(log(), "valid")  # the one before: its history stops before it
@@ -55,8 +66,12 @@ def test_paper_split_is_tallrecs_user_order_then_time():
     # Users by first appearance (1, then 2), each in time order with ties in file order; the cuts
     # are int(5 * 0.6) = 3 and int(5 * 0.8) = 4.
     assert out.select("user_id", "item_id", "split").rows() == [
-        (1, 15, "train"), (1, 12, "train"), (1, 13, "train"), (2, 16, "valid"), (2, 14, "test"),
-    ]  # fmt: skip
+        (1, 15, "train"),
+        (1, 12, "train"),
+        (1, 13, "train"),
+        (2, 16, "valid"),
+        (2, 14, "test"),
+    ]
     assert out["history_item_ids"].to_list() == [[10], [15], [12], [11], [16]]
     assert out["history_liked"].to_list() == [[True], [True], [False], [False], [True]]
     assert out["label"].to_list() == [1, 0, 1, 1, 1]
@@ -68,7 +83,13 @@ def test_temporal_split_orders_by_time_then_file_row():
     # Time order: t150 rows 4, 6; t200 rows 2, 3, 5. Cuts at int(5 * 0.4) = 2 and int(5 * 0.6) = 3;
     # the second falls inside the t200 run, so it moves to the run's end: no test sample is left
     # that shares a second with a validation one.
-    assert out.select("item_id", "split").rows() == [(16, "train"), (14, "train"), (15, "valid"), (12, "valid"), (13, "valid")]
+    assert out.select("item_id", "split").rows() == [
+        (16, "train"),
+        (14, "train"),
+        (15, "valid"),
+        (12, "valid"),
+        (13, "valid"),
+    ]
 
 
 def tallrec_reference(u_data: str, seq_len: int = 10, pool: int = 10_000) -> list[tuple]:
@@ -100,6 +121,11 @@ def test_paper_split_equals_tallrecs_preprocessing_sample_for_sample(archives, t
 
     u_data = zipfile.ZipFile(archives["grouplens"]).read("ml-100k/u.data").decode()
     expected = tallrec_reference(u_data, seq_len=10, pool=300)
-    ours = run_data_stages(archives["atomic"], tmp_path, instructions={"split": "paper", "history_len": 10, "pool_size": 300})
-    got = [(u, h, i, label, s) for u, h, i, label, s in ours.select("user_id", "history_item_ids", "item_id", "label", "split").iter_rows()]
+    ours = run_data_stages(
+        archives["atomic"], tmp_path, instructions={"split": "paper", "history_len": 10, "pool_size": 300}
+    )
+    got = [
+        (u, h, i, label, s)
+        for u, h, i, label, s in ours.select("user_id", "history_item_ids", "item_id", "label", "split").iter_rows()
+    ]
     assert len(expected) == 300 and got == expected

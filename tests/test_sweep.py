@@ -9,12 +9,19 @@ from recpipe.cli import app
 from recpipe.experiments import flatten, records, reference_params
 from recpipe.tallrec.sweep import aggregate, paper_line, render, write_sweep
 
-BASE = {"seed": 0, "instructions": {"split": "temporal", "history_len": 10}, "sample": {"k": 64}, "train": {"lr": 0.001, "eval_steps": None}}
+BASE = {
+    "seed": 0,
+    "instructions": {"split": "temporal", "history_len": 10},
+    "sample": {"k": 64},
+    "train": {"lr": 0.001, "eval_steps": None},
+}
 
 
 def write_params(folder, data):
     """params.yaml as `data`, and a datasets.yaml that knows ml-100k: the params are checked as a stage reads them."""
-    (folder / "datasets.yaml").write_text("ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n")
+    (folder / "datasets.yaml").write_text(
+        "ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n"
+    )
     params = folder / "params.yaml"
     params.write_text(json.dumps(data))
     return params
@@ -27,8 +34,23 @@ def row(name, seed, k, split="temporal", auc=None, prior=0.79, timestamp="2026-0
     for key, value in changes.items():
         section, leaf = key.split("__")
         params[section][leaf] = value
-    metrics = {} if auc is None else {"reports/tuned.json": {"data": {"auc": auc, "accuracy": 0.5}}, "reports/intervals.json": {"data": {"history_prior": {"auc": prior, "ci": [0.7, 0.8]}}}}
-    data = {"rev": f"{name}-rev", "timestamp": timestamp, "params": {"params.yaml": {"data": params}, "datasets.yaml": {"data": {}}}, "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}
+    metrics = (
+        {}
+        if auc is None
+        else {
+            "reports/tuned.json": {"data": {"auc": auc, "accuracy": 0.5}},
+            "reports/intervals.json": {"data": {"history_prior": {"auc": prior, "ci": [0.7, 0.8]}}},
+        }
+    )
+    data = {
+        "rev": f"{name}-rev",
+        "timestamp": timestamp,
+        "params": {"params.yaml": {"data": params}, "datasets.yaml": {"data": {}}},
+        "metrics": metrics,
+        "deps": {},
+        "outs": {},
+        "meta": {},
+    }
     return {"rev": f"{name}-rev", "name": name, "data": data, "error": None, "experiments": None}
 
 
@@ -39,9 +61,16 @@ def exp_show(baseline, *exps, states=None):
     states = states or {}
 
     def executor(name):
-        return None if name not in states else {"state": states[name], "name": "dvc-task", "local": {"root": None, "returncode": None}}
+        return (
+            None
+            if name not in states
+            else {"state": states[name], "name": "dvc-task", "local": {"root": None, "returncode": None}}
+        )
 
-    return [workspace, {**baseline, "experiments": [{"revs": [e], "executor": executor(e["name"]), "name": e["name"]} for e in exps]}]
+    return [
+        workspace,
+        {**baseline, "experiments": [{"revs": [e], "executor": executor(e["name"]), "name": e["name"]} for e in exps]},
+    ]
 
 
 def test_records_flatten_the_params_and_skip_the_workspace():
@@ -53,7 +82,13 @@ def test_records_flatten_the_params_and_skip_the_workspace():
 
 def test_unfinished_experiments_have_no_metrics():
     """DVC shows a running experiment with its baseline's metric files: they are not its own."""
-    exps = [row("done", 1, 16, auc=0.55), row("queued", 2, 16, auc=0.6), row("running", 3, 16, auc=0.6), row("failed", 4, 16, auc=0.6), row("kept", 5, 16, auc=0.52)]
+    exps = [
+        row("done", 1, 16, auc=0.55),
+        row("queued", 2, 16, auc=0.6),
+        row("running", 3, 16, auc=0.6),
+        row("failed", 4, 16, auc=0.6),
+        row("kept", 5, 16, auc=0.52),
+    ]
     states = {"done": "success", "queued": "queued", "running": "running", "failed": "failed"}
     recs = {r["name"]: r for r in records(exp_show(row("main", 0, 64, auc=0.6), *exps, states=states))}
     assert [n for n, r in recs.items() if r["metrics"]] == ["main", "done", "kept"]
@@ -67,8 +102,15 @@ def test_aggregate_mean_sd_seeds_per_split_and_k():
     sweep = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), flatten(BASE))
     t16 = sweep.table["temporal"][16]
     assert t16["seeds"] == [0, 1, 2] and t16["aucs"] == [0.5016, 0.5116, 0.5216]
-    assert t16["mean"] == round(statistics.fmean(t16["aucs"]), 5) and t16["sd"] == round(statistics.stdev(t16["aucs"]), 5)
-    assert sweep.table["temporal"][64] == {"seeds": [0], "aucs": [0.6], "mean": 0.6, "sd": None}  # the baseline commit's run counts
+    assert t16["mean"] == round(statistics.fmean(t16["aucs"]), 5) and t16["sd"] == round(
+        statistics.stdev(t16["aucs"]), 5
+    )
+    assert sweep.table["temporal"][64] == {
+        "seeds": [0],
+        "aucs": [0.6],
+        "mean": 0.6,
+        "sd": None,
+    }  # the baseline commit's run counts
     assert sweep.table["paper"][16]["aucs"] == [0.7] and sweep.prior == {"temporal": 0.79, "paper": 0.65}
     assert sweep.notes == []
 
@@ -82,7 +124,11 @@ def test_duplicates_count_once_and_the_newest_wins_when_they_differ():
     ]
     sweep = aggregate(records(exp_show(row("main", 0, 64, auc=0.6), *exps)), flatten(BASE))
     assert sweep.table["temporal"][16]["aucs"] == [0.6, 0.7]
-    assert len(sweep.notes) == 1 and "seed 1: 2 runs with different AUCs" in sweep.notes[0] and "the newest, b-new, counts" in sweep.notes[0]
+    assert (
+        len(sweep.notes) == 1
+        and "seed 1: 2 runs with different AUCs" in sweep.notes[0]
+        and "the newest, b-new, counts" in sweep.notes[0]
+    )
 
 
 def test_missing_metrics_and_other_params_are_left_out_with_a_note():
@@ -112,19 +158,33 @@ def test_bad_input_is_one_clear_line(tmp_path):
     bad = tmp_path / "exp.json"
     bad.write_text("[{")
     result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(bad)])
-    assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and "exp.json: not valid JSON" in result.output
+    assert (
+        result.exit_code == 1 and result.output.strip().count("\n") == 0 and "exp.json: not valid JSON" in result.output
+    )
 
 
 def test_cli_writes_json_markdown_and_plot(tmp_path):
-    exps = [row(f"{split}-{k}-{s}", s, k, split=split, auc=round(0.55 + s / 100, 5)) for split in ("temporal", "paper") for k in (16, 64, 256) for s in range(5)]
+    exps = [
+        row(f"{split}-{k}-{s}", s, k, split=split, auc=round(0.55 + s / 100, 5))
+        for split in ("temporal", "paper")
+        for k in (16, 64, 256)
+        for s in range(5)
+    ]
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.55), *exps)))
     params = write_params(tmp_path, BASE)
-    result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(tmp_path / "reports")])
+    result = CliRunner().invoke(
+        app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(tmp_path / "reports")]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "reports" / "tallrec_sweep.json").read_text())
     assert sorted(out) == ["paper", "temporal"] and sorted(out["paper"], key=int) == ["16", "64", "256"]
-    assert out["temporal"]["64"] == {"mean": 0.57, "sd": round(statistics.stdev([0.55, 0.56, 0.57, 0.58, 0.59]), 5), "seeds": [0, 1, 2, 3, 4], "aucs": [0.55, 0.56, 0.57, 0.58, 0.59]}
+    assert out["temporal"]["64"] == {
+        "mean": 0.57,
+        "sd": round(statistics.stdev([0.55, 0.56, 0.57, 0.58, 0.59]), 5),
+        "seeds": [0, 1, 2, 3, 4],
+        "aucs": [0.55, 0.56, 0.57, 0.58, 0.59],
+    }
     md = (tmp_path / "reports" / "tallrec_sweep.md").read_text()
     assert "| temporal | 64 | 5 | 0.5700 ± 0.0158 | 0.6748 | 0.7900 |" in md
     assert (tmp_path / "reports" / "tallrec_sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -152,23 +212,40 @@ def test_a_report_is_not_replaced_by_one_with_fewer_runs(tmp_path):
     more.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6), *exps, row("p16", 0, 16, split="paper", auc=0.7))))
     sweep = ["sweep", "--params", str(params), "--out", str(out), "--from"]
     assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 0
-    written = {name: (out / name).read_bytes() for name in ("tallrec_sweep.json", "tallrec_sweep.md", "tallrec_sweep.png")}
+    written = {
+        name: (out / name).read_bytes() for name in ("tallrec_sweep.json", "tallrec_sweep.md", "tallrec_sweep.png")
+    }
     result = CliRunner().invoke(app, [*sweep, str(few)])
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0
-    assert "tallrec_sweep.json holds 7 run(s) and the new report would drop 6 of them (split temporal K 16 seed 0, split temporal K 16 seed 1, split temporal K 16 seed 2, ...)" in result.output
+    assert (
+        "tallrec_sweep.json holds 7 run(s) and the new report would drop 6 of them (split temporal K 16 seed 0, split temporal K 16 seed 1, split temporal K 16 seed 2, ...)"
+        in result.output
+    )
     assert "--force" in result.output
     assert {name: (out / name).read_bytes() for name in written} == written
     assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 0  # the same runs: rewritten
     assert CliRunner().invoke(app, [*sweep, str(more)]).exit_code == 0  # more runs
     assert "paper" in json.loads((out / "tallrec_sweep.json").read_text())
     assert CliRunner().invoke(app, [*sweep, str(full)]).exit_code == 1  # now the paper split's run would go
-    for text, message in (("[]", "expected a JSON object, got list: pass --force"), ('{"temporal": 1}', "not a report this command writes, so what replacing it would drop is unknown: pass --force")):
+    for text, message in (
+        ("[]", "expected a JSON object, got list: pass --force"),
+        (
+            '{"temporal": 1}',
+            "not a report this command writes, so what replacing it would drop is unknown: pass --force",
+        ),
+    ):
         (out / "tallrec_sweep.json").write_text(text)
         result = CliRunner().invoke(app, [*sweep, str(full)])
-        assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and f"tallrec_sweep.json: {message}" in result.output
+        assert (
+            result.exit_code == 1
+            and result.output.strip().count("\n") == 0
+            and f"tallrec_sweep.json: {message}" in result.output
+        )
     result = CliRunner().invoke(app, [*sweep, str(few), "--force"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "tallrec_sweep.json").read_text()) == {"temporal": {"64": {"aucs": [0.6], "mean": 0.6, "sd": None, "seeds": [0]}}}
+    assert json.loads((out / "tallrec_sweep.json").read_text()) == {
+        "temporal": {"64": {"aucs": [0.6], "mean": 0.6, "sd": None, "seeds": [0]}}
+    }
 
 
 def test_set_values_are_checked_like_params(tmp_path):
@@ -178,9 +255,16 @@ def test_set_values_are_checked_like_params(tmp_path):
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(exp_show(row("main", 0, 64, auc=0.6))))
     out = tmp_path / "reports"
-    for setting, message in (("sample.k=abc", "--set: sample.k: Input should be a valid integer"), ("instructions.split=random", "--set: instructions.split: Input should be 'temporal' or 'paper'")):
-        result = CliRunner().invoke(app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(out), "-S", setting])
-        assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and message in result.output, result.output
+    for setting, message in (
+        ("sample.k=abc", "--set: sample.k: Input should be a valid integer"),
+        ("instructions.split=random", "--set: instructions.split: Input should be 'temporal' or 'paper'"),
+    ):
+        result = CliRunner().invoke(
+            app, ["sweep", "--params", str(params), "--from", str(saved), "--out", str(out), "-S", setting]
+        )
+        assert result.exit_code == 1 and result.output.strip().count("\n") == 0 and message in result.output, (
+            result.output
+        )
     assert not out.exists()
     with pytest.raises(RecpipeError, match=r"^--set: train.lr: Input should be a valid number"):
         reference_params(params, ["train.lr=fast"])

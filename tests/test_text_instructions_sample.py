@@ -3,8 +3,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import params_dict, source
 
+from conftest import params_dict, source
 from recpipe import RecpipeError
 from recpipe.data.download import download
 from recpipe.data.ingest import ingest
@@ -112,7 +112,9 @@ def test_k_shot_balanced_and_k_too_large(built, archives, tmp_path):
 
 def test_template_missing_placeholder(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text('item: "{name}"\ninput: "{liked} {target}"\nprompt: "{instruction}{input}"\ninstruction: x\nanswer_yes: Y\nanswer_no: N\n')
+    bad.write_text(
+        'item: "{name}"\ninput: "{liked} {target}"\nprompt: "{instruction}{input}"\ninstruction: x\nanswer_yes: Y\nanswer_no: N\n'
+    )
     from recpipe.tallrec.instructions import REQUIRED
 
     with pytest.raises(RecpipeError, match=r"bad.yaml: 'input' lacks placeholders \['disliked'\]"):
@@ -120,7 +122,11 @@ def test_template_missing_placeholder(tmp_path):
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_params_same_bytes_and_seed_matters(archives, tmp_path):

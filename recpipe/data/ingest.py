@@ -51,7 +51,9 @@ def _checks(column: str, rating_min: float, rating_max: float) -> list[pa.Check]
     }.get(column, [])
 
 
-def schemas(family: str, rating_min: float, rating_max: float, implicit_kept: bool = False) -> dict[str, pa.DataFrameSchema]:
+def schemas(
+    family: str, rating_min: float, rating_max: float, implicit_kept: bool = False
+) -> dict[str, pa.DataFrameSchema]:
     """pandera schemas of one format family's canonical tables: types, ranges, null ids, unique keys."""
     out = {}
     for role, columns in canonical_columns(family).items():
@@ -111,7 +113,9 @@ def k_core(inter: pl.DataFrame, k: int) -> pl.DataFrame:
         inter = kept
 
 
-def canonicalize(tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: DatasetParams | None = None) -> dict[str, pl.DataFrame]:
+def canonicalize(
+    tables: dict[str, pl.DataFrame], raw: Path, fmt: str, dataset: DatasetParams | None = None
+) -> dict[str, pl.DataFrame]:
     """Select, type, filter and validate the canonical tables; raise on the first problem found."""
     dataset = dataset or DatasetParams.model_construct()
     family = FAMILY[fmt]

@@ -24,7 +24,11 @@ def user_histories(interactions: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
 def histories_query(interactions: pl.LazyFrame) -> pl.LazyFrame:
     """user_histories as a lazy query (a parquet scan stays a scan)."""
     # A user's first appearance is their smallest source row; ranking those rows orders the users.
-    first_seen = interactions.group_by("user_id").agg(first=pl.col("row").min()).select("user_id", file_order=pl.col("first").rank("ordinal").cast(pl.Int64) - 1)
+    first_seen = (
+        interactions.group_by("user_id")
+        .agg(first=pl.col("row").min())
+        .select("user_id", file_order=pl.col("first").rank("ordinal").cast(pl.Int64) - 1)
+    )
     return (
         interactions.select("user_id", "item_id", "rating", "timestamp", "row")
         .group_by("user_id")
@@ -39,7 +43,9 @@ def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
     return int(n * fractions[0]), int(n * round(fractions[0] + fractions[1], 12))
 
 
-def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tuple[float, float, float]) -> pl.DataFrame:
+def split(
+    samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tuple[float, float, float]
+) -> pl.DataFrame:
     """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
 
     temporal: global time order (CHRONO_KEY: timestamp, then source row); a cut never falls inside
@@ -48,7 +54,9 @@ def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tup
       user's samples in time order (ties in file order), the last pool_size cut 8:1:1 as they stand.
     """
     if how == "temporal" and samples["timestamp"].null_count():
-        raise RecpipeError("instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper")
+        raise RecpipeError(
+            "instructions.split 'temporal': this dataset has no timestamps (BookCrossing); use split: paper"
+        )
     key = CHRONO_KEY if how == "temporal" else ["file_order", "pos"]
     ordered = samples.sort(key)
     if pool_size is not None:
@@ -60,7 +68,9 @@ def split(samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tup
         a = _run_end(ts, a)
         b = _run_end(ts, max(a, b))
     at = pl.int_range(pl.len())
-    return ordered.with_columns(split=pl.when(at < a).then(pl.lit("train")).when(at < b).then(pl.lit("valid")).otherwise(pl.lit("test")))
+    return ordered.with_columns(
+        split=pl.when(at < a).then(pl.lit("train")).when(at < b).then(pl.lit("valid")).otherwise(pl.lit("test"))
+    )
 
 
 def _run_end(ts: pl.Series, i: int) -> int:
@@ -77,8 +87,16 @@ def drop_leaks(samples: pl.DataFrame, stage: str = "instructions") -> pl.DataFra
         asked = kept.filter(pl.col("split") == later).select("user_id", "item_id")
         leaking = kept.filter(pl.col("split").is_in(earlier)).join(asked, on=["user_id", "item_id"], how="semi")
         if leaking.height:
-            log.warning("%s: dropping %d %s samples whose target is asked in %s", stage, leaking.height, "/".join(earlier), later)
-            kept = kept.join(leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti")
+            log.warning(
+                "%s: dropping %d %s samples whose target is asked in %s",
+                stage,
+                leaking.height,
+                "/".join(earlier),
+                later,
+            )
+            kept = kept.join(
+                leaking.select("user_id", "item_id", "split"), on=["user_id", "item_id", "split"], how="anti"
+            )
     return kept
 
 
@@ -87,7 +105,13 @@ def leave_one_out(interactions: pl.DataFrame) -> pl.DataFrame:
     return (
         interactions.sort(["user_id", *CHRONO_KEY])
         .with_columns(pos=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id"))
-        .with_columns(split=pl.when(pl.col("pos") == pl.col("n") - 1).then(pl.lit("test")).when(pl.col("pos") == pl.col("n") - 2).then(pl.lit("valid")).otherwise(pl.lit("train")))
+        .with_columns(
+            split=pl.when(pl.col("pos") == pl.col("n") - 1)
+            .then(pl.lit("test"))
+            .when(pl.col("pos") == pl.col("n") - 2)
+            .then(pl.lit("valid"))
+            .otherwise(pl.lit("train"))
+        )
     )
 
 

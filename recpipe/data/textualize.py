@@ -16,6 +16,7 @@ SPAN = pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int6
 # "Usual Suspects, The" or "Blue Angel, The (Blaue Engel, Der)": the article moves to the front.
 _TRAILING_ARTICLE = re.compile(r"^(?P<base>.+?), (?P<article>The|A|An)(?P<rest>(?: \(.*\))?)$")
 
+
 def article_first(title: str) -> str:
     m = _TRAILING_ARTICLE.match(title)
     return f"{m['article']} {m['base']}{m['rest']}" if m else title
@@ -46,11 +47,20 @@ def items_text(items: pl.DataFrame, tpl: dict, move_article: bool) -> pl.DataFra
         name_tpl = _pick(tpl["item_name"], item)
         name, name_spans = render(name_tpl, {f: _value(item, f, tpl) for f in placeholders(name_tpl)})
         text_tpl = _pick(tpl["item_text"], {**item, "name": name})
-        text, spans = render(text_tpl, {**{f: _value(item, f, tpl) for f in placeholders(text_tpl) if f != "name"}, "name": name})
+        text, spans = render(
+            text_tpl, {**{f: _value(item, f, tpl) for f in placeholders(text_tpl) if f != "name"}, "name": name}
+        )
         # The name's own entities (title, year) sit inside the name span; record them too.
         offset = next(s["start"] for s in spans if s["entity"] == "name")
         spans += [{**s, "start": s["start"] + offset, "end": s["end"] + offset} for s in name_spans]
-        rows.append({"item_id": item["item_id"], "name": name, "text": text, "spans": sorted(spans, key=lambda s: (s["start"], -s["end"]))})
+        rows.append(
+            {
+                "item_id": item["item_id"],
+                "name": name,
+                "text": text,
+                "spans": sorted(spans, key=lambda s: (s["start"], -s["end"])),
+            }
+        )
     return pl.DataFrame(rows, schema={"item_id": pl.Int64, "name": pl.String, "text": pl.String, "spans": SPAN})
 
 

@@ -135,14 +135,18 @@ def output_layer(model, rows: list[int] | None = None) -> tuple[torch.Tensor, to
     model's own logits, cast to float32."""
     head = model.get_output_embeddings()
     configs = [model.config, getattr(model.config, "text_config", None)]
-    if type(head) is not torch.nn.Linear or any(getattr(c, k, None) not in (None, 1, 1.0) for c in configs for k in AFTER_HEAD):
+    if type(head) is not torch.nn.Linear or any(
+        getattr(c, k, None) not in (None, 1, 1.0) for c in configs for k in AFTER_HEAD
+    ):
         return None
     weight = head.weight if rows is None else head.weight[rows]
     bias = None if head.bias is None else (head.bias if rows is None else head.bias[rows]).float()
     return weight.float(), bias
 
 
-def float32_logits(model, rows: list[int] | None = None, keep: int | torch.Tensor = 1, head=False, **inputs) -> torch.Tensor:
+def float32_logits(
+    model, rows: list[int] | None = None, keep: int | torch.Tensor = 1, head=False, **inputs
+) -> torch.Tensor:
     """Logits in float32 whatever dtype the model runs in: the body (model.get_decoder(), its final
     norm included) runs `inputs` (input_ids, attention_mask, position_ids, cache, use_cache) in the
     model's dtype; its last hidden state at the kept positions and the output layer's rows are then
@@ -184,12 +188,27 @@ class PrefixCache:
     concatenation, never writing into the tensors it starts from. No deep copy: the repeat is an
     autograd op, so with gradients on, the prefix runs once and every row's gradient reaches it."""
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, intra_ids=None, intra=None):
+    def __init__(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        intra_ids=None,
+        intra=None,
+    ):
         self.cache = None
         if input_ids.shape[1]:
             self.cache = DynamicCache()
             inputs = model_inputs(model, input_ids, intra_ids, intra)
-            model(**inputs, attention_mask=attention_mask, position_ids=position_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+            model(
+                **inputs,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
 
     def rows(self, n: int) -> DynamicCache | None:
         """A cache for a pass over n rows per prefix row (each prefix row repeated n times in a
@@ -214,9 +233,16 @@ def prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> Dy
 
 @torch.no_grad()
 def constrained_beams(
-    model, tokenizer, prompts: list[str], trie: ItemTrie | list[ItemTrie], beams: int = 20, batch_size: int = 4, desc: str = "rank",
-    share_prompt: bool = True, positions=None,
-) -> list[list[list[int]]]:  # fmt: skip
+    model,
+    tokenizer,
+    prompts: list[str],
+    trie: ItemTrie | list[ItemTrie],
+    beams: int = 20,
+    batch_size: int = 4,
+    desc: str = "rank",
+    share_prompt: bool = True,
+    positions=None,
+) -> list[list[list[int]]]:
     """Beam search that may only write item names. For each prompt, in the order given, what each
     of its `beams` returned sequences names, best first: item ids, or [] for a sequence naming none.
 
@@ -231,7 +257,10 @@ def constrained_beams(
         raise RecpipeError(f"{len(tries)} tries for {len(prompts)} prompts: give one trie, or one per prompt")
     model.eval()
     if positions is not None:
-        return [written_out_beams(model, tokenizer, p, t, beams, positions) for p, t in zip(tqdm(prompts, desc=desc, unit="prompt", file=sys.stderr), tries)]
+        return [
+            written_out_beams(model, tokenizer, p, t, beams, positions)
+            for p, t in zip(tqdm(prompts, desc=desc, unit="prompt", file=sys.stderr), tries)
+        ]
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids] if prompts else []
     named: list[list[list[int]]] = [[] for _ in prompts]
@@ -239,7 +268,8 @@ def constrained_beams(
         ids, mask = _encode_left_padded(tokenizer, [prompts[i] for i in idx], device)
         width, end = ids.shape[1], tries[idx[0]].end
 
-        def allowed(batch_id: int, sequence: torch.Tensor) -> list[int]:
+        # This batch's values bound as defaults: generate() calls it only within this iteration.
+        def allowed(batch_id: int, sequence: torch.Tensor, width=width, end=end, idx=idx) -> list[int]:
             # transformers calls this for row batch_id * num_beams + beam of the expanded
             # batch and passes batch_id, the prompt's place in this batch (not the row).
             generated = tuple(sequence[width:].tolist())
@@ -251,11 +281,18 @@ def constrained_beams(
         # continuations are left, transformers keeps a finished beam running at score - 1e9 and
         # counts its copies as finished; real items still on their way are then never written.
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max(tries[i].max_len for i in idx),
-            num_beams=beams, num_return_sequences=beams, do_sample=False, early_stopping=False,
-            prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id, eos_token_id=end,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max(tries[i].max_len for i in idx),
+            num_beams=beams,
+            num_return_sequences=beams,
+            do_sample=False,
+            early_stopping=False,
+            prefix_allowed_tokens_fn=allowed,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=end,
             cache=prompt_cache(model, ids, mask, beams) if share_prompt else None,
-        )  # fmt: skip
+        )
         out = out[:, width:].view(len(idx), beams, -1)
         for i, row in zip(idx, out.tolist()):
             for seq in row:
@@ -282,14 +319,26 @@ def written_out_beams(model, tokenizer, prompt: str, trie: ItemTrie, beams: int,
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     past = ids.shape[1] - 1
     prompt_intra, state = positions.run(ids[0].tolist()) if intra is not None else ([0] * ids.shape[1], None)
-    cache = PrefixCache(model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra).rows(1) or DynamicCache()
+    cache = (
+        PrefixCache(
+            model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra
+        ).rows(1)
+        or DynamicCache()
+    )
     running = [((), 0.0, state)]  # (written tokens, summed log-probability, intra state)
     inputs, intra_ids = [int(ids[0, -1])], [prompt_intra[-1]]  # each running beam's next input token
     finished: list[tuple[float, tuple[int, ...]]] = []
     for step in range(trie.max_len):
         x = torch.tensor(inputs, device=device)[:, None]
         at = torch.full_like(x, past + step)
-        logits = float32_logits(model, head=head, **model_inputs(model, x, torch.tensor(intra_ids)[:, None], intra), position_ids=at, cache=cache, use_cache=True)
+        logits = float32_logits(
+            model,
+            head=head,
+            **model_inputs(model, x, torch.tensor(intra_ids)[:, None], intra),
+            position_ids=at,
+            cache=cache,
+            use_cache=True,
+        )
         logp = logits[:, -1].log_softmax(-1)
         scored = []
         for b, (written, total, _) in enumerate(running):
@@ -309,7 +358,10 @@ def written_out_beams(model, tokenizer, prompt: str, trie: ItemTrie, beams: int,
         if not going or (len(finished) == beams and going[0][2] / (step + 1) <= finished[-1][0]):
             break
         cache.reorder_cache(torch.tensor([b for b, _, _ in going], device=device))
-        running = [(running[b][0] + (token,), total, positions.run([token], running[b][2])[1] if intra is not None else None) for b, token, total in going]
+        running = [
+            (running[b][0] + (token,), total, positions.run([token], running[b][2])[1] if intra is not None else None)
+            for b, token, total in going
+        ]
         inputs = [token for _, token, _ in going]
         intra_ids = [s[1] for _, _, s in running] if intra is not None else [0] * len(going)
     return [trie.items(written) for _, written in finished] + [[] for _ in range(beams - len(finished))]
@@ -329,27 +381,41 @@ def candidate_block_mask(past: int, lengths: list[int], dtype: torch.dtype, devi
 
 
 def likelihood_ranking(
-    model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates",
+    model,
+    tokenizer,
+    prompts: list[str],
+    candidates: list[list[int]],
+    names: dict[int, str],
+    chunk: int = 25,
+    desc: str = "score candidates",
     positions=None,
-) -> list[list[int]]:  # fmt: skip
+) -> list[list[int]]:
     """Each prompt's candidates, best first, by the mean log-probability per token of writing the
     candidate's name and then EOS after the prompt: the score beam search ranks finished items by,
     computed for every candidate instead of those the beams kept (ties: lower item id first)."""
     ranked = []
-    for cands, logps in zip(candidates, candidate_logprobs(model, tokenizer, prompts, candidates, names, chunk, desc, positions), strict=True):
+    for cands, logps in zip(
+        candidates,
+        candidate_logprobs(model, tokenizer, prompts, candidates, names, chunk, desc, positions),
+        strict=True,
+    ):
         scores = [tokens.mean().item() for tokens in logps]
         ranked.append([c for _, c in sorted(zip(scores, cands), key=lambda sc: (-sc[0], sc[1]))])
     return ranked
 
 
-def answer_probabilities(model, tokenizer, prompts: list[str], answers: list[str], positions=None, desc: str = "score answers") -> list[torch.Tensor]:
+def answer_probabilities(
+    model, tokenizer, prompts: list[str], answers: list[str], positions=None, desc: str = "score answers"
+) -> list[torch.Tensor]:
     """Per prompt, the probability of each of `answers` as the whole answer (its text, then EOS,
     after the prompt), normalised over `answers`: float64, in their order."""
     texts = dict(enumerate(answers))
     keys = list(texts)
     return [
         torch.stack([tokens.double().sum() for tokens in logps]).softmax(0)
-        for logps in candidate_logprobs(model, tokenizer, prompts, [keys] * len(prompts), texts, desc=desc, positions=positions)
+        for logps in candidate_logprobs(
+            model, tokenizer, prompts, [keys] * len(prompts), texts, desc=desc, positions=positions
+        )
     ]
 
 
@@ -359,14 +425,23 @@ def expected_ratings(model, tokenizer, prompts: list[str], ratings: dict[float, 
     and a lightly tuned model writes the same one for every prompt; the mean keeps what the model
     knows about the others."""
     values = torch.tensor(list(ratings), dtype=torch.float64)
-    return [float((w * values).sum()) for w in answer_probabilities(model, tokenizer, prompts, list(ratings.values()), positions, "score ratings")]
+    return [
+        float((w * values).sum())
+        for w in answer_probabilities(model, tokenizer, prompts, list(ratings.values()), positions, "score ratings")
+    ]
 
 
 @torch.no_grad()
 def candidate_logprobs(
-    model, tokenizer, prompts: list[str], candidates: list[list[int]], names: dict[int, str], chunk: int = 25, desc: str = "score candidates",
+    model,
+    tokenizer,
+    prompts: list[str],
+    candidates: list[list[int]],
+    names: dict[int, str],
+    chunk: int = 25,
+    desc: str = "score candidates",
     positions=None,
-) -> list[list[torch.Tensor]]:  # fmt: skip
+) -> list[list[torch.Tensor]]:
     """Per prompt, per candidate: the float32 log-probabilities of each token of the candidate's
     name and then EOS, written after the prompt.
 
@@ -395,7 +470,9 @@ def candidate_logprobs(
         intra = positions.embedding if positions is not None else None
         if intra is not None:
             prompt_intra, state = positions.run(ids[0].tolist())
-        prefix = PrefixCache(model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra)
+        prefix = PrefixCache(
+            model, ids[:, :-1], intra_ids=torch.tensor([prompt_intra[:-1]]) if intra is not None else None, intra=intra
+        )
         scores: list[torch.Tensor] = []
         for start in range(0, len(cands), chunk):
             # Each candidate: the prompt's last token, then the name and EOS it must predict.
@@ -406,13 +483,24 @@ def candidate_logprobs(
             mask = candidate_block_mask(past, lengths, dtype, device)
             intra_ids = None
             if intra is not None:  # each candidate goes on from the prompt's state
-                intra_ids = torch.tensor([[i for q in seqs for i in [prompt_intra[-1], *positions.run(q[1:], state)[0]]]])
+                intra_ids = torch.tensor(
+                    [[i for q in seqs for i in [prompt_intra[-1], *positions.run(q[1:], state)[0]]]]
+                )
             # Logits only where a token is predicted: not at a candidate's EOS, which predicts nothing
             # (the output layer over the whole vocabulary is a large share of the pass).
             starts = [sum(lengths[:j]) for j in range(len(lengths))]
             keep = torch.tensor([s + t for s, n in zip(starts, lengths) for t in range(n - 1)], device=device)
             # A cache of the chunk's own, starting from the prompt's (the pass appends the chunk's keys and values).
-            logits = float32_logits(model, keep=keep, head=head, **model_inputs(model, x, intra_ids, intra), attention_mask=mask, position_ids=at, cache=prefix.rows(1), use_cache=True)
+            logits = float32_logits(
+                model,
+                keep=keep,
+                head=head,
+                **model_inputs(model, x, intra_ids, intra),
+                attention_mask=mask,
+                position_ids=at,
+                cache=prefix.rows(1),
+                use_cache=True,
+            )
             logp = logits[0].log_softmax(-1)
             offset = 0
             for q in seqs:
@@ -432,9 +520,17 @@ def top_items(named: list[list[int]], k: int, exclude: set[int] | None = None) -
 
 
 def constrained_topk(
-    model, tokenizer, prompts: list[str], trie: ItemTrie | list[ItemTrie], k: int = 10, beams: int = 20, batch_size: int = 4,
-    desc: str = "rank", exclude: list[set[int]] | None = None, share_prompt: bool = True,
-) -> tuple[list[list[int]], float]:  # fmt: skip
+    model,
+    tokenizer,
+    prompts: list[str],
+    trie: ItemTrie | list[ItemTrie],
+    k: int = 10,
+    beams: int = 20,
+    batch_size: int = 4,
+    desc: str = "rank",
+    exclude: list[set[int]] | None = None,
+    share_prompt: bool = True,
+) -> tuple[list[list[int]], float]:
     """The top-k items for each prompt by beam search that may only write item names, and the
     share of returned sequences that name an item (counted, not assumed).
 
@@ -446,7 +542,10 @@ def constrained_topk(
     if exclude is not None and len(exclude) != len(prompts):
         raise RecpipeError(f"{len(exclude)} exclusion sets for {len(prompts)} prompts")
     if exclude is not None:
-        trie = [t.without(ex) for t, ex in zip(trie if isinstance(trie, list) else [trie] * len(prompts), exclude, strict=True)]
+        trie = [
+            t.without(ex)
+            for t, ex in zip(trie if isinstance(trie, list) else [trie] * len(prompts), exclude, strict=True)
+        ]
     named = constrained_beams(model, tokenizer, prompts, trie, beams, batch_size, desc, share_prompt)
     ranked = [top_items(n, k, exclude[i] if exclude else None) for i, n in enumerate(named)]
     total = sum(len(n) for n in named)
@@ -455,7 +554,17 @@ def constrained_topk(
 
 
 @torch.no_grad()
-def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: int, beams: int, max_new_tokens: int, batch_size: int = 4, desc: str = "generate") -> tuple[list[list[int]], float]:
+def free_topk(
+    model,
+    tokenizer,
+    prompts: list[str],
+    names: dict[int, str],
+    k: int,
+    beams: int,
+    max_new_tokens: int,
+    batch_size: int = 4,
+    desc: str = "generate",
+) -> tuple[list[list[int]], float]:
     """Plain beam search, then each output matched to an item by its exact name. Returns the top-k
     items per prompt and the share of generated sequences that named a real item."""
     model.eval()
@@ -468,9 +577,15 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
         for _, batch in _batches(prompts, batch_size):
             ids, mask = _encode_left_padded(tokenizer, batch, device)
             out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=beams,
-                num_return_sequences=beams, do_sample=False, early_stopping=True, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=beams,
+                num_return_sequences=beams,
+                do_sample=False,
+                early_stopping=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
             for start in range(0, len(texts), beams):
                 items: list[int] = []
@@ -485,7 +600,9 @@ def free_topk(model, tokenizer, prompts: list[str], names: dict[int, str], k: in
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate", positions=None) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, desc: str = "generate", positions=None
+) -> list[str]:
     """Greedy answers, in the order of `prompts`: the new tokens only, up to the first EOS,
     decoded and stripped. Prompts are batched by token length and left-padded.
 
@@ -513,7 +630,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         written = torch.empty((len(idx), 0), dtype=torch.long, device=device)
         done = torch.zeros(len(idx), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            logits = float32_logits(model, head=head, **model_inputs(model, ids, intra_ids, intra), attention_mask=mask, position_ids=at, cache=cache, use_cache=True)
+            logits = float32_logits(
+                model,
+                head=head,
+                **model_inputs(model, ids, intra_ids, intra),
+                attention_mask=mask,
+                position_ids=at,
+                cache=cache,
+                use_cache=True,
+            )
             ids = logits[:, -1].argmax(-1).masked_fill(done, eos)[:, None]  # finished rows write EOS on
             written = torch.cat([written, ids], dim=1)
             done |= ids[:, 0] == eos

@@ -103,19 +103,27 @@ def _check_hub(name: str) -> None:
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except ValueError as e:  # HFValidationError: characters a repo id cannot have
-        raise RecpipeError(f"model.name {name!r}: neither a local folder nor a valid Hub id ({_first_line(e)})") from None
+        raise RecpipeError(
+            f"model.name {name!r}: neither a local folder nor a valid Hub id ({_first_line(e)})"
+        ) from None
     if isinstance(cached, str):
         return  # downloaded before: transformers loads it from the cache, even offline
     if is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
-        raise RecpipeError(f"model.name {name!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it once online, {OTHERS}")
+        raise RecpipeError(
+            f"model.name {name!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it once online, {OTHERS}"
+        )
     try:
         HfApi().model_info(name, timeout=HUB_TIMEOUT)
     except RepositoryNotFoundError:
-        raise RecpipeError(f"model.name {name!r}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)") from None
+        raise RecpipeError(
+            f"model.name {name!r}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login`)"
+        ) from None
     except HfHubHTTPError as e:
         raise RecpipeError(f"model.name {name!r}: the Hugging Face Hub answered {_first_line(e)}") from None
     except Exception as e:  # noqa: BLE001  the network (no route, no DNS, a timeout, a proxy): its error types vary with the HTTP client
-        raise RecpipeError(f"model.name {name!r}: cannot reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}): run where it is reachable, {OTHERS}") from None
+        raise RecpipeError(
+            f"model.name {name!r}: cannot reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}): run where it is reachable, {OTHERS}"
+        ) from None
 
 
 def _check_gguf(path: Path) -> None:
@@ -130,7 +138,9 @@ def _check_gguf(path: Path) -> None:
     try:
         GGUFReader(path)
     except Exception as e:  # noqa: BLE001  a damaged file fails the parser in many ways (ValueError, IndexError, struct.error, ...)
-        raise RecpipeError(f"model.name: {path} is a truncated or damaged GGUF file ({type(e).__name__}: {_first_line(e)})") from None
+        raise RecpipeError(
+            f"model.name: {path} is a truncated or damaged GGUF file ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _dequantized(folder: str, gguf: str) -> str:
@@ -147,8 +157,12 @@ def _dequantized(folder: str, gguf: str) -> str:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-        except ValueError as e:  # a well-formed GGUF file transformers cannot make a model of (its architecture, its tokenizer)
-            raise RecpipeError(f"model.name: transformers cannot load the GGUF model {path} ({_first_line(e)})") from None
+        except (
+            ValueError
+        ) as e:  # a well-formed GGUF file transformers cannot make a model of (its architecture, its tokenizer)
+            raise RecpipeError(
+                f"model.name: transformers cannot load the GGUF model {path} ({_first_line(e)})"
+            ) from None
         config = model.config
         config.quantization_config = None
         del config.quantization_config
@@ -170,11 +184,15 @@ def pick_device(name: str) -> torch.device:
     if not re.fullmatch(r"auto|cuda(:\d+)?", name):
         raise RecpipeError(f"model.device {name!r}: expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise RecpipeError(f"model.device {name!r}: no CUDA device here (torch {torch.__version__} sees none); use auto or cpu")
+        raise RecpipeError(
+            f"model.device {name!r}: no CUDA device here (torch {torch.__version__} sees none); use auto or cpu"
+        )
     index = torch.cuda.current_device() if name in ("auto", "cuda") else int(name.removeprefix("cuda:"))
     count = torch.cuda.device_count()
     if index >= count:
-        raise RecpipeError(f"model.device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise RecpipeError(
+            f"model.device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return torch.device("cuda", index)
 
 

@@ -52,7 +52,9 @@ def loss_validator(task: Task, batch_size: int) -> Validator:
     return Validator(score, "valid_loss")
 
 
-def encode(prompts: list[str], answers: list[str], tokenizer, max_length: int, spans: list[list[list[int]]] | None = None) -> list[dict]:
+def encode(
+    prompts: list[str], answers: list[str], tokenizer, max_length: int, spans: list[list[list[int]]] | None = None
+) -> list[dict]:
     """Token ids of prompt + answer + EOS; labels mask the prompt. Long prompts lose their start,
     never the question at their end. `spans`: per prompt, [start, end, ...] character ranges of
     the prompt whose tokens are targets too (recpipe.p5.families: history items)."""
@@ -116,12 +118,20 @@ def answer_loss(model, batch: dict[str, torch.Tensor], intra=None):
     targets, columns = labelled_columns(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     intra_ids = batch.get("intra_ids")
-    checkpointing = model.training and torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    checkpointing = (
+        model.training
+        and torch.is_grad_enabled()
+        and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    )
     shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing else 0
     # A token's intra id depends only on the tokens before it: the shared prefix's are every row's.
-    cache = PrefixCache(model, ids[:1, :shared], intra_ids=None if intra is None else intra_ids[:1, :shared], intra=intra).rows(len(ids))
+    cache = PrefixCache(
+        model, ids[:1, :shared], intra_ids=None if intra is None else intra_ids[:1, :shared], intra=intra
+    ).rows(len(ids))
     inputs = model_inputs(model, ids[:, shared:], None if intra is None else intra_ids[:, shared:], intra)
-    out = model(**inputs, attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared)
+    out = model(
+        **inputs, attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared
+    )
     return summed_loss(out, targets[:, columns])
 
 
@@ -135,7 +145,9 @@ def labelled_columns(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
 def summed_loss(out, wanted: torch.Tensor):
     """Summed cross-entropy of the output's logits against `wanted` (IGNORE skipped), the number
     of targets, and the output."""
-    loss = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        out.logits.float().flatten(0, 1), wanted.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, (wanted != IGNORE).sum(), out
 
 
@@ -169,7 +181,9 @@ def answer_loss_trainer():
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             scores = self.validator(self.model, self.valid_tokenizer, self.valid)
             if scores.get(self.validator.metric) is None:
-                raise RecpipeError(f"train.eval_steps: the validation {self.validator.metric} is undefined (is the validation split all one label?), so no step can be picked")
+                raise RecpipeError(
+                    f"train.eval_steps: the validation {self.validator.metric} is undefined (is the validation split all one label?), so no step can be picked"
+                )
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -228,13 +242,20 @@ def answer_task(train_path, valid_path, max_length: int, positions: Callable | N
         valid_rows = encode(valid["prompt"].to_list(), valid["answer"].to_list(), tokenizer, max_length)
         intra = positions(model, tokenizer) if positions is not None else None
         if intra is None:
-            return Task(rows=rows, valid=valid_rows, collate=PadCollator(tokenizer.pad_token_id), key=(prompts, answers, spans))
-        rows, valid_rows = ([{**r, "intra_ids": intra.run(r["input_ids"])[0]} for r in part] for part in (rows, valid_rows))
+            return Task(
+                rows=rows, valid=valid_rows, collate=PadCollator(tokenizer.pad_token_id), key=(prompts, answers, spans)
+            )
+        rows, valid_rows = (
+            [{**r, "intra_ids": intra.run(r["input_ids"])[0]} for r in part] for part in (rows, valid_rows)
+        )
         # The embedding module itself: the adapter, which does not target it, leaves it in place.
         return Task(
-            rows=rows, valid=valid_rows, collate=PadCollator(tokenizer.pad_token_id), loss=partial(answer_loss, intra=intra.embedding),
+            rows=rows,
+            valid=valid_rows,
+            collate=PadCollator(tokenizer.pad_token_id),
+            loss=partial(answer_loss, intra=intra.embedding),
             key=(prompts, answers, spans, "intra positions"),
-        )  # fmt: skip
+        )
 
     return build
 
@@ -274,7 +295,9 @@ def launched() -> bool:
 
 def check_precision(dtype: torch.dtype, device: torch.device) -> None:
     if dtype == torch.float16 and device.type != "cuda":
-        raise RecpipeError(f"train.dtype float16: the Trainer trains in float16 on CUDA only, and model.device is {device}; use bfloat16 or float32 (or auto)")
+        raise RecpipeError(
+            f"train.dtype float16: the Trainer trains in float16 on CUDA only, and model.device is {device}; use bfloat16 or float32 (or auto)"
+        )
 
 
 def pin_device(args, device: torch.device) -> None:
@@ -292,7 +315,14 @@ def add_lora(model, lora: LoraParams, **extras):
     """The model with a fresh LoRA adapter; `extras`: more LoraConfig fields (Task.lora_extras)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM", **extras)
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+        **extras,
+    )
     model = get_peft_model(model, config)
     # Never the whole embedding matrices: peft saves them with every checkpoint and adapter when
     # the vocabulary grew (new tokens, whose rows trainable_token_indices saves alone) and looks
@@ -308,7 +338,9 @@ def canonical_json(path: Path, base_model: str) -> None:
     The base model is `base_model` as params name it, not the folder it was loaded from (for a GGUF
     file, a cache folder that differs from machine to machine)."""
     config = json.loads(path.read_text())
-    config = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in config.items()}
+    config = {
+        k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in config.items()
+    }
     config["base_model_name_or_path"] = base_model
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -335,10 +367,21 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
 
 
 def train(
-    train_path, valid_path, out_dir, metrics_path, model_p: ModelParams, lora: LoraParams, params: TrainParams, seed: int,
-    live_dir="dvclive/train", checkpoints=".recpipe/checkpoints", validate: Validator | None = None, run_path=None,
-    task: TaskBuilder | None = None, init: Callable | None = None,
-) -> dict:  # fmt: skip
+    train_path,
+    valid_path,
+    out_dir,
+    metrics_path,
+    model_p: ModelParams,
+    lora: LoraParams,
+    params: TrainParams,
+    seed: int,
+    live_dir="dvclive/train",
+    checkpoints=".recpipe/checkpoints",
+    validate: Validator | None = None,
+    run_path=None,
+    task: TaskBuilder | None = None,
+    init: Callable | None = None,
+) -> dict:
     """LoRA-tune and save the adapter. `task` builds what is learnt (None: answer_task on
     train_path's and valid_path's prompt/answer pairs); `init(model, tokenizer)` returns the model
     to put the new adapter on (None: the base model as loaded; recpipe.recsysllm: the pretrained
@@ -370,10 +413,14 @@ def train(
     ds_config = deepspeed_config(params.deepspeed)
     one_gpu = device.type == "cuda" and not launched() and not ds_config
     if model_p.device.startswith("cuda:") and (launched() or (ds_config and device.index != 0)):
-        raise RecpipeError(f"model.device {model_p.device!r}: under a launcher or DeepSpeed each process takes its own GPU; use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES")
+        raise RecpipeError(
+            f"model.device {model_p.device!r}: under a launcher or DeepSpeed each process takes its own GPU; use auto or cuda, and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
     if ds_config:
         single_process_env()
-    model, tokenizer = load(model_p.name, model_p.sha256, dtype=dtype, attention=pick_attention(model_p.attention, device))
+    model, tokenizer = load(
+        model_p.name, model_p.sha256, dtype=dtype, attention=pick_attention(model_p.attention, device)
+    )
     # Seeded after loading: a first load builds the dequantized model, which draws random numbers,
     # and LoRA's initial weights must not depend on whether the model was cached already.
     set_seed(seed)
@@ -426,14 +473,22 @@ def train(
         pin_device(args, device)
     # Only the first process logs: a second Live on another rank would clear the same folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
-    callbacks = [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
+    callbacks = (
+        [DVCLiveCallback(live=Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None))] if main_process else []
+    )
     if params.patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.patience))
     valid = read_parquet(valid_path) if validate is not None else None
     trainer = answer_loss_trainer()(
-        model=model, args=args, train_dataset=rows, data_collator=job.collate, callbacks=callbacks,
-        eval_dataset=job.valid if selecting else None,  # read by our evaluate() only: the Trainer asks that there be one
-    )  # fmt: skip
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=job.collate,
+        callbacks=callbacks,
+        eval_dataset=job.valid
+        if selecting
+        else None,  # read by our evaluate() only: the Trainer asks that there be one
+    )
     trainer.task_loss = job.loss
     trainer.validator, trainer.valid, trainer.valid_tokenizer = validator, valid, tokenizer
     resume = last_checkpoint(ckpt_dir)
@@ -455,7 +510,11 @@ def train(
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     train_loss = sum(losses) / len(losses) if losses else result.training_loss
     metrics = {"train_loss": round(train_loss, 5), **validation, "steps": state.global_step}
-    run = {"train_seconds": round(seconds, 1), "train_tokens_per_second": round(tokens / seconds, 1), "dtype": str(dtype).removeprefix("torch.")}
+    run = {
+        "train_seconds": round(seconds, 1),
+        "train_tokens_per_second": round(tokens / seconds, 1),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
     # Under a multi-process launcher every rank runs the lines above (a ZeRO-3 forward or save
     # needs them all), but only the first process writes files.
     staging = Path(out_dir).parent / f".{Path(out_dir).name}.staging"

@@ -71,7 +71,9 @@ def topk(scores: torch.Tensor, items: list[int], k: int, exclude: list[Collectio
     best first, leaving out the row's `exclude` items. Equal scores go to the earlier column: with
     `items` sorted, as everywhere here, to the lower item_id."""
     if scores.dim() != 2 or scores.shape != (len(exclude), len(items)):
-        raise RecpipeError(f"baselines: scores of shape {tuple(scores.shape)} for {len(exclude)} rows and {len(items)} items")
+        raise RecpipeError(
+            f"baselines: scores of shape {tuple(scores.shape)} for {len(exclude)} rows and {len(items)} items"
+        )
     col = {item: j for j, item in enumerate(items)}
     rows = [r for r, ex in enumerate(exclude) for i in ex if i in col]
     cols = [col[i] for ex in exclude for i in ex if i in col]
@@ -113,7 +115,9 @@ class SASRec(nn.Module):
         self.heads = p.heads
         self.drop = nn.Dropout(p.dropout)
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(p.hidden, p.heads, dim_feedforward=p.hidden, dropout=p.dropout, batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                p.hidden, p.heads, dim_feedforward=p.hidden, dropout=p.dropout, batch_first=True, norm_first=True
+            )
             for _ in range(p.blocks)
         )
         self.norm = nn.LayerNorm(p.hidden)  # pre-norm blocks leave the last output unnormalised
@@ -128,7 +132,9 @@ class SASRec(nn.Module):
         length <= max_len."""
         length = seq.shape[1]
         if length > self.pos.num_embeddings:
-            raise RecpipeError(f"baselines: SASRec got sequences of {length} tokens, more than its max_len {self.pos.num_embeddings}")
+            raise RecpipeError(
+                f"baselines: SASRec got sequences of {length} tokens, more than its max_len {self.pos.num_embeddings}"
+            )
         real = seq > 0
         keep = real.unsqueeze(-1)
         x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos.weight[-length:]
@@ -189,10 +195,21 @@ class Fit:
     seconds: float = 0.0
 
     def metrics(self) -> dict:
-        return {"best_epoch": self.best_epoch, f"best_valid_ndcg@{VALID_K}": round(self.best_valid, 5), "epochs_run": self.epochs_run}
+        return {
+            "best_epoch": self.best_epoch,
+            f"best_valid_ndcg@{VALID_K}": round(self.best_valid, 5),
+            "epochs_run": self.epochs_run,
+        }
 
 
-def early_stopping(model: nn.Module, train_epoch: Callable[[], float], validate: Callable[[], float], epochs: int, patience: int, name: str) -> Fit:
+def early_stopping(
+    model: nn.Module,
+    train_epoch: Callable[[], float],
+    validate: Callable[[], float],
+    epochs: int,
+    patience: int,
+    name: str,
+) -> Fit:
     """Train epoch after epoch, validating after each, until `patience` epochs in a row bring no
     better validation score than the best so far, or `epochs` have run; then load the best epoch's
     weights into the model (the earliest of equal best scores). train_epoch() trains one epoch and
@@ -220,8 +237,15 @@ def early_stopping(model: nn.Module, train_epoch: Callable[[], float], validate:
     fit.seconds = time.perf_counter() - start
     log.info(
         "%s: best validation NDCG@%d %.4f at epoch %d of %d run (patience %d, at most %d), %.1f s",
-        name, VALID_K, fit.best_valid, fit.best_epoch, fit.epochs_run, patience, epochs, fit.seconds,
-    )  # fmt: skip
+        name,
+        VALID_K,
+        fit.best_valid,
+        fit.best_epoch,
+        fit.epochs_run,
+        patience,
+        epochs,
+        fit.seconds,
+    )
     return fit
 
 
@@ -249,7 +273,9 @@ def _exclusion(histories: list[list[int]], n: int) -> torch.Tensor:
     return mask
 
 
-def _sample_negatives(shape: tuple[int, ...], n: int, seen: torch.Tensor, gen: torch.Generator, offset: int = 0) -> torch.Tensor:
+def _sample_negatives(
+    shape: tuple[int, ...], n: int, seen: torch.Tensor, gen: torch.Generator, offset: int = 0
+) -> torch.Tensor:
     """Uniform items in [offset, offset + n), redrawn while they are among the row's seen ones
     (seen: [rows, offset + n] bool, one row per leading index of shape); a row that saw every item
     keeps whatever is drawn."""
@@ -275,10 +301,16 @@ def sasrec_windows(tokens: list[list[int]], max_len: int) -> tuple[torch.Tensor,
             inputs.append(_left_pad(w[:-1], max_len))
             targets.append(_left_pad(w[1:], max_len))
             owner.append(s)
-    return torch.tensor(inputs, dtype=torch.long).view(-1, max_len), torch.tensor(targets, dtype=torch.long).view(-1, max_len), owner
+    return (
+        torch.tensor(inputs, dtype=torch.long).view(-1, max_len),
+        torch.tensor(targets, dtype=torch.long).view(-1, max_len),
+        owner,
+    )
 
 
-def sasrec_loss(model: SASRec, h: torch.Tensor, targets: torch.Tensor, loss: str, negatives: torch.Tensor | None = None) -> torch.Tensor:
+def sasrec_loss(
+    model: SASRec, h: torch.Tensor, targets: torch.Tensor, loss: str, negatives: torch.Tensor | None = None
+) -> torch.Tensor:
     """The mean loss over every real (non-padding) position of hidden states h [batch, length,
     hidden] with next-item tokens `targets` [batch, length] (0 = padding: no loss). ce: softmax
     cross-entropy over every item; bce: the target against `negatives` (tokens, same shape)."""
@@ -287,7 +319,9 @@ def sasrec_loss(model: SASRec, h: torch.Tensor, targets: torch.Tensor, loss: str
         return F.cross_entropy(h[real] @ model.item.weight[1:].T, targets[real] - 1)
     pos = (h * model.item(targets)).sum(-1)[real]
     neg = (h * model.item(negatives)).sum(-1)[real]
-    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
+        neg, torch.zeros_like(neg)
+    )
 
 
 def _columns(train: list[list[int]], items: list[int]) -> dict[int, int]:
@@ -299,7 +333,9 @@ def _columns(train: list[list[int]], items: list[int]) -> dict[int, int]:
     return col
 
 
-def train_sasrec(train: list[list[int]], valid_target: list[int | None], items: list[int], params: SasrecParams, seed: int) -> tuple[SASRec, Fit]:
+def train_sasrec(
+    train: list[list[int]], valid_target: list[int | None], items: list[int], params: SasrecParams, seed: int
+) -> tuple[SASRec, Fit]:
     """SASRec trained on item sequences `train` (one per user, the items before the user's
     validation item), every position's next item a target; early-stopped on the validation
     NDCG@10 of ranking valid_target[u] (None: the user has no validation case) after train[u],
@@ -330,14 +366,26 @@ def train_sasrec(train: list[list[int]], valid_target: list[int | None], items: 
             # Trim the padding every window of the batch has: positions count from the end.
             width = int((inp > 0).sum(1).max())
             inp, tgt = inp[:, -width:], tgt[:, -width:]
-            neg = _sample_negatives(tuple(tgt.shape), n, seen[owner_t[batch]], gen, offset=1) if p.loss == "bce" else None
+            neg = (
+                _sample_negatives(tuple(tgt.shape), n, seen[owner_t[batch]], gen, offset=1) if p.loss == "bce" else None
+            )
             return sasrec_loss(model, model(inp), tgt, p.loss, neg)
 
         fit = early_stopping(
-            model, lambda: _epoch(opt, torch.randperm(len(owner), generator=gen).split(p.batch_size), batch_loss),
-            lambda: _validation_ndcg(model.scores, v_inputs, v_target, v_exclude), p.epochs, p.patience, "sasrec",
-        )  # fmt: skip
-    log.info("sasrec: %d windows of %d training sequences, %d items, loss %s", len(owner), sum(len(t) >= 2 for t in tokens), n, p.loss)
+            model,
+            lambda: _epoch(opt, torch.randperm(len(owner), generator=gen).split(p.batch_size), batch_loss),
+            lambda: _validation_ndcg(model.scores, v_inputs, v_target, v_exclude),
+            p.epochs,
+            p.patience,
+            "sasrec",
+        )
+    log.info(
+        "sasrec: %d windows of %d training sequences, %d items, loss %s",
+        len(owner),
+        sum(len(t) >= 2 for t in tokens),
+        n,
+        p.loss,
+    )
     return model, fit
 
 
@@ -357,11 +405,18 @@ def _validation_ndcg(scores_of, inputs: torch.Tensor, target: torch.Tensor, excl
     """NDCG@10 of the validation cases (0 when there are none), CHUNK cases at a time."""
     if not len(target):
         return 0.0
-    rank = torch.cat([ranks(scores_of(inputs[s : s + CHUNK]), target[s : s + CHUNK], exclude[s : s + CHUNK]) for s in range(0, len(target), CHUNK)])
+    rank = torch.cat(
+        [
+            ranks(scores_of(inputs[s : s + CHUNK]), target[s : s + CHUNK], exclude[s : s + CHUNK])
+            for s in range(0, len(target), CHUNK)
+        ]
+    )
     return ndcg_at(rank)
 
 
-def train_bprmf(train: list[list[int]], valid_target: list[int | None], items: list[int], params: BprmfParams, seed: int) -> tuple[BPRMF, Fit]:
+def train_bprmf(
+    train: list[list[int]], valid_target: list[int | None], items: list[int], params: BprmfParams, seed: int
+) -> tuple[BPRMF, Fit]:
     """BPR-MF trained on each user's (row u of `train`) items: every epoch, every (user, item)
     once, against one sampled item the user never had in training; early-stopped on the
     validation NDCG@10 of ranking valid_target[u] (None: no validation case) with train[u] left
@@ -395,9 +450,13 @@ def train_bprmf(train: list[list[int]], valid_target: list[int | None], items: l
             return loss
 
         fit = early_stopping(
-            model, lambda: _epoch(opt, torch.randperm(len(pair_users), generator=gen).split(p.batch_size), batch_loss),
-            lambda: _validation_ndcg(model.scores, v_users, v_target, v_exclude), p.epochs, p.patience, "bprmf",
-        )  # fmt: skip
+            model,
+            lambda: _epoch(opt, torch.randperm(len(pair_users), generator=gen).split(p.batch_size), batch_loss),
+            lambda: _validation_ndcg(model.scores, v_users, v_target, v_exclude),
+            p.epochs,
+            p.patience,
+            "bprmf",
+        )
     return model, fit
 
 
@@ -415,18 +474,33 @@ def _direct_cases(direct_cases: pl.DataFrame | None, target: dict[int, int]) -> 
             cases = cases.filter(pl.col(column) == value)
     # A test case is written with a seen and with an unseen template (same user, target and
     # candidates): it is scored once.
-    cases = cases.unique(["user_id", "item_id"], keep="first", maintain_order=True).select("user_id", "item_id", "candidates")
+    cases = cases.unique(["user_id", "item_id"], keep="first", maintain_order=True).select(
+        "user_id", "item_id", "candidates"
+    )
     for user, item, candidates in cases.iter_rows():
         if user not in target:
-            raise RecpipeError(f"baselines: direct case of user {user}, who has no test item in the leave-one-out split of these interactions")
+            raise RecpipeError(
+                f"baselines: direct case of user {user}, who has no test item in the leave-one-out split of these interactions"
+            )
         if item != target[user]:
-            raise RecpipeError(f"baselines: direct case of user {user} targets item {item}, but the user's test item is {target[user]}: the cases come from another split")
+            raise RecpipeError(
+                f"baselines: direct case of user {user} targets item {item}, but the user's test item is {target[user]}: the cases come from another split"
+            )
         if item not in (candidates or []):
-            raise RecpipeError(f"baselines: direct case of user {user}: the target item {item} is not among its candidates")
+            raise RecpipeError(
+                f"baselines: direct case of user {user}: the target item {item} is not among its candidates"
+            )
     return cases if cases.height else None
 
 
-def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], history: dict[int, list[int]], target: dict[int, int], direct: pl.DataFrame | None, cases: Collection[int] | None = None) -> tuple[dict, list[tuple]]:
+def _evaluate(
+    score: Callable[[list[int]], torch.Tensor],
+    items: list[int],
+    history: dict[int, list[int]],
+    target: dict[int, int],
+    direct: pl.DataFrame | None,
+    cases: Collection[int] | None = None,
+) -> tuple[dict, list[tuple]]:
     """HR/NDCG of one method, and its top-k for every case it was scored on as (family, user_id,
     item_id, ranked) rows; `score(users)` gives every item's score [len(users), len(items)]."""
     k = max(KS)
@@ -447,16 +521,24 @@ def _evaluate(score: Callable[[list[int]], torch.Tensor], items: list[int], hist
         for start in range(0, direct.height, CHUNK):
             rows = direct.slice(start, CHUNK)
             scores = score(rows["user_id"].to_list())
-            ranked += [rank_candidates(scores[r], col, cands, k) for r, cands in enumerate(rows["candidates"].to_list())]
+            ranked += [
+                rank_candidates(scores[r], col, cands, k) for r, cands in enumerate(rows["candidates"].to_list())
+            ]
         out["direct"] = hit_and_ndcg(ranked, direct["item_id"].to_list(), KS)
-        rows_out += [("direct", u, i, r) for u, i, r in zip(direct["user_id"].to_list(), direct["item_id"].to_list(), ranked)]
+        rows_out += [
+            ("direct", u, i, r) for u, i, r in zip(direct["user_id"].to_list(), direct["item_id"].to_list(), ranked)
+        ]
     return out, rows_out
 
 
 def baselines(
-    interactions: pl.DataFrame, direct_cases: pl.DataFrame | None, params: SasrecParams, seed: int,
-    sequential_users: Collection[int] | None = None, bprmf: BprmfParams | None = None,
-) -> tuple[dict, pl.DataFrame]:  # fmt: skip
+    interactions: pl.DataFrame,
+    direct_cases: pl.DataFrame | None,
+    params: SasrecParams,
+    seed: int,
+    sequential_users: Collection[int] | None = None,
+    bprmf: BprmfParams | None = None,
+) -> tuple[dict, pl.DataFrame]:
     """Popularity, SASRec and BPR-MF scored on the leave-one-out test cases (see the module docstring).
 
     Returns the metrics, {"popularity": {"sequential": {hr@1, ndcg@1, ...}, "direct": {...}},
@@ -480,13 +562,20 @@ def baselines(
         item_set |= {c for cands in direct["candidates"].to_list() for c in cands}
     items = sorted(item_set)  # sorted: column order is the tie-break (lower item_id first)
     col = {item: j for j, item in enumerate(items)}
-    log.info("baselines: %d users with a test case, %d items%s", len(target), len(items), f", {direct.height} direct cases" if direct is not None else "")
+    log.info(
+        "baselines: %d users with a test case, %d items%s",
+        len(target),
+        len(items),
+        f", {direct.height} direct cases" if direct is not None else "",
+    )
 
     counts = popularity_scores(history.values())
     popular = torch.zeros(len(items), dtype=torch.float64)
     popular[[col[i] for i in counts]] = torch.tensor(list(counts.values()), dtype=torch.float64)
     result, cases = {}, []
-    result["popularity"], rows = _evaluate(lambda users: popular.expand(len(users), -1), items, history, target, direct, sequential_users)
+    result["popularity"], rows = _evaluate(
+        lambda users: popular.expand(len(users), -1), items, history, target, direct, sequential_users
+    )
     cases += [("popularity", *row) for row in rows]
 
     # Train on the items before each user's validation item (the history's last), validate on it.
@@ -500,7 +589,9 @@ def baselines(
     @torch.no_grad()
     def sasrec_scores(chunk: list[int]) -> torch.Tensor:
         # The test input: the whole history, the validation item included.
-        seqs = torch.tensor([_left_pad([col[i] + 1 for i in history[u]], p.max_len) for u in chunk], dtype=torch.long).view(-1, p.max_len)
+        seqs = torch.tensor(
+            [_left_pad([col[i] + 1 for i in history[u]], p.max_len) for u in chunk], dtype=torch.long
+        ).view(-1, p.max_len)
         return model.scores(seqs)
 
     with _threads(p.threads):
@@ -528,8 +619,19 @@ def baselines(
     for name in ("popularity", "sasrec", "bprmf"):
         r = result[name]
         log.info(
-            "baselines: %s: all users' hr@10 %.4f ndcg@10 %.4f%s", name, r[every]["hr@10"], r[every]["ndcg@10"],
-            f" (epoch {r['best_epoch']} of {r['epochs_run']}, valid ndcg@10 {r[f'best_valid_ndcg@{VALID_K}']:.4f})" if "best_epoch" in r else "",
-        )  # fmt: skip
-    schema = {"method": pl.String, "family": pl.String, "user_id": pl.Int64, "item_id": pl.Int64, "ranked": pl.List(pl.Int64)}
+            "baselines: %s: all users' hr@10 %.4f ndcg@10 %.4f%s",
+            name,
+            r[every]["hr@10"],
+            r[every]["ndcg@10"],
+            f" (epoch {r['best_epoch']} of {r['epochs_run']}, valid ndcg@10 {r[f'best_valid_ndcg@{VALID_K}']:.4f})"
+            if "best_epoch" in r
+            else "",
+        )
+    schema = {
+        "method": pl.String,
+        "family": pl.String,
+        "user_id": pl.Int64,
+        "item_id": pl.Int64,
+        "ranked": pl.List(pl.Int64),
+    }
     return result, pl.DataFrame(cases, schema=schema, orient="row")

@@ -79,7 +79,15 @@ def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTri
     return tries
 
 
-def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None) -> pl.DataFrame:
+def rank(
+    rows: pl.DataFrame,
+    model,
+    tokenizer,
+    names: dict[int, str],
+    history: dict[int, set[int]] | None,
+    p5: P5Params,
+    positions=None,
+) -> pl.DataFrame:
     """Item rows with `ranked` (top p5.top_k item ids, never one of the user's history), `validity` (share of the
     row's beams that named an item; 1 for rows ranked by likelihood, which only score real items)
     and `prediction` (the top item's name, "" if none remains). p5.direct_ranking: "likelihood"
@@ -95,22 +103,35 @@ def rank(rows: pl.DataFrame, model, tokenizer, names: dict[int, str], history: d
     exclude = [history.get(u, set()) if history else set() for u in rows["user_id"].to_list()]
     hidden = sum(t in ex for t, ex in zip(rows["item_id"].to_list(), exclude))
     if hidden:
-        log.warning("p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height)
+        log.warning(
+            "p5eval: %d of %d item targets are in their user's history, which the ranking excludes", hidden, rows.height
+        )
     listed = rows["candidates"].to_list()
-    scored = [i for i, c in enumerate(listed) if (p5.direct_ranking if c is not None else p5.sequential_ranking) == "likelihood"]
+    scored = [
+        i
+        for i, c in enumerate(listed)
+        if (p5.direct_ranking if c is not None else p5.sequential_ranking) == "likelihood"
+    ]
     searched = sorted(set(range(rows.height)) - set(scored))
     ranked: list[list[int]] = [[] for _ in range(rows.height)]
     validity = [1.0] * rows.height
     if scored:
         everything = sorted(names)
-        candidates = [listed[i] if listed[i] is not None else [c for c in everything if c not in exclude[i]] for i in scored]
+        candidates = [
+            listed[i] if listed[i] is not None else [c for c in everything if c not in exclude[i]] for i in scored
+        ]
         prompts = rows["prompt"].to_list()
-        for i, order in zip(scored, likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], candidates, names, positions=positions)):
+        for i, order in zip(
+            scored,
+            likelihood_ranking(model, tokenizer, [prompts[i] for i in scored], candidates, names, positions=positions),
+        ):
             ranked[i] = [c for c in order if c not in exclude[i]][:k]
     if searched:
         part = rows[searched]
         tries = [t.without(exclude[i]) for t, i in zip(_tries(part, names, tokenizer), searched, strict=True)]
-        named = constrained_beams(model, tokenizer, part["prompt"].to_list(), tries, p5.beams, p5.eval_batch_size, positions=positions)
+        named = constrained_beams(
+            model, tokenizer, part["prompt"].to_list(), tries, p5.beams, p5.eval_batch_size, positions=positions
+        )
         for i, n in zip(searched, named):
             ranked[i] = top_items(n, k, exclude[i])
             validity[i] = sum(map(bool, n)) / len(n)
@@ -125,9 +146,15 @@ COLUMNS = ["family", "template", "seen", "kind", "user_id", "item_id", "target",
 
 
 def predict(
-    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params, positions=None,
+    test: pl.DataFrame,
+    model,
+    tokenizer,
+    names: dict[int, str],
+    history: dict[int, set[int]] | None,
+    p5: P5Params,
+    positions=None,
     rating_range: tuple[float, float] | None = None,
-) -> pl.DataFrame:  # fmt: skip
+) -> pl.DataFrame:
     """Every row's answer (the rows of split p5.evaluate_split where the frame has a split column):
     COLUMNS, in the rows' order. `ranked` and `validity` are set for item rows only; `prediction`
     is the generated text (for item rows, the top item's name; with p5.rating_scoring "expected",
@@ -151,7 +178,11 @@ def predict(
     parts = []
 
     def answered(rows: pl.DataFrame, answers: list[str]) -> pl.DataFrame:  # rows without a ranking
-        return rows.with_columns(prediction=pl.Series(answers, dtype=pl.String), ranked=pl.lit(None, pl.List(pl.Int64)), validity=pl.lit(None, pl.Float64))
+        return rows.with_columns(
+            prediction=pl.Series(answers, dtype=pl.String),
+            ranked=pl.lit(None, pl.List(pl.Int64)),
+            validity=pl.lit(None, pl.Float64),
+        )
 
     if ratings.height:
         if rating_range is None:
@@ -165,7 +196,19 @@ def predict(
     if items.height:
         parts.append(rank(items, model, tokenizer, names, history, p5, positions))
     if texts.height:
-        parts.append(answered(texts, generate(model, tokenizer, texts["prompt"].to_list(), p5.max_new_tokens, p5.eval_batch_size, positions=positions)))
+        parts.append(
+            answered(
+                texts,
+                generate(
+                    model,
+                    tokenizer,
+                    texts["prompt"].to_list(),
+                    p5.max_new_tokens,
+                    p5.eval_batch_size,
+                    positions=positions,
+                ),
+            )
+        )
     return pl.concat([p.select("_row", *COLUMNS) for p in parts]).sort("_row").drop("_row")
 
 
@@ -196,7 +239,9 @@ def cutoffs(k: int) -> tuple[int, ...]:
     return tuple(sorted({x for x in (1, 5, 10) if x <= k} | {k}))
 
 
-def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float], ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+def family_metrics(
+    predictions: pl.DataFrame, rating_range: tuple[float, float], ks: tuple[int, ...] = (1, 5, 10)
+) -> dict:
     """{family: {"seen": metrics, "unseen": metrics}} from predict's frame (or its saved parquet)."""
     present = set(predictions["family"])
     unknown = present - set(FAMILIES)
@@ -205,14 +250,24 @@ def family_metrics(predictions: pl.DataFrame, rating_range: tuple[float, float],
     out = {}
     for family in (f for f in FAMILIES if f in present):
         rows = predictions.filter(pl.col("family") == family)
-        out[family] = {name: group_metrics(rows.filter(pl.col("seen") == seen), rating_range, ks) for name, seen in (("seen", True), ("unseen", False))}
+        out[family] = {
+            name: group_metrics(rows.filter(pl.col("seen") == seen), rating_range, ks)
+            for name, seen in (("seen", True), ("unseen", False))
+        }
     return out
 
 
 def evaluate_families(
-    test: pl.DataFrame, model, tokenizer, names: dict[int, str], history: dict[int, set[int]] | None, p5: P5Params,
-    rating_range: tuple[float, float], predictions_path: str | Path | None = None, positions=None,
-) -> dict:  # fmt: skip
+    test: pl.DataFrame,
+    model,
+    tokenizer,
+    names: dict[int, str],
+    history: dict[int, set[int]] | None,
+    p5: P5Params,
+    rating_range: tuple[float, float],
+    predictions_path: str | Path | None = None,
+    positions=None,
+) -> dict:
     """{family: {"seen": metrics, "unseen": metrics}} for the test rows of `test` (the module
     docstring names the metrics). `names`: item id -> name as prompts write it; `history`: user id
     -> items excluded from that user's rankings; p5: how to rank and generate (top_k, beams,
@@ -230,9 +285,17 @@ def evaluate_families(
 
 
 def evaluate_p5(
-    test_path, names_path, interactions_path, eval_dir, metrics_dir, model, tokenizer, p5: P5Params, rating_range: tuple[float, float],
+    test_path,
+    names_path,
+    interactions_path,
+    eval_dir,
+    metrics_dir,
+    model,
+    tokenizer,
+    p5: P5Params,
+    rating_range: tuple[float, float],
     positions=None,
-) -> dict:  # fmt: skip
+) -> dict:
     """The p5_evaluate stage: eval_dir/predictions.parquet (predict's frame) and one
     metrics_dir/<family>.json per family, {"seen": metrics, "unseen": metrics}, of the rows of
     split p5.evaluate_split (validation rows have seen templates only: their "unseen" has n 0).
@@ -240,9 +303,22 @@ def evaluate_p5(
     intra positions (recpipe.recsysllm.positions.Positions) or None."""
     names_frame = read_parquet(names_path, "families")
     names = dict(zip(names_frame["item_id"].to_list(), names_frame["name"].to_list()))
-    history = {u: set(items) for u, items in loo_histories(read_parquet(interactions_path, "ingest"), p5.evaluate_split)[0].items()}
+    history = {
+        u: set(items)
+        for u, items in loo_histories(read_parquet(interactions_path, "ingest"), p5.evaluate_split)[0].items()
+    }
     with atomic_dir(eval_dir) as tmp:
-        metrics = evaluate_families(read_parquet(test_path, "p5_sample"), model, tokenizer, names, history, p5, rating_range, tmp / "predictions.parquet", positions)
+        metrics = evaluate_families(
+            read_parquet(test_path, "p5_sample"),
+            model,
+            tokenizer,
+            names,
+            history,
+            p5,
+            rating_range,
+            tmp / "predictions.parquet",
+            positions,
+        )
     with atomic_dir(metrics_dir) as tmp:
         for family, groups in metrics.items():
             write_json(groups, tmp / f"{family}.json")

@@ -40,7 +40,13 @@ from recpipe.templates import (
 FAMILIES = FAMILY_NAMES  # rating, sequential, explanation, review, direct
 NEEDS_REVIEWS = {"explanation", "review"}
 # What a family's prompts must mention, or the task cannot be solved from the prompt.
-NEEDED_IN_PROMPT = {"rating": {"user", "item"}, "sequential": {"history"}, "explanation": {"user", "item"}, "review": {"review"}, "direct": {"user"}}
+NEEDED_IN_PROMPT = {
+    "rating": {"user", "item"},
+    "sequential": {"history"},
+    "explanation": {"user", "item"},
+    "review": {"review"},
+    "direct": {"user"},
+}
 # What a template's target asks the model to write decides how it is scored (recpipe.p5.evaluate).
 KINDS = {"{rating}": "rating", "{answer}": "yes_no", "{item}": "item", "{summary}": "text", "{explanation}": "text"}
 # Rating, explanation and review samples: the train, valid and test shares of all interactions by time.
@@ -48,7 +54,9 @@ FRACTIONS = (0.8, 0.1, 0.1)
 # An item list in a prompt must follow a space and be followed by whitespace (recpipe.templates.in_text).
 _LIST_START = re.compile(r"(?<! )\{(history|candidates)\}")
 _LIST_END = re.compile(r"\{(history|candidates)\}(?!\s)")
-_STOP = set("the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split())
+_STOP = set(
+    "the a an and or but of to in on for with this that these those it its is was are were be been very my i me you your they them just so too".split()
+)
 
 
 def supported(interactions: pl.DataFrame) -> set[str]:
@@ -80,7 +88,20 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
     placeholder is one recpipe fills, prompts end without a space (the answer brings its own) and
     item lists follow a space and are followed by whitespace (recpipe.templates.in_text)."""
     path, data = read_template_file(name_or_path)
-    known = {"user", "profile", "item", "history", "rating", "max_rating", "candidates", "review", "summary", "explanation", "hint", "answer"}
+    known = {
+        "user",
+        "profile",
+        "item",
+        "history",
+        "rating",
+        "max_rating",
+        "candidates",
+        "review",
+        "summary",
+        "explanation",
+        "hint",
+        "answer",
+    }
     for family in families:
         for kind in ("seen", "unseen"):
             templates = (data.get(family) or {}).get(kind)
@@ -94,16 +115,22 @@ def load_templates(name_or_path: str, families: list[str]) -> dict:
                     if odd:
                         raise RecpipeError(f"{path}: {family}.{kind}[{i}].{key} has unknown placeholders {sorted(odd)}")
                 if t["target"].strip() not in KINDS:
-                    raise RecpipeError(f"{path}: {family}.{kind}[{i}].target must be one of {sorted(KINDS)}, got {t['target']!r}")
+                    raise RecpipeError(
+                        f"{path}: {family}.{kind}[{i}].target must be one of {sorted(KINDS)}, got {t['target']!r}"
+                    )
                 prompt = t["prompt"]
                 if prompt != prompt.rstrip():
-                    raise RecpipeError(f"{path}: {family}.{kind}[{i}].prompt ends with a space or line break: the answer is written after one space of its own")
+                    raise RecpipeError(
+                        f"{path}: {family}.{kind}[{i}].prompt ends with a space or line break: the answer is written after one space of its own"
+                    )
                 if _LIST_START.search(prompt) or _LIST_END.search(prompt):
                     raise RecpipeError(
                         f"{path}: {family}.{kind}[{i}].prompt: {{history}} and {{candidates}} must follow a space and be followed by a space or a "
                         "line break, so that each item name is tokenized as it is written as an answer"
                     )
-                needed = NEEDED_IN_PROMPT[family] | ({"candidates"} if family == "direct" and t["target"].strip() == "{item}" else set())
+                needed = NEEDED_IN_PROMPT[family] | (
+                    {"candidates"} if family == "direct" and t["target"].strip() == "{item}" else set()
+                )
                 lacking = needed - placeholders(t["prompt"])
                 if lacking:
                     raise RecpipeError(f"{path}: {family}.{kind}[{i}].prompt lacks the placeholders {sorted(lacking)}")
@@ -148,7 +175,10 @@ def asked_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
     test items and the valid and test part of the time split (the pools that cases are drawn from,
     so whichever cases are drawn, none is outside this set)."""
     inter = interactions.filter(pl.col("rating").is_not_null())
-    held = [t.filter(pl.col("split") != "train").select("user_id", "item_id") for t in (leave_one_out(inter), split(inter, "temporal", None, FRACTIONS))]
+    held = [
+        t.filter(pl.col("split") != "train").select("user_id", "item_id")
+        for t in (leave_one_out(inter), split(inter, "temporal", None, FRACTIONS))
+    ]
     return pl.concat(held).unique().sort("user_id", "item_id")
 
 
@@ -161,9 +191,16 @@ def rating_text(r: float) -> str:
 
 
 def build(
-    interactions: pl.DataFrame, names: dict[int, str], users: pl.DataFrame, templates: dict, families: list[str], p5: P5Params, *,
-    seed: int, max_rating: float,
-) -> pl.DataFrame:  # fmt: skip
+    interactions: pl.DataFrame,
+    names: dict[int, str],
+    users: pl.DataFrame,
+    templates: dict,
+    families: list[str],
+    p5: P5Params,
+    *,
+    seed: int,
+    max_rating: float,
+) -> pl.DataFrame:
     """Every family's samples: case_id, family, template, seen, kind (KINDS), split, user_id, item_id,
     prompt, target, candidates (direct), rating, spans (history_targets: [start, end, item_id] of
     each history item in train prompts; empty otherwise). Deterministic for a seed. No leak guard
@@ -181,7 +218,14 @@ def build(
     rows: list[dict] = []
     cases = iter(range(1 << 62))  # one id per emitted case, shared by its seen and unseen rows
 
-    def emit(family: str, split: str, row: dict, fields: dict, candidates: list[int] | None = None, history: list[int] | None = None) -> None:
+    def emit(
+        family: str,
+        split: str,
+        row: dict,
+        fields: dict,
+        candidates: list[int] | None = None,
+        history: list[int] | None = None,
+    ) -> None:
         # Train and valid samples use one seen template each; test samples are written once with a
         # seen and once with an unseen template, to be scored apart.
         kinds = [("seen", True)] if split != "test" else [("seen", True), ("unseen", False)]
@@ -193,20 +237,45 @@ def build(
             if family == "direct" and "{answer}" in t["target"] and rng.random() < 0.5:
                 item_id = next(i for i in candidates if i != row["item_id"])  # a negative: the answer is no
                 f = {**fields, "item": names[item_id], "answer": "no"}
-            prompt, spans = render(t["prompt"], f, [(i, names[i]) for i in history] if history and p5.history_targets and split == "train" else None)
-            rows.append({
-                "case_id": case, "family": family, "template": f"{family}/{kind}/{k}", "seen": seen, "kind": KINDS[t["target"].strip()], "split": split,
-                "user_id": row["user_id"], "item_id": item_id, "rating": row.get("rating"),
-                "prompt": prompt, "target": t["target"].format(**f), "candidates": candidates, "spans": spans,
-            })  # fmt: skip
+            prompt, spans = render(
+                t["prompt"],
+                f,
+                [(i, names[i]) for i in history] if history and p5.history_targets and split == "train" else None,
+            )
+            rows.append(
+                {
+                    "case_id": case,
+                    "family": family,
+                    "template": f"{family}/{kind}/{k}",
+                    "seen": seen,
+                    "kind": KINDS[t["target"].strip()],
+                    "split": split,
+                    "user_id": row["user_id"],
+                    "item_id": item_id,
+                    "rating": row.get("rating"),
+                    "prompt": prompt,
+                    "target": t["target"].format(**f),
+                    "candidates": candidates,
+                    "spans": spans,
+                }
+            )
 
     def base_fields(row: dict) -> dict:
         liked = row["rating"] is not None and row["rating"] > p5.like_threshold
         return {
-            "user": f"user_{row['user_id']}", "profile": (profiles.get(row["user_id"]) or "").rstrip(".").lower() + ".",
-            "item": names[row["item_id"]], "rating": rating_text(row["rating"]), "max_rating": rating_text(max_rating),
-            "answer": YES if liked else NO, "history": "", "candidates": "", "review": "", "summary": "", "explanation": "", "hint": "",
-        }  # fmt: skip
+            "user": f"user_{row['user_id']}",
+            "profile": (profiles.get(row["user_id"]) or "").rstrip(".").lower() + ".",
+            "item": names[row["item_id"]],
+            "rating": rating_text(row["rating"]),
+            "max_rating": rating_text(max_rating),
+            "answer": YES if liked else NO,
+            "history": "",
+            "candidates": "",
+            "review": "",
+            "summary": "",
+            "explanation": "",
+            "hint": "",
+        }
 
     if "rating" in families:
         for row in by_time.iter_rows(named=True):
@@ -217,7 +286,9 @@ def build(
         for row in loo.filter(pl.col("pos") >= 1).iter_rows(named=True):
             history = seqs[row["user_id"]][max(0, row["pos"] - p5.history_len) : row["pos"]]
             fields = {**base_fields(row), "history": LIST_SEPARATOR.join(names[i] for i in history)}
-            if "sequential" in families and (row["split"] != "train" or (row["n"] - 3 - row["pos"]) % p5.sequential_stride == 0):
+            if "sequential" in families and (
+                row["split"] != "train" or (row["n"] - 3 - row["pos"]) % p5.sequential_stride == 0
+            ):
                 emit("sequential", row["split"], row, fields, history=history)
             # Direct samples carry 100 candidates: every valid and test case, a share of train.
             if "direct" in families and (row["split"] != "train" or rng.random() < p5.direct_train_share):
@@ -226,36 +297,71 @@ def build(
                     unseen[row["user_id"]] = [i for i in all_items if i not in seen_items]
                 pool = unseen[row["user_id"]]
                 if len(pool) < p5.negatives:
-                    raise RecpipeError(f"families: user {row['user_id']} has only {len(pool)} unseen items for {p5.negatives} negatives")
+                    raise RecpipeError(
+                        f"families: user {row['user_id']} has only {len(pool)} unseen items for {p5.negatives} negatives"
+                    )
                 candidates = rng.sample(pool, p5.negatives) + [row["item_id"]]
                 rng.shuffle(candidates)
-                emit("direct", row["split"], row, {**fields, "candidates": LIST_SEPARATOR.join(names[i] for i in candidates), "answer": YES}, candidates, history)
+                emit(
+                    "direct",
+                    row["split"],
+                    row,
+                    {**fields, "candidates": LIST_SEPARATOR.join(names[i] for i in candidates), "answer": YES},
+                    candidates,
+                    history,
+                )
     if NEEDS_REVIEWS & set(families):
         for row in by_time.filter(pl.col("review").is_not_null()).iter_rows(named=True):
             fields = base_fields(row)
             sentence = first_sentence(row["review"])
             if "explanation" in families and sentence:
-                emit("explanation", row["split"], row, {**fields, "explanation": sentence, "hint": feature_hint(sentence)})
+                emit(
+                    "explanation",
+                    row["split"],
+                    row,
+                    {**fields, "explanation": sentence, "hint": feature_hint(sentence)},
+                )
             if "review" in families and row.get("summary"):
                 emit("review", row["split"], row, {**fields, "review": row["review"], "summary": row["summary"]})
-    out = pl.DataFrame(rows, schema={
-        "case_id": pl.Int64, "family": pl.String, "template": pl.String, "seen": pl.Boolean, "kind": pl.String, "split": pl.String, "user_id": pl.Int64,
-        "item_id": pl.Int64, "rating": pl.Float64, "prompt": pl.String, "target": pl.String, "candidates": pl.List(pl.Int64),
-        "spans": pl.List(pl.List(pl.Int64)),
-    })  # fmt: skip
+    out = pl.DataFrame(
+        rows,
+        schema={
+            "case_id": pl.Int64,
+            "family": pl.String,
+            "template": pl.String,
+            "seen": pl.Boolean,
+            "kind": pl.String,
+            "split": pl.String,
+            "user_id": pl.Int64,
+            "item_id": pl.Int64,
+            "rating": pl.Float64,
+            "prompt": pl.String,
+            "target": pl.String,
+            "candidates": pl.List(pl.Int64),
+            "spans": pl.List(pl.List(pl.Int64)),
+        },
+    )
     return out
 
 
 def families(
-    tables_dir: str | Path, text_dir: str | Path, out_dir: str | Path, dataset: str, p5: P5Params, seed: int, max_rating: float,
+    tables_dir: str | Path,
+    text_dir: str | Path,
+    out_dir: str | Path,
+    dataset: str,
+    p5: P5Params,
+    seed: int,
+    max_rating: float,
     names: dict[int, str],
-) -> pl.DataFrame:  # fmt: skip
+) -> pl.DataFrame:
     """The families stage: samples.parquet (every family's samples) and names.parquet (each item
     as the prompts write it, `names`, which decoding and scoring need)."""
     interactions = read_parquet(Path(tables_dir) / "interactions.parquet", "ingest")
     users = read_parquet(Path(text_dir) / "users.parquet", "textualize")
     chosen = choose(list(p5.families) if p5.families is not None else None, interactions, dataset)
-    samples = build(interactions, names, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating)
+    samples = build(
+        interactions, names, users, load_templates(p5.templates, chosen), chosen, p5, seed=seed, max_rating=max_rating
+    )
     for family in chosen:
         split_names = set(samples.filter(pl.col("family") == family)["split"])
         if not {"train", "test"} <= split_names:
@@ -265,7 +371,12 @@ def families(
             )
     with atomic_dir(out_dir) as tmp:
         write_parquet(samples, tmp / "samples.parquet")
-        write_parquet(pl.DataFrame({"item_id": list(names), "name": list(names.values())}, schema={"item_id": pl.Int64, "name": pl.String}), tmp / "names.parquet")
+        write_parquet(
+            pl.DataFrame(
+                {"item_id": list(names), "name": list(names.values())}, schema={"item_id": pl.Int64, "name": pl.String}
+            ),
+            tmp / "names.parquet",
+        )
     counts = samples.group_by("family", "split").len().sort("family", "split")
     for family, split_name, n in counts.iter_rows():
         log.info("families: %s %s: %d samples", family, split_name, n)

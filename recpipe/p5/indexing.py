@@ -80,7 +80,9 @@ def kmeans(points: np.ndarray, k: int, seed: int, restarts: int = 4, iterations:
         for _ in range(1, k):
             d = np.min(((points[:, None, :] - np.array(centers)[None]) ** 2).sum(-1), axis=1)
             total = d.sum()
-            centers.append(points[rng.choice(len(points), p=d / total)] if total > 0 else points[rng.integers(len(points))])
+            centers.append(
+                points[rng.choice(len(points), p=d / total)] if total > 0 else points[rng.integers(len(points))]
+            )
         centers = np.array(centers)
         labels = np.full(len(points), -1)
         for _ in range(iterations):
@@ -119,7 +121,9 @@ def spectral_split(affinity: np.ndarray, k: int, seed: int) -> np.ndarray:
     return kmeans(embedding, k, seed)
 
 
-def collaborative_paths(histories: dict[int, list[int]], items: list[int], clusters: int, seed: int) -> dict[int, tuple[int, ...]]:
+def collaborative_paths(
+    histories: dict[int, list[int]], items: list[int], clusters: int, seed: int
+) -> dict[int, tuple[int, ...]]:
     """Each item's path in the cluster hierarchy: cluster numbers, then its place in its last
     cluster; every number below `clusters`. Clusters are numbered by their smallest item id and a
     leaf's items in id order, so the paths do not depend on k-means' label order."""
@@ -143,7 +147,9 @@ def collaborative_paths(histories: dict[int, list[int]], items: list[int], clust
     return paths
 
 
-def item_names(items: pl.DataFrame, interactions: pl.DataFrame, indexing: str, seed: int, clusters: int = 20) -> dict[int, str]:
+def item_names(
+    items: pl.DataFrame, interactions: pl.DataFrame, indexing: str, seed: int, clusters: int = 20
+) -> dict[int, str]:
     """How prompts write each item under `indexing` (INDEXINGS), from the training interactions."""
     names = dict(zip(items["item_id"].to_list(), items["name"].to_list()))
     ids = sorted(names)
@@ -153,7 +159,10 @@ def item_names(items: pl.DataFrame, interactions: pl.DataFrame, indexing: str, s
         random.Random(f"item-ids-{seed}").shuffle(ids)
         return {item: str(FIRST_ID + rank) for rank, item in enumerate(ids)}
     if indexing == "sequential":
-        return {item: str(FIRST_ID + rank) for rank, item in enumerate(sequential_order(training_histories(interactions), ids))}
+        return {
+            item: str(FIRST_ID + rank)
+            for rank, item in enumerate(sequential_order(training_histories(interactions), ids))
+        }
     if indexing == "collaborative":
         paths = collaborative_paths(training_histories(interactions), ids, clusters, seed)
         return {item: " ".join(f"c{k}" for k in paths[item]) for item in ids}

@@ -35,7 +35,16 @@ TITLES = {
     "review": "Review summarization",
     "direct": "Direct recommendation",
 }
-LABELS = {"rmse": "RMSE", "mae": "MAE", "yes_no_auc": "yes/no AUC", "bleu": "BLEU-4", "bleu2": "BLEU-2", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+LABELS = {
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "yes_no_auc": "yes/no AUC",
+    "bleu": "BLEU-4",
+    "bleu2": "BLEU-2",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+}
 PERCENT = {"bleu", "bleu2", "rouge1", "rouge2", "rougeL"}
 COUNTS = {"n", "unparsable", "short_lists"}
 DASH = "–"
@@ -109,7 +118,11 @@ def _protocol(ours: dict, users, sampled=None, split: str = "test") -> list[str]
         fewer = [f for f in ranked if any(_ranking_cases(ours[f].get(kind)) < users for kind in ("seen", "unseen"))]
         lines.append(
             f"{users} users have a leave-one-out test case, all of them ranked by the baselines; "
-            + (f"recpipe's {' and '.join(fewer)} rankings cover a subsample of them." if fewer else f"recpipe's {' and '.join(ranked)} rankings cover all of them.")
+            + (
+                f"recpipe's {' and '.join(fewer)} rankings cover a subsample of them."
+                if fewer
+                else f"recpipe's {' and '.join(ranked)} rankings cover all of them."
+            )
         )
     return lines
 
@@ -150,7 +163,12 @@ def _interval_line(family: str, columns: list[str], rows: list[tuple], baselines
         parts.append(f"{method} {hr:.4f} [{low:.4f}, {high:.4f}] (n {n})")
     if not parts:
         return []
-    return [f"{_label(metric)} with its 95% interval (Wilson score, over the row's n ranking cases): " + "; ".join(parts) + ".", ""]
+    return [
+        f"{_label(metric)} with its 95% interval (Wilson score, over the row's n ranking cases): "
+        + "; ".join(parts)
+        + ".",
+        "",
+    ]
 
 
 def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
@@ -162,7 +180,9 @@ def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
     import polars as pl
 
     def hits(frame):
-        return frame.with_columns(hit=pl.col("ranked").list.head(k).list.contains(pl.col("item_id"))).select("family", "user_id", "item_id", "hit", *[c for c in ("seen", "method") if c in frame.columns])
+        return frame.with_columns(hit=pl.col("ranked").list.head(k).list.contains(pl.col("item_id"))).select(
+            "family", "user_id", "item_id", "hit", *[c for c in ("seen", "method") if c in frame.columns]
+        )
 
     ours, baselines = hits(ours.filter(pl.col("kind") == "item")), hits(baselines)
     lines = {}
@@ -175,16 +195,27 @@ def paired_tests(ours, baselines, k: int = 10) -> dict[str, str]:
                 both = mine.join(theirs, on=["family", "user_id", "item_id"], suffix="_b")
                 if not both.height:
                     continue
-                only_ours, only_theirs = int((both["hit"] & ~both["hit_b"]).sum()), int((~both["hit"] & both["hit_b"]).sum())
+                only_ours, only_theirs = (
+                    int((both["hit"] & ~both["hit_b"]).sum()),
+                    int((~both["hit"] & both["hit_b"]).sum()),
+                )
                 p = mcnemar_p(only_ours, only_theirs)
                 kind = "seen" if seen else "unseen"
-                parts.append(f"recpipe ({kind} prompts) {only_ours} vs {BASELINE_NAMES.get(method, method)} {only_theirs}, p {p:.3f} (n {both.height})")
+                parts.append(
+                    f"recpipe ({kind} prompts) {only_ours} vs {BASELINE_NAMES.get(method, method)} {only_theirs}, p {p:.3f} (n {both.height})"
+                )
         if parts:
-            lines[family] = f"Paired on the same cases, HR@{k} (cases only one of the two hits, exact McNemar p): " + "; ".join(parts) + "."
+            lines[family] = (
+                f"Paired on the same cases, HR@{k} (cases only one of the two hits, exact McNemar p): "
+                + "; ".join(parts)
+                + "."
+            )
     return lines
 
 
-def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict, paired: str | None = None) -> list[str]:
+def _section(
+    family: str, mine: dict, baselines: dict, paper_rows: list[dict], references: dict, paired: str | None = None
+) -> list[str]:
     hints = family == "explanation"
     # (method, from, prompts, hints, values, note)
     rows = [(r["method"], "paper", r.get("prompts", "n/a"), r.get("hints"), r, r.get("note")) for r in paper_rows]
@@ -218,15 +249,30 @@ def _section(family: str, mine: dict, baselines: dict, paper_rows: list[dict], r
     if family in ("explanation", "review"):
         lines += ["BLEU and ROUGE are percentages.", ""]
     if hints:
-        lines += ["recpipe's rows pool all of the family's templates; whether a template gives a hint (`{hint}`) is up to the templates file.", ""]
+        lines += [
+            "recpipe's rows pool all of the family's templates; whether a template gives a hint (`{hint}`) is up to the templates file.",
+            "",
+        ]
     if family == "review" and paper_rows:
-        lines += ["The paper's review table reports BLEU-2; recpipe's BLEU is BLEU-4, so the two columns do not compare.", ""]
+        lines += [
+            "The paper's review table reports BLEU-2; recpipe's BLEU is BLEU-4, so the two columns do not compare.",
+            "",
+        ]
     # Our metrics the paper's table has no column for (parse failures, yes/no accuracy, HR@1, ...).
     # n and the per-kind counts (n_rating, n_item, ...) are bookkeeping, not results.
-    extra = [m for m in dict.fromkeys([*(mine.get("seen") or {}), *(mine.get("unseen") or {})]) if m not in columns and not (m == "n" or m.startswith("n_"))]
+    extra = [
+        m
+        for m in dict.fromkeys([*(mine.get("seen") or {}), *(mine.get("unseen") or {})])
+        if m not in columns and not (m == "n" or m.startswith("n_"))
+    ]
     if extra:
         seen, unseen = mine.get("seen") or {}, mine.get("unseen") or {}
-        lines += ["Also measured by recpipe (seen / unseen): " + "; ".join(f"{m} {_cell(m, seen.get(m))} / {_cell(m, unseen.get(m))}" for m in extra) + ".", ""]
+        lines += [
+            "Also measured by recpipe (seen / unseen): "
+            + "; ".join(f"{m} {_cell(m, seen.get(m))} / {_cell(m, unseen.get(m))}" for m in extra)
+            + ".",
+            "",
+        ]
     return lines
 
 
@@ -238,7 +284,15 @@ def _openp5_section(dataset: str, mine: dict | None, indexing: str, references: 
     if not rows:
         return []
     columns = COLUMNS["sequential"]
-    cells = [[f"OpenP5 ({ref.get('model', '?')}, {ref.get('prompts', '?')} prompts)", r["indexing"], "published", *(_cell(c, r.get(c)) for c in columns)] for r in rows]
+    cells = [
+        [
+            f"OpenP5 ({ref.get('model', '?')}, {ref.get('prompts', '?')} prompts)",
+            r["indexing"],
+            "published",
+            *(_cell(c, r.get(c)) for c in columns),
+        ]
+        for r in rows
+    ]
     seen = (mine or {}).get("seen") or {}
     cells.append(["recpipe (seen prompts)", indexing, "this run", *(_cell(c, seen.get(c)) for c in columns)])
     return [
@@ -263,8 +317,14 @@ def _openp5_section(dataset: str, mine: dict | None, indexing: str, references: 
 
 
 def p5_tables(
-    dataset: str, ours: dict, baselines: dict | None, references: dict, paired: dict[str, str] | None = None, indexing: str = "names", split: str = "test",
-) -> str:  # fmt: skip
+    dataset: str,
+    ours: dict,
+    baselines: dict | None,
+    references: dict,
+    paired: dict[str, str] | None = None,
+    indexing: str = "names",
+    split: str = "test",
+) -> str:
     """Markdown: the protocol, then one table per family in `ours` ({family: {"seen": {...}, "unseen": {...}}}),
     with paired_tests' line for that family under it when given, and OpenP5's item indexings beside
     the sequential figures of this run's `indexing` where OpenP5 reports the dataset. split: which
@@ -273,19 +333,37 @@ def p5_tables(
     if unknown:
         raise RecpipeError(f"p5 report: unknown task families {unknown} (known: {list(COLUMNS)})")
     if baselines is not None and not isinstance(baselines, dict):
-        raise RecpipeError(f"p5 report: baselines must map a baseline name to its per-family metrics, got {type(baselines).__name__}")
+        raise RecpipeError(
+            f"p5 report: baselines must map a baseline name to its per-family metrics, got {type(baselines).__name__}"
+        )
     paper = (references.get("datasets") or {}).get(dataset)
-    lines = [*_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases"), split), "", _paper_note(dataset, paper, references), ""]
+    lines = [
+        *_protocol(ours, (baselines or {}).get("users"), (baselines or {}).get("sequential_cases"), split),
+        "",
+        _paper_note(dataset, paper, references),
+        "",
+    ]
     for family in COLUMNS:
         if family in ours:
-            lines += _section(family, ours[family], baselines or {}, (paper or {}).get(family) or [], references, (paired or {}).get(family))
+            lines += _section(
+                family,
+                ours[family],
+                baselines or {},
+                (paper or {}).get(family) or [],
+                references,
+                (paired or {}).get(family),
+            )
         if family == "sequential" and family in ours:
             lines += _openp5_section(dataset, ours[family], indexing, references)
     return "\n".join(lines)
 
 
 def _check_family(where: str, metrics) -> dict:
-    if not isinstance(metrics, dict) or not set(metrics) <= {"seen", "unseen"} or not all(isinstance(v, dict) for v in metrics.values()):
+    if (
+        not isinstance(metrics, dict)
+        or not set(metrics) <= {"seen", "unseen"}
+        or not all(isinstance(v, dict) for v in metrics.values())
+    ):
         raise RecpipeError(f'{where}: expected {{"seen": {{metric: value}}, "unseen": {{metric: value}}}}')
     return metrics
 
@@ -302,13 +380,19 @@ def read_ours(path: str | Path) -> dict:
 
 
 def write_p5_report(
-    dataset, ours_path_or_dir, baselines_path, out_path, params_summary: dict, predictions: dict | None = None, indexing: str = "names", split: str = "test",
-) -> str:  # fmt: skip
+    dataset,
+    ours_path_or_dir,
+    baselines_path,
+    out_path,
+    params_summary: dict,
+    predictions: dict | None = None,
+    indexing: str = "names",
+    split: str = "test",
+) -> str:
     """Read our per-family metrics and the baselines' (baselines_path may be None), write the markdown
     report to out_path and return it. predictions: {"recpipe": p5_evaluate's predictions.parquet,
     "baselines": the baselines stage's}, for the paired tests (None: none); indexing and split: the
     run's p5.indexing and p5.evaluate_split. Atomic: on any error an old report stays as it was and no temporary file is left."""
-    import polars as pl
 
     ours = read_ours(ours_path_or_dir)
     baselines = read_mapping(baselines_path, "baselines") if baselines_path is not None else None
@@ -316,14 +400,20 @@ def write_p5_report(
     if predictions:
         for name, path in predictions.items():
             if not Path(path).is_file():
-                raise RecpipeError(f"p5 report: {path} not found (the {name} predictions; run the stage that makes them)")
-        paired = paired_tests(read_parquet(predictions["recpipe"], "p5_evaluate"), read_parquet(predictions["baselines"], "baselines"))
-    text = "\n".join([
-        f"# recpipe P5 report: {dataset}",
-        "",
-        p5_tables(dataset, ours, baselines, load_references(), paired, indexing, split),
-        *params_section(params_summary),
-    ])
+                raise RecpipeError(
+                    f"p5 report: {path} not found (the {name} predictions; run the stage that makes them)"
+                )
+        paired = paired_tests(
+            read_parquet(predictions["recpipe"], "p5_evaluate"), read_parquet(predictions["baselines"], "baselines")
+        )
+    text = "\n".join(
+        [
+            f"# recpipe P5 report: {dataset}",
+            "",
+            p5_tables(dataset, ours, baselines, load_references(), paired, indexing, split),
+            *params_section(params_summary),
+        ]
+    )
     out = Path(out_path)
     with atomic_path(out) as tmp:
         tmp.write_text(text)

@@ -32,9 +32,14 @@ def hold_out(pool: pl.DataFrame, asked: pl.DataFrame, what: str, by: str) -> pl.
     pairs = asked.select("user_id", "item_id").unique()
     kept = pool.join(pairs, on=["user_id", "item_id"], how="anti")
     if kept.height < pool.height:
-        log.info("p5 sample: %d %s samples left out: a drawn %s asks about their target", pool.height - kept.height, what, by)
+        log.info(
+            "p5 sample: %d %s samples left out: a drawn %s asks about their target", pool.height - kept.height, what, by
+        )
     held = set(pairs.iter_rows())
-    spans = [[s for s in row_spans if (user, s[2]) not in held] for user, row_spans in kept.select("user_id", "spans").iter_rows()]
+    spans = [
+        [s for s in row_spans if (user, s[2]) not in held]
+        for user, row_spans in kept.select("user_id", "spans").iter_rows()
+    ]
     return kept.with_columns(spans=pl.Series(spans, dtype=pl.List(pl.List(pl.Int64))))
 
 
@@ -59,18 +64,40 @@ def p5_mixture(samples: pl.DataFrame, params: P5Params, seed: int) -> tuple[pl.D
     test = samples.filter(pl.col("split") == "test")
     if params.test_cases is not None:
         cases = test.select("family", "case_id").unique().sort("family", "case_id")
-        kept = pl.concat([c.sample(min(params.test_cases, c.height), seed=seed) for _, c in cases.group_by("family", maintain_order=True)])
+        kept = pl.concat(
+            [
+                c.sample(min(params.test_cases, c.height), seed=seed)
+                for _, c in cases.group_by("family", maintain_order=True)
+            ]
+        )
         test = test.join(kept, on=["family", "case_id"], how="semi")
-    valid_pool = hold_out(samples.filter((pl.col("split") == "valid") & pl.col("family").is_in(list(weights))), test, "validation", "test case")
+    valid_pool = hold_out(
+        samples.filter((pl.col("split") == "valid") & pl.col("family").is_in(list(weights))),
+        test,
+        "validation",
+        "test case",
+    )
     valid = draw(valid_pool, min(params.valid_size, valid_pool.height), seed, "p5.valid_size", P5_KEY)
-    train_pool = hold_out(samples.filter((pl.col("split") == "train") & pl.col("family").is_in(list(weights))), pl.concat([test, valid]), "training", "test case or validation sample")
+    train_pool = hold_out(
+        samples.filter((pl.col("split") == "train") & pl.col("family").is_in(list(weights))),
+        pl.concat([test, valid]),
+        "training",
+        "test case or validation sample",
+    )
     if params.k is None:
         train = train_pool.sort(P5_KEY).sample(fraction=1.0, seed=seed, shuffle=True)
     else:
         parts = [
-            draw(train_pool.filter(pl.col("family") == family), n, seed, f"p5.k={params.k} ({family}: weight {weights[family]:g})", P5_KEY)
-            for family, n in shares(params.k, weights).items() if n
-        ]  # fmt: skip
+            draw(
+                train_pool.filter(pl.col("family") == family),
+                n,
+                seed,
+                f"p5.k={params.k} ({family}: weight {weights[family]:g})",
+                P5_KEY,
+            )
+            for family, n in shares(params.k, weights).items()
+            if n
+        ]
         train = pl.concat(parts).sample(fraction=1.0, seed=seed, shuffle=True)
     # What training writes after a prompt: the target after one space (recpipe.templates.in_text).
     answer = (pl.lit(ANSWER_SPACE) + pl.col("target")).alias("answer")
@@ -88,4 +115,10 @@ def p5_sample(families_dir: str | Path, out_dir: str | Path, params: P5Params, s
         write_parquet(valid, tmp / "valid.parquet")
         write_parquet(test, tmp / "test.parquet")
     mix = ", ".join(f"{f} {n}" for f, n in train.group_by("family").len().sort("family").iter_rows())
-    log.info("p5 sample: %d training samples (%s), %d validation, %d test prompts", train.height, mix, valid.height, test.height)
+    log.info(
+        "p5 sample: %d training samples (%s), %d validation, %d test prompts",
+        train.height,
+        mix,
+        valid.height,
+        test.height,
+    )

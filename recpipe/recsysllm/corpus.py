@@ -41,9 +41,13 @@ class BehaviourSampling:
         if self.length < 1:
             raise RecpipeError(f"recsysllm.sampling.length: must be at least 1, got {self.length}")
         if len(self.shares) != 3 or min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
-            raise RecpipeError(f"recsysllm.sampling.shares: three shares (long, medium, short) >= 0 summing to 1, got {list(self.shares)}")
+            raise RecpipeError(
+                f"recsysllm.sampling.shares: three shares (long, medium, short) >= 0 summing to 1, got {list(self.shares)}"
+            )
         if not 0 < self.short_days < self.medium_days:
-            raise RecpipeError(f"recsysllm.sampling: short_days ({self.short_days}) must be > 0 and below medium_days ({self.medium_days})")
+            raise RecpipeError(
+                f"recsysllm.sampling: short_days ({self.short_days}) must be > 0 and below medium_days ({self.medium_days})"
+            )
 
 
 def quotas(n: int, shares: tuple[float, ...]) -> list[int]:
@@ -76,7 +80,14 @@ def sample_behaviour(timestamps: list[int], config: BehaviourSampling, rng: rand
     return sorted(chosen)
 
 
-def documents(users: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame, held_out: pl.DataFrame, config: BehaviourSampling, seed: int) -> pl.DataFrame:
+def documents(
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    histories: pl.DataFrame,
+    held_out: pl.DataFrame,
+    config: BehaviourSampling,
+    seed: int,
+) -> pl.DataFrame:
     """One pretraining text per user: their own text, then the sampled behaviour sequence by name,
     oldest first; spans of the user's entities and of each item name. `held_out`: the (user_id,
     item_id) pairs any task validates or tests on, which never enter a text."""
@@ -91,8 +102,20 @@ def documents(users: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame,
         rng = random.Random(f"{seed}:{user}")
         picked = [kept[p][0] for p in sample_behaviour([t for _, t in kept], config, rng)]
         text, spans = user_rows[user]
-        body, item_spans = render(" Watched, oldest first: {history}.", {"history": [names[i] for i in picked]}, sep=LIST_SEPARATOR)
+        body, item_spans = render(
+            " Watched, oldest first: {history}.", {"history": [names[i] for i in picked]}, sep=LIST_SEPARATOR
+        )
         shift = len(text)
-        spans = [*spans, *({**s, "entity": "item", "start": s["start"] + shift, "end": s["end"] + shift} for s in item_spans)]
+        spans = [
+            *spans,
+            *({**s, "entity": "item", "start": s["start"] + shift, "end": s["end"] + shift} for s in item_spans),
+        ]
         rows.append({"user_id": user, "text": text + body, "spans": spans})
-    return pl.DataFrame(rows, schema={"user_id": pl.Int64, "text": pl.String, "spans": pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64}))})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.Int64,
+            "text": pl.String,
+            "spans": pl.List(pl.Struct({"entity": pl.String, "start": pl.Int64, "end": pl.Int64})),
+        },
+    )

@@ -61,7 +61,9 @@ class InfillConfig:
             raise RecpipeError(f"recsysllm.ratio: the share of the text to mask must lie in (0, 1), got {self.ratio}")
         lo, hi = self.document
         if not 0 < lo <= hi <= 1:
-            raise RecpipeError(f"recsysllm.document: the span's share of the text must be a range within (0, 1], got [{lo}, {hi}]")
+            raise RecpipeError(
+                f"recsysllm.document: the span's share of the text must be a range within (0, 1], got [{lo}, {hi}]"
+            )
         if self.order not in ("chronological", "random"):
             raise RecpipeError(f"recsysllm.order: {self.order!r} is not chronological or random")
 
@@ -78,7 +80,9 @@ def outer_entities(text: str, spans: list[tuple[int, int]], where: str = "text")
     year: the name is the entity). Spans must lie inside the text and nest or stay apart."""
     for start, end in spans:
         if not 0 <= start < end <= len(text):
-            raise RecpipeError(f"{where}: entity span ({start}, {end}) does not lie inside its text of {len(text)} characters")
+            raise RecpipeError(
+                f"{where}: entity span ({start}, {end}) does not lie inside its text of {len(text)} characters"
+            )
     ordered = sorted(set(spans), key=lambda s: (s[0], -s[1]))
     outer: list[tuple[int, int]] = []
     for start, end in ordered:
@@ -90,7 +94,9 @@ def outer_entities(text: str, spans: list[tuple[int, int]], where: str = "text")
     return outer
 
 
-def units(offsets: list[tuple[int, int]], entities: list[tuple[int, int]], whole_entities: bool = True) -> list[tuple[int, int, bool]]:
+def units(
+    offsets: list[tuple[int, int]], entities: list[tuple[int, int]], whole_entities: bool = True
+) -> list[tuple[int, int, bool]]:
     """The text's tokens grouped into what a mask covers whole: (first token, end token, is an
     entity). An entity's tokens (every token that overlaps it) form one unit; any other token is a
     unit alone. A token that overlaps two entities joins them into one unit."""
@@ -152,7 +158,9 @@ def sentences(tokens: list[str], parts: list[tuple[int, int, bool]]) -> list[tup
     return out
 
 
-def sentence_spans(rng: random.Random, sents: list[tuple[int, int]], ratio: float, n_units: int) -> list[tuple[int, int]]:
+def sentence_spans(
+    rng: random.Random, sents: list[tuple[int, int]], ratio: float, n_units: int
+) -> list[tuple[int, int]]:
     """Whole sentences, drawn at random until about `ratio` of the units are covered (at least
     one; never all of several)."""
     chosen, covered = [], 0
@@ -164,7 +172,9 @@ def sentence_spans(rng: random.Random, sents: list[tuple[int, int]], ratio: floa
     return sorted(chosen)
 
 
-def document_span(rng: random.Random, parts: list[tuple[int, int, bool]], n_tokens: int, share: tuple[float, float]) -> list[tuple[int, int]]:
+def document_span(
+    rng: random.Random, parts: list[tuple[int, int, bool]], n_tokens: int, share: tuple[float, float]
+) -> list[tuple[int, int]]:
     """One span over the text's end, covering a share of its tokens drawn uniformly from `share`,
     widened to the start of the unit it cuts."""
     keep = n_tokens - math.ceil(rng.uniform(*share) * n_tokens)
@@ -172,7 +182,15 @@ def document_span(rng: random.Random, parts: list[tuple[int, int, bool]], n_toke
     return [(first, len(parts))]
 
 
-def build(text: str, spans: list[tuple[int, int]], tokenizer, ids: dict[str, int], config: InfillConfig, rng: random.Random, where: str = "text") -> dict:
+def build(
+    text: str,
+    spans: list[tuple[int, int]],
+    tokenizer,
+    ids: dict[str, int],
+    config: InfillConfig,
+    rng: random.Random,
+    where: str = "text",
+) -> dict:
     """One pretraining sample of `text`: input_ids, labels, position_ids (inter), intra_ids and
     part_a (part A's length). `spans`: the text's entity character ranges; `ids`: special_token_ids."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -192,10 +210,14 @@ def build(text: str, spans: list[tuple[int, int]], tokenizer, ids: dict[str, int
         masked = sentence_spans(rng, sentences(tokens, parts), config.ratio, len(parts))
     else:
         masked = document_span(rng, parts, len(tokens), config.document)
-    return assemble(enc.input_ids, parts, intra, masked, ids[MASKS[kind]], ids, rng if config.order == "random" else None)
+    return assemble(
+        enc.input_ids, parts, intra, masked, ids[MASKS[kind]], ids, rng if config.order == "random" else None
+    )
 
 
-def build_all(docs, tokenizer, ids: dict[str, int], config: InfillConfig, seed: int, copies: int = 1, where: str = "corpus") -> list[dict]:
+def build_all(
+    docs, tokenizer, ids: dict[str, int], config: InfillConfig, seed: int, copies: int = 1, where: str = "corpus"
+) -> list[dict]:
     """Samples of every text of `docs` (rows of user_id, text, spans; recsysllm.corpus.documents),
     `copies` each with its own masks; each draw seeded by (seed, user, copy), so a sample does not
     depend on the other rows."""
@@ -203,11 +225,29 @@ def build_all(docs, tokenizer, ids: dict[str, int], config: InfillConfig, seed: 
     for i, (user, text, spans) in enumerate(docs.select("user_id", "text", "spans").iter_rows()):
         ranges = [(s["start"], s["end"]) for s in spans]
         for copy in range(copies):
-            rows.append(build(text, ranges, tokenizer, ids, config, random.Random(f"{seed}:{user}:{copy}"), f"{where} row {i} (user {user})"))
+            rows.append(
+                build(
+                    text,
+                    ranges,
+                    tokenizer,
+                    ids,
+                    config,
+                    random.Random(f"{seed}:{user}:{copy}"),
+                    f"{where} row {i} (user {user})",
+                )
+            )
     return rows
 
 
-def assemble(token_ids: list[int], parts: list[tuple[int, int, bool]], intra: list[int], masked: list[tuple[int, int]], mask_id: int, ids: dict[str, int], shuffle: random.Random | None = None) -> dict:
+def assemble(
+    token_ids: list[int],
+    parts: list[tuple[int, int, bool]],
+    intra: list[int],
+    masked: list[tuple[int, int]],
+    mask_id: int,
+    ids: dict[str, int],
+    shuffle: random.Random | None = None,
+) -> dict:
     """Parts A and B of a text whose units `masked` (ranges of unit indices, in text order) are
     blanked with `mask_id`; the spans come in text order, or shuffled by `shuffle`."""
     a_ids, a_intra, mask_pos = [], [], []
@@ -292,7 +332,13 @@ class IntraEmbedding(torch.nn.Module):
         return self.embedding(intra_ids.clamp(max=self.embedding.num_embeddings - 1))
 
 
-def infill_forward(model, batch: dict[str, torch.Tensor], intra: IntraEmbedding | None = None, cache=None, logits_to_keep: int | torch.Tensor = 0):
+def infill_forward(
+    model,
+    batch: dict[str, torch.Tensor],
+    intra: IntraEmbedding | None = None,
+    cache=None,
+    logits_to_keep: int | torch.Tensor = 0,
+):
     """The model's output on a collated batch: its own rotary positions take the inter positions,
     the intra embedding (None: 2D positions off) is added to the token embeddings. `cache`: a
     transformers Cache to extend (generation); logits_to_keep: the positions that need logits
@@ -303,7 +349,14 @@ def infill_forward(model, batch: dict[str, torch.Tensor], intra: IntraEmbedding 
     mask = batch["attention_mask"]
     if mask.dtype != embeds.dtype:  # blocked entries must hold this dtype's own minimum
         mask = torch.zeros_like(mask, dtype=embeds.dtype).masked_fill(mask < 0, torch.finfo(embeds.dtype).min)
-    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"], cache=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep)
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=batch["position_ids"],
+        cache=cache,
+        use_cache=cache is not None,
+        logits_to_keep=logits_to_keep,
+    )
 
 
 def entity_trie(texts, tokenizer) -> pygtrie.Trie:
@@ -334,7 +387,15 @@ def dynamic_intra(tokens: list[int], trie: pygtrie.Trie) -> list[int]:
 
 
 @torch.no_grad()
-def fill_blank(model, part_a: dict, mask_position: int, trie: pygtrie.Trie, ids: dict[str, int], intra: IntraEmbedding | None = None, max_new_tokens: int = 32) -> tuple[list[int], list[int]]:
+def fill_blank(
+    model,
+    part_a: dict,
+    mask_position: int,
+    trie: pygtrie.Trie,
+    ids: dict[str, int],
+    intra: IntraEmbedding | None = None,
+    max_new_tokens: int = 32,
+) -> tuple[list[int], list[int]]:
     """Greedy infilling of the blank at `mask_position` of part A (its input_ids and intra_ids):
     the generated tokens up to [END], and the intra id each was given (dynamic_intra, decided token
     by token as it is generated, with the model's cache)."""

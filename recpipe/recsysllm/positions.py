@@ -76,7 +76,9 @@ class EntityPositions:
             return None
         if id(tokenizer) not in self._tries:
             if not self.corpus_path.is_file():
-                raise RecpipeError(f"recsysllm.dynamic_positions: no pretraining corpus at {self.corpus_path} to take the entities from (run the pretrain stage)")
+                raise RecpipeError(
+                    f"recsysllm.dynamic_positions: no pretraining corpus at {self.corpus_path} to take the entities from (run the pretrain stage)"
+                )
             docs = read_parquet(self.corpus_path, "pretrain", columns=["text", "spans"])
             pool = [(text, [(s["start"], s["end"]) for s in spans]) for text, spans in docs.iter_rows()]
             self._tries[id(tokenizer)] = entity_trie(pool, tokenizer)

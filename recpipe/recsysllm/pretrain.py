@@ -36,24 +36,37 @@ INTRA_SIZE = 64  # intra ids past the table share its last row; entity names run
 
 
 def infill_config(r: RecsysllmParams) -> InfillConfig:
-    return InfillConfig(objectives=tuple(r.objectives.items()), ratio=r.ratio, span_mean=r.span_mean, document=tuple(r.document), whole_entities=r.whole_entities, order=r.order)
+    return InfillConfig(
+        objectives=tuple(r.objectives.items()),
+        ratio=r.ratio,
+        span_mean=r.span_mean,
+        document=tuple(r.document),
+        whole_entities=r.whole_entities,
+        order=r.order,
+    )
 
 
 def sampling(r: RecsysllmParams) -> BehaviourSampling:
     s = r.sampling
-    return BehaviourSampling(mode=s.mode, length=s.length, shares=tuple(s.shares), short_days=s.short_days, medium_days=s.medium_days)
+    return BehaviourSampling(
+        mode=s.mode, length=s.length, shares=tuple(s.shares), short_days=s.short_days, medium_days=s.medium_days
+    )
 
 
 def corpus(text_dir, held_out: pl.DataFrame, r: RecsysllmParams, seed: int) -> pl.DataFrame:
     """One text per user (recsysllm.corpus.documents) from textualize's output, with no held-out
     (user_id, item_id) event, and `split`: valid for `valid_size` users drawn with the seed."""
     text = Path(text_dir)
-    users, items, histories = (read_parquet(text / f"{name}.parquet", "textualize") for name in ("users", "items", "histories"))
+    users, items, histories = (
+        read_parquet(text / f"{name}.parquet", "textualize") for name in ("users", "items", "histories")
+    )
     docs = documents(users, items, histories, held_out, sampling(r), seed)
     if docs.height <= r.valid_size:
         raise RecpipeError(f"recsysllm.valid_size is {r.valid_size}, but {text} gives only {docs.height} users' texts")
     valid = set(random.Random(f"valid:{seed}").sample(docs["user_id"].to_list(), r.valid_size))
-    return docs.with_columns(split=pl.when(pl.col("user_id").is_in(list(valid))).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    return docs.with_columns(
+        split=pl.when(pl.col("user_id").is_in(list(valid))).then(pl.lit("valid")).otherwise(pl.lit("train"))
+    )
 
 
 def add_special_tokens(model, tokenizer, positions_2d: bool) -> list[int]:
@@ -97,14 +110,24 @@ def infill_loss(model, batch: dict[str, torch.Tensor]):
     return summed_loss(out, targets[:, columns])
 
 
-def samples(docs: pl.DataFrame, tokenizer, ids: dict[str, int], r: RecsysllmParams, seed: int, max_length: int) -> list[dict]:
+def samples(
+    docs: pl.DataFrame, tokenizer, ids: dict[str, int], r: RecsysllmParams, seed: int, max_length: int
+) -> list[dict]:
     """build_all's samples of `docs`; without 2D positions, plain positions and no intra ids."""
     rows = build_all(docs, tokenizer, ids, infill_config(r), seed, copies=r.copies)
     if not r.positions_2d:
-        rows = [{**row, "position_ids": list(range(len(row["input_ids"]))), "intra_ids": [0] * len(row["input_ids"])} for row in rows]
+        rows = [
+            {**row, "position_ids": list(range(len(row["input_ids"]))), "intra_ids": [0] * len(row["input_ids"])}
+            for row in rows
+        ]
     kept = [row for row in rows if len(row["input_ids"]) <= max_length]
     if len(kept) < len(rows):
-        log.warning("pretrain: left out %d of %d samples longer than recsysllm.train.max_length (%d tokens)", len(rows) - len(kept), len(rows), max_length)
+        log.warning(
+            "pretrain: left out %d of %d samples longer than recsysllm.train.max_length (%d tokens)",
+            len(rows) - len(kept),
+            len(rows),
+            max_length,
+        )
     return kept
 
 
@@ -115,27 +138,59 @@ def infill_task(docs: pl.DataFrame, r: RecsysllmParams, seed: int) -> TaskBuilde
         new = add_special_tokens(model, tokenizer, r.positions_2d)
         ids = special_token_ids(tokenizer)
         train_docs, valid_docs = (docs.filter(pl.col("split") == s) for s in ("train", "valid"))
-        extras = {"trainable_token_indices": trainable_rows(model, new), **({"modules_to_save": [INTRA]} if r.positions_2d else {})}
+        extras = {
+            "trainable_token_indices": trainable_rows(model, new),
+            **({"modules_to_save": [INTRA]} if r.positions_2d else {}),
+        }
         return Task(
             rows=samples(train_docs, tokenizer, ids, r, seed, r.train.max_length),
             valid=samples(valid_docs, tokenizer, ids, r, seed, r.train.max_length),
-            collate=partial(collate, pad_id=tokenizer.pad_token_id), loss=infill_loss,
-            key=(docs.to_dicts(), r.model_dump(mode="json", exclude={"datasets", "lora", "train"})), lora_extras=extras,
-        )  # fmt: skip
+            collate=partial(collate, pad_id=tokenizer.pad_token_id),
+            loss=infill_loss,
+            key=(docs.to_dicts(), r.model_dump(mode="json", exclude={"datasets", "lora", "train"})),
+            lora_extras=extras,
+        )
 
     return build
 
 
 def pretrain(
-    text_dir, held_out: pl.DataFrame, corpus_path, out_dir, metrics_path, model_p: ModelParams, r: RecsysllmParams, seed: int,
-    live_dir, checkpoints, run_path=None,
-) -> dict:  # fmt: skip
+    text_dir,
+    held_out: pl.DataFrame,
+    corpus_path,
+    out_dir,
+    metrics_path,
+    model_p: ModelParams,
+    r: RecsysllmParams,
+    seed: int,
+    live_dir,
+    checkpoints,
+    run_path=None,
+) -> dict:
     """Write the corpus (corpus_path), pretrain on it and save the adapter with the special-token
     rows and the intra embedding to out_dir; returns the metrics (train_loss, valid_loss)."""
     docs = corpus(text_dir, held_out, r, seed)
     write_parquet(docs, corpus_path)  # atomic
-    log.info("pretrain: %d texts (%d for validation), %d held-out events left out", docs.height, r.valid_size, held_out.height)
-    return train(None, None, out_dir, metrics_path, model_p, r.lora, r.train, seed, live_dir=live_dir, checkpoints=checkpoints, run_path=run_path, task=infill_task(docs, r, seed))
+    log.info(
+        "pretrain: %d texts (%d for validation), %d held-out events left out",
+        docs.height,
+        r.valid_size,
+        held_out.height,
+    )
+    return train(
+        None,
+        None,
+        out_dir,
+        metrics_path,
+        model_p,
+        r.lora,
+        r.train,
+        seed,
+        live_dir=live_dir,
+        checkpoints=checkpoints,
+        run_path=run_path,
+        task=infill_task(docs, r, seed),
+    )
 
 
 class Pretrained:
@@ -146,7 +201,9 @@ class Pretrained:
         self.folder = Path(folder)
         weights = self.folder / "adapter_model.safetensors"
         if not weights.is_file():
-            raise RecpipeError(f"{self.folder}: no pretrained adapter (run the pretrain stage first: dvc repro pretrain@<dataset>)")
+            raise RecpipeError(
+                f"{self.folder}: no pretrained adapter (run the pretrain stage first: dvc repro pretrain@<dataset>)"
+            )
         self.key = sha256_file(weights)
 
     def __call__(self, model, tokenizer):
@@ -163,6 +220,8 @@ def load_pretrained(model, tokenizer, folder, merge: bool = True):
     saved = sorted({i for rows in (config.get("trainable_token_indices") or {}).values() for i in rows})
     ids = add_special_tokens(model, tokenizer, INTRA in (config.get("modules_to_save") or []))
     if ids != saved:
-        raise RecpipeError(f"{folder}: its special tokens have ids {saved}, but this model's tokenizer gives them {ids} (pretrained on another model?)")
+        raise RecpipeError(
+            f"{folder}: its special tokens have ids {saved}, but this model's tokenizer gives them {ids} (pretrained on another model?)"
+        )
     model = PeftModel.from_pretrained(model, str(folder))
     return model.merge_and_unload() if merge else model

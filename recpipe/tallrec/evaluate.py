@@ -24,7 +24,9 @@ from recpipe.templates import load_template
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score", positions=None) -> list[float]:
+def score(
+    model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_size: int, desc: str = "score", positions=None
+) -> list[float]:
     """P(yes) = softmax over the yes/no logits at the position right after each prompt.
 
     Every prompt starts with the same instruction: its keys and values are computed once and
@@ -47,7 +49,12 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
     intra_ids = [positions.run(e)[0] for e in encoded] if intra is not None else None
     shared = max(shared_prefix_length(encoded) - 1, 0) if len(encoded) > 1 else 0  # keep >= 1 own token
     prefix_intra = torch.tensor([intra_ids[0][:shared]]) if intra is not None else None
-    prefix = PrefixCache(model, torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device), intra_ids=prefix_intra, intra=intra)
+    prefix = PrefixCache(
+        model,
+        torch.tensor([encoded[0][:shared] if shared else []], dtype=torch.long, device=device),
+        intra_ids=prefix_intra,
+        intra=intra,
+    )
     p_yes = [0.0] * len(encoded)
     pad = tokenizer.pad_token_id
     rows = [yes_id, no_id]
@@ -67,9 +74,15 @@ def score(model, tokenizer, prompts: list[str], yes_id: int, no_id: int, batch_s
         at = left_padded_positions(mask)[:, shared:]
         cache = prefix.rows(len(idx))
         pair = float32_logits(
-            model, rows, head=head, **model_inputs(model, ids.to(device), own_intra, intra), attention_mask=mask.to(device), position_ids=at.to(device),
-            cache=cache, use_cache=cache is not None,
-        )[:, -1]  # fmt: skip
+            model,
+            rows,
+            head=head,
+            **model_inputs(model, ids.to(device), own_intra, intra),
+            attention_mask=mask.to(device),
+            position_ids=at.to(device),
+            cache=cache,
+            use_cache=cache is not None,
+        )[:, -1]
         for i, p in zip(idx, torch.softmax(pair, dim=-1)[:, 0].tolist()):
             p_yes[i] = p
     return p_yes
@@ -87,13 +100,17 @@ def valid_auc(template: str, batch_size: int, positions=None) -> Validator:
     (recpipe.recsysllm.positions.EntityPositions), the intra positions to score with."""
 
     def validate(model, tokenizer, valid: pl.DataFrame) -> dict:
-        p_yes = score_frame(model, tokenizer, valid, batch_size, template, positions(model, tokenizer) if positions else None)
+        p_yes = score_frame(
+            model, tokenizer, valid, batch_size, template, positions(model, tokenizer) if positions else None
+        )
         return {"valid_auc": auc_metrics(valid["label"].cast(pl.Int64).to_list(), p_yes)["auc"]}
 
     return Validator(validate, "valid_auc")
 
 
-def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str, positions=None) -> dict:
+def evaluate(
+    samples_path, out_dir, metrics_path, roc_path, model, tokenizer, batch_size: int, template: str, positions=None
+) -> dict:
     from sklearn.metrics import roc_curve
 
     test = read_parquet(samples_path, "instructions").filter(pl.col("split") == "test")
@@ -102,7 +119,10 @@ def evaluate(samples_path, out_dir, metrics_path, roc_path, model, tokenizer, ba
     metrics = auc_metrics(labels, p_yes)
     fpr, tpr, _ = roc_curve(labels, p_yes, drop_intermediate=False)  # a point per distinct score
     with atomic_dir(out_dir) as tmp:
-        write_parquet(test.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(p_yes)), tmp / "predictions.parquet")
+        write_parquet(
+            test.select("sample_id", "user_id", "item_id", "label").with_columns(p_yes=pl.Series(p_yes)),
+            tmp / "predictions.parquet",
+        )
     with atomic_path(roc_path) as tmp:
         pl.DataFrame({"fpr": fpr, "tpr": tpr}).write_csv(tmp, float_precision=5)
     write_json(metrics, metrics_path)

@@ -20,14 +20,33 @@ from recpipe.io import read_parquet, scan_parquet, sink_parquet
 from recpipe.params import InstructionsParams
 from recpipe.templates import load_template
 
-REQUIRED = {"item": {"name"}, "input": {"liked", "disliked", "target"}, "prompt": {"instruction", "input"}, "instruction": None, "answer_yes": None, "answer_no": None}
-ALLOWED = {"item": {"name"}, "input": {"liked", "disliked", "target", "n_liked", "n_disliked", "n_history"}, "prompt": {"instruction", "input"}}
+REQUIRED = {
+    "item": {"name"},
+    "input": {"liked", "disliked", "target"},
+    "prompt": {"instruction", "input"},
+    "instruction": None,
+    "answer_yes": None,
+    "answer_no": None,
+}
+ALLOWED = {
+    "item": {"name"},
+    "input": {"liked", "disliked", "target", "n_liked", "n_disliked", "n_history"},
+    "prompt": {"instruction", "input"},
+}
 # Samples rendered at a time: their prompts are the only per-sample text held in memory.
 BATCH = 100_000
 SCHEMA = {
-    "sample_id": pl.String, "split": pl.String, "user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64,
-    "rating": pl.Float64, "label": pl.Int8, "history_item_ids": pl.List(pl.Int64), "prompt": pl.String, "answer": pl.String,
-}  # fmt: skip
+    "sample_id": pl.String,
+    "split": pl.String,
+    "user_id": pl.Int64,
+    "item_id": pl.Int64,
+    "timestamp": pl.Int64,
+    "rating": pl.Float64,
+    "label": pl.Int8,
+    "history_item_ids": pl.List(pl.Int64),
+    "prompt": pl.String,
+    "answer": pl.String,
+}
 _LISTS = ["item_id", "rating", "timestamp", "row"]
 
 
@@ -45,9 +64,10 @@ def long_histories(hist: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
 
 def sample_positions(long: pl.LazyFrame, history_len: int, like_threshold: float) -> pl.LazyFrame:
     """Every interaction with at least `history_len` earlier ones, as its row in `long` (no lists)."""
-    return (
-        long.filter(pl.col("pos") >= history_len, pl.col("rating").is_not_null())  # an implicit (unrated) event is history, never a target
-        .with_columns(label=(pl.col("rating") > like_threshold).cast(pl.Int8))
+    return long.filter(
+        pl.col("pos") >= history_len, pl.col("rating").is_not_null()
+    ).with_columns(  # an implicit (unrated) event is history, never a target
+        label=(pl.col("rating") > like_threshold).cast(pl.Int8)
     )
 
 
@@ -82,7 +102,9 @@ def _prompt_pieces(tpl: dict) -> list[str | tuple[str]]:
     return [p for p in pieces if p != ""]
 
 
-def render_batch(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, history_len: int, like_threshold: float) -> pl.DataFrame:
+def render_batch(
+    samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, history_len: int, like_threshold: float
+) -> pl.DataFrame:
     """The output rows of some samples: their history lists and prompts, built column-wise.
     `long` holds item_id, code (the item's row in `quoted`) and rating per row of the long table;
     `quoted` is each item's name as the template quotes it."""
@@ -101,19 +123,38 @@ def render_batch(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, t
     def as_list(names: pl.Expr) -> pl.Expr:
         return pl.when(names.list.len() == 0).then(pl.lit(empty)).otherwise(names.list.join(sep))
 
-    parts = pl.DataFrame(cols).with_columns(target=quoted.gather(samples["code"])).select(
-        history_item_ids=pl.concat_list([pl.col(f"i{k}") for k in ks]),
-        liked=as_list(liked), disliked=as_list(disliked), target="target",
-        n_liked=liked.list.len().cast(pl.String), n_disliked=disliked.list.len().cast(pl.String), n_history=pl.lit(str(history_len)),
-    )  # fmt: skip
+    parts = (
+        pl.DataFrame(cols)
+        .with_columns(target=quoted.gather(samples["code"]))
+        .select(
+            history_item_ids=pl.concat_list([pl.col(f"i{k}") for k in ks]),
+            liked=as_list(liked),
+            disliked=as_list(disliked),
+            target="target",
+            n_liked=liked.list.len().cast(pl.String),
+            n_disliked=disliked.list.len().cast(pl.String),
+            n_history=pl.lit(str(history_len)),
+        )
+    )
     pieces = _prompt_pieces(tpl)
-    prompt = parts.select(pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])).to_series()
+    prompt = parts.select(
+        pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])
+    ).to_series()
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
-    return samples.with_columns(history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers).select(
+    return samples.with_columns(
+        history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers
+    ).select(
         sample_id=pl.format("{}-{}", "user_id", "item_id"),
-        split="split", user_id="user_id", item_id="item_id", timestamp="timestamp",
-        rating="rating", label="label", history_item_ids="history_item_ids", prompt="prompt", answer="answer",
-    )  # fmt: skip
+        split="split",
+        user_id="user_id",
+        item_id="item_id",
+        timestamp="timestamp",
+        rating="rating",
+        label="label",
+        history_item_ids="history_item_ids",
+        prompt="prompt",
+        answer="answer",
+    )
 
 
 def _item_names(items: pl.DataFrame, tpl: dict) -> tuple[pl.DataFrame, pl.Series]:
@@ -122,7 +163,9 @@ def _item_names(items: pl.DataFrame, tpl: dict) -> tuple[pl.DataFrame, pl.Series
     return items.select("item_id").with_row_index("code"), quoted
 
 
-def plan(hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: InstructionsParams) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, dict]:
+def plan(
+    hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: InstructionsParams
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, dict]:
     """Choose and split the samples: the split samples (a row of `long` each, ordered), the long
     table's columns the prompts need, the quoted item names, and the template."""
     tpl = load_template(params.template, REQUIRED, ALLOWED)
@@ -130,7 +173,9 @@ def plan(hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: Instruc
     long = long_histories(hist).join(codes.lazy(), on="item_id", how="left", maintain_order="left").collect()
     unnamed = long.filter(pl.col("code").is_null())
     if unnamed.height:
-        raise RecpipeError(f"instructions: {unnamed['item_id'].n_unique()} items in the histories have no name, e.g. {unnamed['item_id'].unique().sort().head(3).to_list()}")
+        raise RecpipeError(
+            f"instructions: {unnamed['item_id'].n_unique()} items in the histories have no name, e.g. {unnamed['item_id'].unique().sort().head(3).to_list()}"
+        )
     positions = sample_positions(long.lazy(), params.history_len, params.like_threshold).select(
         "idx", "code", "user_id", "item_id", "timestamp", "row", "rating", "label", "pos", "file_order"
     )
@@ -138,14 +183,25 @@ def plan(hist: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, params: Instruc
     return samples, long.select("item_id", "code", "rating"), quoted, tpl
 
 
-def batches(samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, params: InstructionsParams, size: int = BATCH) -> Iterator[pl.DataFrame]:
+def batches(
+    samples: pl.DataFrame,
+    long: pl.DataFrame,
+    quoted: pl.Series,
+    tpl: dict,
+    params: InstructionsParams,
+    size: int = BATCH,
+) -> Iterator[pl.DataFrame]:
     for start in range(0, samples.height, size):
         yield render_batch(samples.slice(start, size), long, quoted, tpl, params.history_len, params.like_threshold)
 
 
 def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
     samples, long, quoted, tpl = plan(hist, items, params)
-    return pl.concat([*batches(samples, long, quoted, tpl, params)], how="vertical") if samples.height else pl.DataFrame(schema=SCHEMA)
+    return (
+        pl.concat([*batches(samples, long, quoted, tpl, params)], how="vertical")
+        if samples.height
+        else pl.DataFrame(schema=SCHEMA)
+    )
 
 
 def same_answers(trained: str, scored: str) -> None:
@@ -163,7 +219,11 @@ def write_instructions(text_dir: str | Path, out_path: str | Path, params: Instr
     """Build the samples from textualize's histories and item names and stream them to out_path;
     returns how many were written."""
     text = Path(text_dir)
-    samples, long, quoted, tpl = plan(scan_parquet(text / "histories.parquet", "textualize"), read_parquet(text / "items.parquet", "textualize"), params)
+    samples, long, quoted, tpl = plan(
+        scan_parquet(text / "histories.parquet", "textualize"),
+        read_parquet(text / "items.parquet", "textualize"),
+        params,
+    )
     sink_parquet(lambda: batches(samples, long, quoted, tpl, params), SCHEMA, out_path)
     counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
     for split_name, n, pos in counts.iter_rows():

@@ -81,16 +81,31 @@ def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p: Params) -
     histories = _read(samples_path, "instructions").select("sample_id", "history_item_ids")
     tuned = tuned.join(histories, on="sample_id", how="left", maintain_order="left")  # each prediction's own history
     dataset, instructions = p.scored()  # cross-domain: the other dataset's ratings and threshold
-    prior = history_prior(tuned, _read(tables_dir / "interactions.parquet", f"ingest@{dataset}"), instructions.like_threshold)
+    prior = history_prior(
+        tuned, _read(tables_dir / "interactions.parquet", f"ingest@{dataset}"), instructions.like_threshold
+    )
     labels = tuned["label"].cast(pl.Int64).to_list()
     named = {"tuned": tuned["p_yes"].to_list(), "base": base["p_yes"].to_list(), "history_prior": prior}
     return paired_bootstrap_auc(labels, named, [("tuned", "history_prior"), ("tuned", "base")], seed=p.seed)
 
 
 def _interval_rows(iv: dict) -> list[list[str]]:
-    rows = [[name, f"{iv[key]['auc']:.4f}", f"{iv[key]['ci'][0]:.4f} – {iv[key]['ci'][1]:.4f}", ""] for key, name in (("base", "base model"), ("history_prior", "history prior"), ("tuned", "LoRA-tuned"))]
-    for key, name in (("tuned_vs_history_prior", "LoRA-tuned − history prior"), ("tuned_vs_base", "LoRA-tuned − base model")):
-        rows.append([name, f"{iv[key]['difference']:+.4f}", f"{iv[key]['ci'][0]:+.4f} – {iv[key]['ci'][1]:+.4f}", f"{iv[key]['p']:.4f}"])
+    rows = [
+        [name, f"{iv[key]['auc']:.4f}", f"{iv[key]['ci'][0]:.4f} – {iv[key]['ci'][1]:.4f}", ""]
+        for key, name in (("base", "base model"), ("history_prior", "history prior"), ("tuned", "LoRA-tuned"))
+    ]
+    for key, name in (
+        ("tuned_vs_history_prior", "LoRA-tuned − history prior"),
+        ("tuned_vs_base", "LoRA-tuned − base model"),
+    ):
+        rows.append(
+            [
+                name,
+                f"{iv[key]['difference']:+.4f}",
+                f"{iv[key]['ci'][0]:+.4f} – {iv[key]['ci'][1]:+.4f}",
+                f"{iv[key]['p']:.4f}",
+            ]
+        )
     return rows
 
 
@@ -103,7 +118,10 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
         paper.append([f"**{k}** (this run)" if mine else str(k), *(f"{a:.2f}" for a in aucs), here])
     scored_on, instructions = p.scored()
-    cross = [f"Cross-domain: trained on {p.dataset}, scored on the test split of {scored_on} (the paper's table below is in-domain).", ""]
+    cross = [
+        f"Cross-domain: trained on {p.dataset}, scored on the test split of {scored_on} (the paper's table below is in-domain).",
+        "",
+    ]
     lines = [
         f"# recpipe report: TALLRec on {p.dataset}, K = {p.sample.k}, seed {p.seed}",
         "",
@@ -132,7 +150,9 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         *table(["K", *reference["methods"], "recpipe (this run)"], paper),
     ]
     if p.sample.k not in reference["auc_by_k"]:
-        lines.append(f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}.")
+        lines.append(
+            f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}."
+        )
     params = {
         "model.name": f"`{p.model.name}`",
         "instructions": f"template {p.instructions.template}, history {p.instructions.history_len}, liked if rating > {p.instructions.like_threshold:g}, split {p.instructions.split}",
@@ -141,17 +161,31 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         "train": ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()),
     }
     if p.evaluate.dataset is not None:
-        params["evaluate"] = f"dataset {scored_on}, instructions: template {instructions.template}, history {instructions.history_len}, liked if rating > {instructions.like_threshold:g}, split {instructions.split}"
+        params["evaluate"] = (
+            f"dataset {scored_on}, instructions: template {instructions.template}, history {instructions.history_len}, liked if rating > {instructions.like_threshold:g}, split {instructions.split}"
+        )
     lines += ["", *params_section(params)]
     return "\n".join(lines)
 
 
-def report(reports_dir: str | Path, live_dir: str | Path, out_path: str | Path, p: Params, eval_dir: str | Path, samples_path: str | Path, tables_dir: str | Path, reference: str = "tallrec") -> str:
+def report(
+    reports_dir: str | Path,
+    live_dir: str | Path,
+    out_path: str | Path,
+    p: Params,
+    eval_dir: str | Path,
+    samples_path: str | Path,
+    tables_dir: str | Path,
+    reference: str = "tallrec",
+) -> str:
     reports, live, out = Path(reports_dir), Path(live_dir), Path(out_path)
     base = _read(reports / "base.json", "evaluate_base")
     tuned = _read(reports / "tuned.json", "evaluate")
     trained = _read(reports / "train.json", "train") | _read(reports / "train_run.json", "train")
-    curves = {"base model": _read(reports / "roc_base.csv", "evaluate_base"), "LoRA-tuned": _read(reports / "roc_tuned.csv", "evaluate")}
+    curves = {
+        "base model": _read(reports / "roc_base.csv", "evaluate_base"),
+        "LoRA-tuned": _read(reports / "roc_tuned.csv", "evaluate"),
+    }
     loss = _read(live / "plots" / "metrics" / "loss.tsv", "train")
     lr = _read(live / "plots" / "metrics" / "learning_rate.tsv", "train")
     ref = read_mapping(REFERENCES / f"{reference}.yaml")

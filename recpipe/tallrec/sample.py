@@ -30,4 +30,9 @@ def sample(samples_path: str | Path, out_dir: str | Path, params: SampleParams, 
     with atomic_dir(out_dir) as tmp:
         write_parquet(train, tmp / "train.parquet")
         write_parquet(valid, tmp / "valid.parquet")
-    log.info("sample: %d training shots (%.0f%% positive), %d validation", train.height, 100 * train["label"].mean(), valid.height)
+    log.info(
+        "sample: %d training shots (%.0f%% positive), %d validation",
+        train.height,
+        100 * train["label"].mean(),
+        valid.height,
+    )

@@ -40,7 +40,11 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
     for rec in recs:
         params = rec["params"]
         rest = {k: v for k, v in params.items() if k not in SWEPT}
-        if rest.keys() != fixed.keys() or not all(same_value(rest[k], fixed[k]) for k in fixed) or any(k not in params for k in SWEPT):
+        if (
+            rest.keys() != fixed.keys()
+            or not all(same_value(rest[k], fixed[k]) for k in fixed)
+            or any(k not in params for k in SWEPT)
+        ):
             other.append(rec["name"])
             continue
         auc = get_path(rec["metrics"], AUC)
@@ -51,15 +55,21 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
         runs.setdefault(key, []).append({**rec, "auc": float(auc), "prior": get_path(rec["metrics"], PRIOR)})
     sweep = Sweep()
     if other:
-        sweep.notes.append(f"{len(other)} experiment(s) with other params than the reference's (beyond {', '.join(SWEPT)}) left out: {', '.join(sorted(other))}")
+        sweep.notes.append(
+            f"{len(other)} experiment(s) with other params than the reference's (beyond {', '.join(SWEPT)}) left out: {', '.join(sorted(other))}"
+        )
     if unfinished:
-        sweep.notes.append(f"{len(unfinished)} experiment(s) without a test AUC ({AUC[0]}) left out: {', '.join(sorted(unfinished))}")
+        sweep.notes.append(
+            f"{len(unfinished)} experiment(s) without a test AUC ({AUC[0]}) left out: {', '.join(sorted(unfinished))}"
+        )
     priors: dict[str, list[float]] = {}
     for (split, k, seed), dups in sorted(runs.items()):
         newest = max(dups, key=lambda r: r["timestamp"] or "")
         if len({r["auc"] for r in dups}) > 1:
             seen = ", ".join(f"{r['name']} {r['auc']:.4f}" for r in dups)
-            sweep.notes.append(f"split {split}, K {k}, seed {seed}: {len(dups)} runs with different AUCs ({seen}); the newest, {newest['name']}, counts")
+            sweep.notes.append(
+                f"split {split}, K {k}, seed {seed}: {len(dups)} runs with different AUCs ({seen}); the newest, {newest['name']}, counts"
+            )
         cell = sweep.table.setdefault(split, {}).setdefault(k, {"seeds": [], "aucs": []})
         cell["seeds"].append(seed)
         cell["aucs"].append(newest["auc"])
@@ -73,7 +83,9 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
         # The prior reads the test split only, which the swept K and seed do not change.
         sweep.prior[split] = round(statistics.fmean(values), 5)
         if max(values) - min(values) > 1e-9:
-            sweep.notes.append(f"split {split}: the history prior's AUC differs between experiments ({min(values):.4f} to {max(values):.4f}); the mean is shown")
+            sweep.notes.append(
+                f"split {split}: the history prior's AUC differs between experiments ({min(values):.4f} to {max(values):.4f}); the mean is shown"
+            )
     return sweep
 
 
@@ -90,7 +102,16 @@ def render(sweep: Sweep, reference: dict) -> str:
         for k, cell in sorted(cells.items()):
             sd = f" ± {cell['sd']:.4f}" if cell["sd"] is not None else ""
             prior = sweep.prior.get(split)
-            rows.append([split, str(k), str(len(cell["seeds"])), f"{cell['mean']:.4f}{sd}", f"{paper[k]:.4f}" if k in paper else "n/a", f"{prior:.4f}" if prior is not None else "n/a"])
+            rows.append(
+                [
+                    split,
+                    str(k),
+                    str(len(cell["seeds"])),
+                    f"{cell['mean']:.4f}{sd}",
+                    f"{paper[k]:.4f}" if k in paper else "n/a",
+                    f"{prior:.4f}" if prior is not None else "n/a",
+                ]
+            )
     lines = [
         "# TALLRec sweep: test AUC against K",
         "",
@@ -120,11 +141,24 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
         ks = sorted(cells)
         for k in ks:
             ax.scatter([k] * len(cells[k]["aucs"]), cells[k]["aucs"], color=colors[split], alpha=0.5, s=14)
-        ax.plot(ks, [cells[k]["mean"] for k in ks], color=colors[split], marker="o", label=f"recpipe, {split} split (mean; dots: seeds)")
+        ax.plot(
+            ks,
+            [cells[k]["mean"] for k in ks],
+            color=colors[split],
+            marker="o",
+            label=f"recpipe, {split} split (mean; dots: seeds)",
+        )
         if split in sweep.prior:
             ax.axhline(sweep.prior[split], color=colors[split], linestyle=":", label=f"history prior, {split} split")
     paper = paper_line(reference)
-    ax.plot(sorted(paper), [paper[k] for k in sorted(paper)], color="black", linestyle="--", marker="s", label=f"paper: {reference['methods'][-1]}")
+    ax.plot(
+        sorted(paper),
+        [paper[k] for k in sorted(paper)],
+        color="black",
+        linestyle="--",
+        marker="s",
+        label=f"paper: {reference['methods'][-1]}",
+    )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("K (training shots)")
     ax.set_ylabel("test AUC")
@@ -136,7 +170,12 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
 
 def runs(table: dict) -> set[tuple[str, ...]]:
     """The runs a sweep table (tallrec_sweep.json's content) holds: one per split, K and seed."""
-    return {(f"split {split}", f"K {k}", f"seed {seed}") for split, cells in table.items() for k, cell in cells.items() for seed in cell["seeds"]}
+    return {
+        (f"split {split}", f"K {k}", f"seed {seed}")
+        for split, cells in table.items()
+        for k, cell in cells.items()
+        for seed in cell["seeds"]
+    }
 
 
 def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "tallrec", force: bool = False) -> Sweep:
@@ -146,7 +185,10 @@ def write_sweep(exp: list, params: dict, out_dir: str | Path, reference: str = "
     out = Path(out_dir)
     sweep = aggregate(records(exp), params)
     if not sweep.table:
-        raise RecpipeError("no finished experiment matches the reference params: " + ("; ".join(sweep.notes) or "dvc exp show lists none"))
+        raise RecpipeError(
+            "no finished experiment matches the reference params: "
+            + ("; ".join(sweep.notes) or "dvc exp show lists none")
+        )
     keep_runs(out / "tallrec_sweep.json", runs, sweep.table, force)
     ref = read_mapping(REFERENCES / f"{reference}.yaml")
     write_json(sweep.table, out / "tallrec_sweep.json")
