@@ -85,3 +85,14 @@ def test_lock_files_satisfy_pyproject():
             assert req.specifier.contains(Version(pinned[name]), prereleases=True), (
                 f"requirements/{lock}: {req.name}=={pinned[name]} is outside {spec!r}"
             )
+
+
+def test_lock_holds_only_stages_that_exist():
+    """dvc.lock keeps an entry after its stage is renamed or removed from dvc.yaml: every entry must
+    name a stage of dvc.yaml as DVC expands it with the committed params."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stages = {stage.addressing for stage in repo.index.stages}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert locked <= stages, f"dvc.lock has entries of stages that no longer exist: {sorted(locked - stages)}"
