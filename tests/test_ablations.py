@@ -10,6 +10,7 @@ from recpipe import RecpipeError
 from recpipe.ablations import FULL, aggregate, classify, render, write_ablations
 from recpipe.cli import app
 from recpipe.experiments import flatten, read_exp_shows, records
+from test_sweep import write_params
 
 FULL_PARAMS = {
     "seed": 0,
@@ -30,16 +31,6 @@ FULL_PARAMS = {
         "dynamic_positions": True,
     },
 }
-
-
-def write_params(folder, data):
-    """params.yaml as `data`, and a datasets.yaml that knows ml-100k: the params are checked as a stage reads them."""
-    (folder / "datasets.yaml").write_text(
-        "ml-100k: {sources: [{name: x, url: x.zip, format: atomic, members: {interactions: x}}]}\n"
-    )
-    params = folder / "params.yaml"
-    params.write_text(json.dumps(data))
-    return params
 
 
 def run(name, seed, score, timestamp="2026-01-01T00:00:00", finished=True, **changes):
