@@ -31,7 +31,7 @@ HISTORY, POOL, THRESHOLD = 10, 10_000, 3
 RECPIPE_STAGES = {
     "ingest": """
 from recpipe.data.ingest import ingest
-from recpipe.params import DatasetParams
+from recpipe.params.registry import DatasetParams
 ingest(W / "raw", W / "tables", DatasetParams.model_construct(rating_min=1, rating_max=5, k_core=None, implicit="drop"))
 """,
     "textualize": """
@@ -39,7 +39,7 @@ from recpipe.data.textualize import textualize
 textualize(W / "tables", W / "text", template="ml-100k", move_article=True)
 """,
     "instructions": f"""
-from recpipe.params import InstructionsParams
+from recpipe.params.instructions import InstructionsParams
 from recpipe.tallrec.instructions import write_instructions
 write_instructions(W / "text", W / "samples.parquet", InstructionsParams(split="paper", pool_size={POOL}, history_len={HISTORY}, like_threshold={THRESHOLD}))
 """,

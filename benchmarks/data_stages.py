@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import polars as pl
 
-from recpipe import params
 from recpipe.data.textualize import article_first, textualize
+from recpipe.params import schema as params
 from recpipe.tallrec.instructions import REQUIRED, instructions
 from recpipe.templates import load_template, placeholders, render
 

@@ -21,10 +21,10 @@ import time
 
 import polars as pl
 
-from recpipe import params
 from recpipe.metrics import hit_and_ndcg
 from recpipe.model.decoding import ItemTrie, constrained_topk, likelihood_ranking
 from recpipe.model.load import load, pick_dtype
+from recpipe.params import schema as params
 from recpipe.templates import LIST_SEPARATOR
 
 TEXT = "data/text/ml-100k"

@@ -27,9 +27,9 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from _hardware import hardware_line, linear_params, matmul_flops
-from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import answer_token_ids, load
+from recpipe.params import schema as params
 from recpipe.tallrec.evaluate import score
 from recpipe.templates import load_template
 

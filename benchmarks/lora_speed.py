@@ -21,10 +21,10 @@ import time
 import torch
 
 from _hardware import hardware_line, linear_params, matmul_flops
-from recpipe import params
 from recpipe.model.load import load, pick_dtype
 from recpipe.model.train import IGNORE, add_lora, answer_loss
-from recpipe.params import LoraParams
+from recpipe.params import schema as params
+from recpipe.params.train import LoraParams
 
 
 def seconds_per_step(model, lora: LoraParams, batch: dict, dtype: torch.dtype, steps: int) -> float:

@@ -23,10 +23,10 @@ import torch
 
 from _hardware import hardware_line, linear_params, matmul_flops
 from _steps import time_steps, training_step
-from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import load
 from recpipe.model.train import PadCollator, add_lora, answer_loss, encode
+from recpipe.params import schema as params
 
 KINDS = {  # operation name fragments -> kind, first match wins
     "attention": ("attention", "bmm", "softmax"),

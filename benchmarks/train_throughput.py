@@ -32,7 +32,6 @@ import polars as pl
 import torch
 
 from _hardware import hardware_line, linear_params, matmul_flops
-from recpipe import params
 from recpipe.model.attention import pick_attention
 from recpipe.model.load import load, pick_dtype
 from recpipe.model.train import (
@@ -42,6 +41,7 @@ from recpipe.model.train import (
     answer_loss_trainer,
     encode,
 )
+from recpipe.params import schema as params
 
 
 class FixedPadCollator(PadCollator):

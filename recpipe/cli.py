@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 import polars as pl
 import typer
 
-from recpipe import RecpipeError, __version__, pipeline, setup_logging
+import recpipe.steps.baselines
+import recpipe.steps.download
+import recpipe.steps.evaluate
+import recpipe.steps.evaluate_base
+import recpipe.steps.families
+import recpipe.steps.ingest
+import recpipe.steps.instructions
+import recpipe.steps.p5_evaluate
+import recpipe.steps.p5_report
+import recpipe.steps.p5_sample
+import recpipe.steps.p5_train
+import recpipe.steps.pretrain
+import recpipe.steps.report
+import recpipe.steps.sample
+import recpipe.steps.textualize
+import recpipe.steps.train
+from recpipe import RecpipeError, __version__, experiments, setup_logging
+from recpipe.io import read_parquet
+from recpipe.params import schema
+from recpipe.params.core import dataset_name
+from recpipe.steps.paths import SAMPLES, TABLES
+
+# Every step, in the order `recpipe run` runs them (dvc.yaml's).
+STEPS = {
+    step.__name__.rpartition(".")[2]: step
+    for step in (
+        recpipe.steps.download,
+        recpipe.steps.ingest,
+        recpipe.steps.textualize,
+        recpipe.steps.instructions,
+        recpipe.steps.sample,
+        recpipe.steps.pretrain,
+        recpipe.steps.train,
+        recpipe.steps.evaluate_base,
+        recpipe.steps.evaluate,
+        recpipe.steps.report,
+        recpipe.steps.families,
+        recpipe.steps.p5_sample,
+        recpipe.steps.p5_train,
+        recpipe.steps.p5_evaluate,
+        recpipe.steps.baselines,
+        recpipe.steps.p5_report,
+    )
+}
 
 app = typer.Typer(
     help="Cached, versioned pipelines for LLM-based recommenders. Each step reads params.yaml and writes under data/.",
@@ -46,10 +90,10 @@ def _load(params_path: Path, dataset: str | None):
     """The params, and the `--dataset` given checked against their datasets."""
     if dataset is not None:
         try:
-            pipeline.dataset_name(dataset)
+            dataset_name(dataset)
         except ValueError as e:
             raise RecpipeError(f"--dataset: {e}") from None
-    p = pipeline.load_params(params_path)
+    p = schema.load(params_path)
     if dataset is not None and dataset not in p.datasets:
         raise RecpipeError(f"--dataset {dataset!r}: not among the datasets in {params_path}: {list(p.datasets)}")
     return p
@@ -66,18 +110,13 @@ def _run(steps: list[str], params_path: Path, dataset: str | None = None, need_p
                 f"`dvc exp run -S 'p5.datasets=[{p.dataset}]'` (or set p5.datasets in {params_path}), "
                 f"or run one dataset with `recpipe p5 --dataset {p.dataset}`"
             )
-        for step in steps:
-            if step in pipeline.PER_DATASET:
-                for name in [dataset] if dataset else p.datasets:
-                    pipeline.STEPS[step](p, name)
-            elif step in pipeline.PER_P5_DATASET:
-                for name in [dataset] if dataset else p.p5.datasets:
-                    pipeline.STEPS[step](p, name)
-            elif step in pipeline.PER_RECSYSLLM_DATASET:
-                for name in [dataset] if dataset else p.recsysllm.datasets:
-                    pipeline.STEPS[step](p, name)
+        # Each step takes the whole params: they hold every section its own StepParams reads.
+        for step in map(STEPS.get, steps):
+            if step.FOR_EACH is None:
+                step.run(p)
             else:
-                pipeline.STEPS[step](p)
+                for name in [dataset] if dataset else attrgetter(step.FOR_EACH)(p):
+                    step.run(p, name)
     except RecpipeError as e:
         raise _fail(e) from None
 
@@ -149,7 +188,7 @@ def p5(
 def run(params_path: Path = PARAMS) -> None:
     """Run every step in order, without DVC's caching (use `dvc repro` for that); the P5 steps
     for each dataset in p5.datasets, the pretraining for each in recsysllm.datasets."""
-    _run(list(pipeline.STEPS), params_path)
+    _run(list(STEPS), params_path)
 
 
 SWEEP_SET = typer.Option(
@@ -183,7 +222,11 @@ def sweep(
     file's (with --set) count. A report holding runs the new one lacks is kept, unless --force."""
     setup_logging()
     try:
-        pipeline.sweep(params_path, settings, sources, out, force)
+        from recpipe.tallrec.sweep import write_sweep
+
+        reference = experiments.reference_params(params_path, settings)
+        exp = experiments.read_exp_shows(sources) if sources else experiments.exp_show()
+        write_sweep(exp, reference, out, force=force)
     except RecpipeError as e:
         raise _fail(e) from None
 
@@ -214,7 +257,11 @@ def ablations(
     A report holding runs the new one lacks is kept, unless --force."""
     setup_logging()
     try:
-        pipeline.ablations(params_path, settings, sources, out, force)
+        from recpipe.ablations import write_ablations
+
+        reference = experiments.reference_params(params_path, settings)
+        exp = experiments.read_exp_shows(sources) if sources else experiments.exp_show()
+        write_ablations(exp, reference, out, force=force)
     except RecpipeError as e:
         raise _fail(e) from None
 
@@ -222,7 +269,7 @@ def ablations(
 @app.command("params")
 def params_command() -> None:
     """Print every key of params.yaml and datasets.yaml: dotted name, type, default and description."""
-    typer.echo(pipeline.params_reference())
+    typer.echo(schema.reference_markdown())
 
 
 @app.command()
@@ -234,15 +281,11 @@ def stats(
     try:
         p = _load(params_path, dataset)
         name = dataset or p.dataset
-        tables = Path(pipeline.TABLES) / name
+        tables = Path(TABLES) / name
         if not (tables / "interactions.parquet").exists():
             raise RecpipeError(f"{tables} has no tables yet: run `recpipe ingest` or `dvc repro ingest@{name}`")
-        inter = pipeline.read_parquet(tables / "interactions.parquet", "ingest")
-        s = (
-            pipeline.read_parquet(pipeline.SAMPLES, "instructions")
-            if Path(pipeline.SAMPLES).exists() and name == p.dataset
-            else None
-        )
+        inter = read_parquet(tables / "interactions.parquet", "ingest")
+        s = read_parquet(SAMPLES, "instructions") if Path(SAMPLES).exists() and name == p.dataset else None
     except RecpipeError as e:
         raise _fail(e) from None
     per_user = inter.group_by("user_id").len()["len"]

@@ -126,7 +126,8 @@ def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
     file and the overrides are checked as the stages would read them (with datasets.yaml)."""
     import yaml
 
-    from recpipe import params
+    from recpipe.params import schema as params
+    from recpipe.params.core import REGISTRY
 
     data = read_mapping(params_path)
     keys = flatten(data)
@@ -149,7 +150,7 @@ def reference_params(params_path: str | Path, overrides: list[str]) -> dict:
             node = node[part]
         node[leaf] = value
     if overrides:  # a value of the wrong type: one line naming --set and the key
-        params.parse({**data, params.REGISTRY: registry}, where="--set")
+        params.parse({**data, REGISTRY: registry}, where="--set")
     return flatten(data)
 
 

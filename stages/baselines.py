@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): popularity and SASRec on the same leave-one-out split."""
+"""dvc stage: baselines (recpipe/steps/baselines.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import baselines, stage
 
 if __name__ == "__main__":
-    pipeline.main("baselines")
+    stage.main(baselines)

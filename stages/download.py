@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset): fetch its raw files into data/raw/<dataset>."""
+"""dvc stage: download (recpipe/steps/download.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import download, stage
 
 if __name__ == "__main__":
-    pipeline.main("download")
+    stage.main(download)

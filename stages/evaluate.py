@@ -1,6 +1,6 @@
-"""dvc stage: evaluate (see recpipe/pipeline.py for its paths)."""
+"""dvc stage: evaluate (recpipe/steps/evaluate.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import evaluate, stage
 
 if __name__ == "__main__":
-    pipeline.main("evaluate")
+    stage.main(evaluate)

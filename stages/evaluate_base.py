@@ -1,6 +1,6 @@
-"""dvc stage: evaluate_base (see recpipe/pipeline.py for its paths)."""
+"""dvc stage: evaluate_base (recpipe/steps/evaluate_base.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import evaluate_base, stage
 
 if __name__ == "__main__":
-    pipeline.main("evaluate_base")
+    stage.main(evaluate_base)

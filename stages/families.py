@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): every P5 family's samples and the item names, into data/p5/<dataset>/families."""
+"""dvc stage: families (recpipe/steps/families.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import families, stage
 
 if __name__ == "__main__":
-    pipeline.main("families")
+    stage.main(families)

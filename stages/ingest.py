@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset): raw files -> validated canonical parquet tables in data/tables/<dataset>."""
+"""dvc stage: ingest (recpipe/steps/ingest.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import ingest, stage
 
 if __name__ == "__main__":
-    pipeline.main("ingest")
+    stage.main(ingest)

@@ -1,6 +1,6 @@
-"""dvc stage: histories -> TALLRec Yes/No samples with a leak-free split."""
+"""dvc stage: instructions (recpipe/steps/instructions.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import instructions, stage
 
 if __name__ == "__main__":
-    pipeline.main("instructions")
+    stage.main(instructions)

@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): score every family's test cases, seen and unseen templates apart."""
+"""dvc stage: p5_evaluate (recpipe/steps/p5_evaluate.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import p5_evaluate, stage
 
 if __name__ == "__main__":
-    pipeline.main("p5_evaluate")
+    stage.main(p5_evaluate)

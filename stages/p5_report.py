@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): the P5 report, laid out like RecSysLLM's tables."""
+"""dvc stage: p5_report (recpipe/steps/p5_report.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import p5_report, stage
 
 if __name__ == "__main__":
-    pipeline.main("p5_report")
+    stage.main(p5_report)

@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): the P5 training mixture, validation set and test cases, into data/p5/<dataset>/shots."""
+"""dvc stage: p5_sample (recpipe/steps/p5_sample.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import p5_sample, stage
 
 if __name__ == "__main__":
-    pipeline.main("p5_sample")
+    stage.main(p5_sample)

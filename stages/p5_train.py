@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in p5.datasets): LoRA-tune one model on the P5 mixture, into data/p5/<dataset>/adapter."""
+"""dvc stage: p5_train (recpipe/steps/p5_train.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import p5_train, stage
 
 if __name__ == "__main__":
-    pipeline.main("p5_train")
+    stage.main(p5_train)

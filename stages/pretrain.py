@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset in recsysllm.datasets): RecSysLLM's masked pretraining, into data/recsysllm/<dataset>/pretrained."""
+"""dvc stage: pretrain (recpipe/steps/pretrain.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import pretrain, stage
 
 if __name__ == "__main__":
-    pipeline.main("pretrain")
+    stage.main(pretrain)

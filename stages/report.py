@@ -1,6 +1,6 @@
-"""dvc stage: report (see recpipe/pipeline.py for its paths)."""
+"""dvc stage: report (recpipe/steps/report.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import report, stage
 
 if __name__ == "__main__":
-    pipeline.main("report")
+    stage.main(report)

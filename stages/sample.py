@@ -1,6 +1,6 @@
-"""dvc stage: K-shot training set and validation set in data/sample."""
+"""dvc stage: sample (recpipe/steps/sample.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import sample, stage
 
 if __name__ == "__main__":
-    pipeline.main("sample")
+    stage.main(sample)

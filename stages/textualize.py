@@ -1,6 +1,6 @@
-"""dvc stage (once per dataset): tables -> item, user and history text with entity spans in data/text/<dataset>."""
+"""dvc stage: textualize (recpipe/steps/textualize.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import stage, textualize
 
 if __name__ == "__main__":
-    pipeline.main("textualize")
+    stage.main(textualize)

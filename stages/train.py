@@ -1,6 +1,6 @@
-"""dvc stage: train (see recpipe/pipeline.py for its paths)."""
+"""dvc stage: train (recpipe/steps/train.py)."""
 
-from recpipe import pipeline
+from recpipe.steps import stage, train
 
 if __name__ == "__main__":
-    pipeline.main("train")
+    stage.main(train)

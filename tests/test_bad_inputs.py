@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, pipeline
+from recpipe import RecpipeError, cli
 from recpipe.cli import app
-from recpipe.params import InstructionsParams
+from recpipe.params.instructions import InstructionsParams
 from test_text_instructions_sample import run_data_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,11 @@ def test_ingest_before_download_names_the_stage_that_writes_its_input(copy, monk
 @pytest.fixture
 def nothing_runs(monkeypatch):
     ran = []
-    monkeypatch.setattr(pipeline, "STEPS", {name: (lambda *a, name=name: ran.append(name)) for name in pipeline.STEPS})
+    steps = {
+        name: SimpleNamespace(FOR_EACH=step.FOR_EACH, run=lambda *a, name=name: ran.append(name))
+        for name, step in cli.STEPS.items()
+    }
+    monkeypatch.setattr(cli, "STEPS", steps)
     return ran
 
 

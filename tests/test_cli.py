@@ -81,11 +81,16 @@ def test_stats_unknown_dataset_names_the_params_datasets(tmp_path, monkeypatch):
 
 
 def test_p5_with_no_p5_datasets_says_how_to_turn_it_on(tmp_path, monkeypatch):
-    from recpipe import pipeline
+    from types import SimpleNamespace
+
+    from recpipe import cli
 
     ran = []
-    steps = {name: (lambda *a, name=name: ran.append(name)) for name in pipeline.STEPS}
-    monkeypatch.setattr(pipeline, "STEPS", steps)
+    steps = {
+        name: SimpleNamespace(FOR_EACH=step.FOR_EACH, run=lambda *a, name=name: ran.append(name))
+        for name, step in cli.STEPS.items()
+    }
+    monkeypatch.setattr(cli, "STEPS", steps)
     params = write_params(tmp_path / "params.yaml")
     result = CliRunner().invoke(app, ["p5", "--params", str(params)])
     assert result.exit_code == 1 and not ran
@@ -95,7 +100,7 @@ def test_p5_with_no_p5_datasets_says_how_to_turn_it_on(tmp_path, monkeypatch):
     # `run` runs every step: with no P5 datasets, just no P5 steps.
     result = CliRunner().invoke(app, ["run", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    assert ran == [s for s in pipeline.STEPS if s not in pipeline.PER_P5_DATASET | pipeline.PER_RECSYSLLM_DATASET]
+    assert ran == [name for name, step in steps.items() if step.FOR_EACH in (None, "datasets")]
     # --dataset runs P5 on one dataset even with p5.datasets empty.
     ran.clear()
     result = CliRunner().invoke(app, ["p5", "--params", str(params), "--dataset", "ml-100k"])
@@ -106,7 +111,8 @@ def test_p5_with_no_p5_datasets_says_how_to_turn_it_on(tmp_path, monkeypatch):
 def test_params_prints_every_key_with_its_description():
     from pydantic import BaseModel
 
-    from recpipe.params import DatasetParams, Params, RemoteFile, Source
+    from recpipe.params.registry import DatasetParams, RemoteFile, Source
+    from recpipe.params.schema import Params
 
     out = CliRunner().invoke(app, ["params"]).output
     rows = {line.split("|")[1].strip().strip("`"): line for line in out.splitlines() if line.startswith("| `")}

@@ -14,8 +14,11 @@ from conftest import (
     source,
     write_zip,
 )
-from recpipe import RecpipeError, pipeline
-from recpipe.params import parse
+from recpipe import RecpipeError
+from recpipe.cli import STEPS
+from recpipe.params.evaluate import scored
+from recpipe.params.schema import parse
+from recpipe.steps import paths
 from recpipe.tallrec.instructions import instructions as build_instructions
 
 
@@ -38,8 +41,8 @@ def test_evaluate_dataset_must_be_prepared_and_instructions_need_it(tmp_path, ar
     with pytest.raises(RecpipeError, match="evaluate.instructions: evaluate.dataset is the training dataset 'ml-100k'"):
         parse(two_datasets(tmp_path, archives, dataset="ml-100k", instructions={"like_threshold": 4}))
     p = parse(two_datasets(tmp_path, archives, dataset="other", instructions={"like_threshold": 4, "history_len": 5}))
-    assert p.scored()[0] == "other" and p.scored()[1].like_threshold == 4
-    assert parse(two_datasets(tmp_path, archives)).scored() == (
+    assert scored(p)[0] == "other" and scored(p)[1].like_threshold == 4
+    assert scored(parse(two_datasets(tmp_path, archives))) == (
         "ml-100k",
         parse(two_datasets(tmp_path, archives)).instructions,
     )
@@ -66,20 +69,20 @@ def test_adapter_tuned_on_one_dataset_is_scored_on_the_others_test_split(tmp_pat
     p = parse(data)
     for name in p.datasets:
         for step in ("download", "ingest", "textualize"):
-            pipeline.STEPS[step](p, name)
+            STEPS[step].run(p, name)
     for step in ("instructions", "sample", "train", "evaluate_base", "evaluate", "report"):
-        pipeline.STEPS[step](p)
+        STEPS[step].run(p)
     # The other dataset's samples are built by the same code, with evaluate.instructions.
-    cross = pl.read_parquet(pipeline.CROSS)
+    cross = pl.read_parquet(paths.CROSS)
     assert cross.equals(build_instructions("data/text/other", tmp_path / "check.parquet", p.evaluate.instructions))
     assert all(len(h) == 4 for h in cross["history_item_ids"].to_list())
     # Training read ml-100k's shots only; the evaluations scored every test sample of `other`.
-    own = pl.read_parquet(pipeline.SAMPLES)
-    shots = pl.read_parquet(f"{pipeline.SHOTS}/train.parquet")
+    own = pl.read_parquet(paths.SAMPLES)
+    shots = pl.read_parquet(f"{paths.SHOTS}/train.parquet")
     assert set(shots["prompt"]) <= set(own.filter(pl.col("split") == "train")["prompt"])
     test = cross.filter(pl.col("split") == "test").sort("sample_id")
     for name in ("base", "tuned"):
-        predicted = pl.read_parquet(f"{pipeline.EVAL}/{name}/predictions.parquet").sort("sample_id")
+        predicted = pl.read_parquet(f"{paths.EVAL}/{name}/predictions.parquet").sort("sample_id")
         assert predicted.select("sample_id", "user_id", "item_id", "label").equals(
             test.select("sample_id", "user_id", "item_id", "label")
         )
@@ -91,8 +94,8 @@ def test_adapter_tuned_on_one_dataset_is_scored_on_the_others_test_split(tmp_pat
     )
     # Back to in-domain: the cross-domain samples go, and the test split is ml-100k's again.
     p = parse(two_datasets(tmp_path, archives) | {"model": data["model"]})
-    pipeline.instructions(p)
-    assert not (tmp_path / pipeline.CROSS).exists() and pipeline.test_samples(p) == pipeline.SAMPLES
+    STEPS["instructions"].run(p)
+    assert not (tmp_path / paths.CROSS).exists() and paths.test_samples(p.evaluate.dataset) == paths.SAMPLES
 
 
 def test_a_template_with_other_answers_is_refused(tmp_path):
@@ -100,7 +103,7 @@ def test_a_template_with_other_answers_is_refused(tmp_path):
 
     same_answers("tallrec", "tallrec-books")  # both answer Yes./No.
     odd = tmp_path / "odd.yaml"
-    shipped = Path(pipeline.__file__).parent / "templates" / "tallrec.yaml"
+    shipped = Path(paths.__file__).parents[1] / "templates" / "tallrec.yaml"
     odd.write_text(shipped.read_text().replace('answer_yes: "Yes."', 'answer_yes: "Sure."'))
     with pytest.raises(
         RecpipeError,

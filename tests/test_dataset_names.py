@@ -12,8 +12,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, params, pipeline
-from recpipe.cli import app
+from recpipe import RecpipeError
+from recpipe.cli import STEPS, app
+from recpipe.params import schema as params
+from recpipe.params.core import dataset_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE = "must use only ASCII letters, digits, '.', '_' and '-', and not start with '.'"
@@ -50,7 +52,7 @@ def test_a_bad_name_in_the_registry_is_one_line_naming_the_file_and_the_rule(tmp
 
 def test_good_names_pass():
     for name in ("ml-100k", "amazon-beauty", "ML_1M", "v1.2", "-x", "_"):
-        assert params.dataset_name(name) == name
+        assert dataset_name(name) == name
 
 
 # The stages run as `python stages/x.py`: put this interpreter's environment first on PATH.
@@ -127,9 +129,7 @@ def test_the_cli_writes_nothing_outside_the_project_for_a_name(archives, tmp_pat
     assert {k: v for k, v in _tree(tmp_path).items() if k.parts[0] != "project"} == outside
 
 
-@pytest.mark.parametrize(
-    "step", sorted(pipeline.PER_DATASET | pipeline.PER_P5_DATASET | pipeline.PER_RECSYSLLM_DATASET)
-)
+@pytest.mark.parametrize("step", sorted(name for name, step in STEPS.items() if step.FOR_EACH is not None))
 def test_no_step_makes_a_path_of_a_bad_name(archives, tmp_path, monkeypatch, step):
     """Called as a library, with params that skipped validation: each per-dataset step refuses the
     name before it reads or writes anything."""
@@ -139,6 +139,6 @@ def test_no_step_makes_a_path_of_a_bad_name(archives, tmp_path, monkeypatch, ste
     good = params.parse(params_dict([source("grouplens", archives["grouplens"])]))
     p = good.model_copy(update={"registry": {"../../../trav": good.registry["ml-100k"]}})
     with pytest.raises(RecpipeError) as e:
-        pipeline.STEPS[step](p, "../../../trav")
+        STEPS[step].run(p, "../../../trav")
     assert str(e.value) == f"dataset name '../../../trav' {RULE}"
     assert [path.name for path in tmp_path.iterdir()] == ["project"] and not any(project.iterdir())

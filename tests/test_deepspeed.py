@@ -18,7 +18,8 @@ from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny mo
 
 CHILD = """
 import json, sys
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.model.train import train
 root, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 results = {}
@@ -67,7 +68,8 @@ def test_deepspeed_param_errors(tmp_path):
 
 LAUNCHED = """
 import json, os, sys
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.model.train import train
 root, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
 m = train(

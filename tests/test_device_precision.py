@@ -7,7 +7,8 @@ import torch
 
 import recpipe.model.load
 from conftest import params_dict, source
-from recpipe import RecpipeError, params, pipeline
+from recpipe import RecpipeError
+from recpipe.cli import STEPS
 from recpipe.model.load import load, pick_device, pick_dtype
 from recpipe.model.train import (
     PadCollator,
@@ -18,7 +19,10 @@ from recpipe.model.train import (
     pin_device,
     train,
 )
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params import schema as params
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
+from recpipe.steps import scoring
 from test_text_instructions_sample import built  # noqa: F401
 from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)
 
@@ -76,7 +80,7 @@ def test_params_take_float16_devices_and_gradient_checkpointing(archives):
     assert (
         p.model.device == "cuda:1" and p.train.dtype == p.evaluate.dtype == "float16" and p.train.gradient_checkpointing
     )
-    assert params.ModelParams().device == "auto" and not params.TrainParams().gradient_checkpointing
+    assert ModelParams().device == "auto" and not TrainParams().gradient_checkpointing
     with pytest.raises(RecpipeError, match="model.device: String should match pattern"):
         params.parse(params_dict(base, model={"device": "gpu"}))
 
@@ -127,7 +131,7 @@ def scoring_params(archives, tiny, **evaluate):  # noqa: F811
 def test_scoring_model_is_moved_to_the_chosen_device_in_the_chosen_dtype(archives, tiny, tmp_path, monkeypatch):  # noqa: F811
     # The meta device stands in for a GPU: a model not moved by the loading helper stays on the CPU.
     monkeypatch.setattr(recpipe.model.load, "pick_device", lambda name: torch.device("meta"))
-    model, _ = pipeline.scoring_model(scoring_params(archives, tiny, dtype="bfloat16"))
+    model, _ = scoring.scoring_model(scoring_params(archives, tiny, dtype="bfloat16"))
     assert {p.device.type for p in model.parameters()} == {"meta"} and {p.dtype for p in model.parameters()} == {
         torch.bfloat16
     }
@@ -135,7 +139,7 @@ def test_scoring_model_is_moved_to_the_chosen_device_in_the_chosen_dtype(archive
     # With an adapter: merged into plain weights, on the CPU here, in float16.
     base, _ = load(str(tiny))
     add_lora(base, LoraParams(rank=4, alpha=8)).save_pretrained(tmp_path / "adapter")
-    model, tok = pipeline.scoring_model(scoring_params(archives, tiny, dtype="float16"), str(tmp_path / "adapter"))
+    model, tok = scoring.scoring_model(scoring_params(archives, tiny, dtype="float16"), str(tmp_path / "adapter"))
     assert not any("lora" in n for n, _ in model.named_parameters()) and not model.training
     assert {p.device for p in model.parameters()} == {torch.device("cpu")} and {
         p.dtype for p in model.parameters()
@@ -159,7 +163,7 @@ def test_scoring_model_fails_before_loading_on_a_missing_device(archives, tiny, 
     monkeypatch.setattr(recpipe.model.load, "load", no_load)
     p = params.parse(params_dict([source("atomic", archives["atomic"])], model={"name": str(tiny), "device": "cuda:0"}))
     with pytest.raises(RecpipeError, match=r"^model.device 'cuda:0': no CUDA device here"):
-        pipeline.evaluate_base(p)
+        STEPS["evaluate_base"].run(p)
 
 
 def test_weights_load_in_the_requested_dtype_and_lora_stays_float32(tiny):  # noqa: F811

@@ -8,7 +8,7 @@ from conftest import atomic_files, grouplens_files, make_ratings, source, write_
 from recpipe import RecpipeError
 from recpipe.data.download import download
 from recpipe.data.ingest import ingest
-from recpipe.params import DatasetParams, Source
+from recpipe.params.registry import DatasetParams, Source
 
 
 def fetch_dataset(sources, out):

@@ -5,7 +5,8 @@ import shutil
 import subprocess
 
 from conftest import params_dict, source
-from recpipe.params import P5Params, RecsysllmParams
+from recpipe.params.p5 import P5Params
+from recpipe.params.recsysllm import RecsysllmParams
 from test_dvc_repro import DVC, ENV, ROOT, run, write
 
 # Each data stage and the output it is killed writing (its temporary written, not yet renamed).

@@ -10,7 +10,8 @@ import polars as pl
 import yaml
 
 from conftest import make_tiny_model, params_dict, source
-from recpipe.params import P5Params, RecsysllmParams
+from recpipe.params.p5 import P5Params
+from recpipe.params.recsysllm import RecsysllmParams
 from test_formats import bx_source, bx_zip
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recpipe import params
 from recpipe.model.load import answer_token_ids, load
 from recpipe.model.train import train
-from recpipe.params import LoraParams, TrainParams
+from recpipe.params import schema as params
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 

@@ -13,7 +13,7 @@ from recpipe.p5.families import (
     load_templates,
 )
 from recpipe.p5.indexing import item_names
-from recpipe.params import P5Params
+from recpipe.params.p5 import P5Params
 from test_formats import amazon_files, amazon_records, amazon_source, fetch_and_ingest
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: ML-style data stages)
 
@@ -122,7 +122,7 @@ def test_explanation_helpers():
 
 def test_families_stage_writes_samples_and_names_and_refuses_empty_histories(amazon, tmp_path):  # noqa: F811
     from recpipe.p5.families import families
-    from recpipe.params import P5Params
+    from recpipe.params.p5 import P5Params
 
     inter, items, users = amazon
     (tmp_path / "tables").mkdir()

@@ -9,10 +9,12 @@ import zipfile
 import polars as pl
 import pytest
 
-from recpipe import RecpipeError, pipeline
+from recpipe import RecpipeError
+from recpipe.cli import STEPS
 from recpipe.data.download import download
 from recpipe.data.ingest import ingest, k_core
-from recpipe.params import parse
+from recpipe.params.schema import parse
+from recpipe.steps import paths
 
 N_USERS, N_ITEMS, PER_USER = 30, 50, 20
 
@@ -330,7 +332,7 @@ def _pipeline_params(sources: dict, **sections) -> dict:
 
 @pytest.mark.parametrize("which", ["amazon", "bookcrossing"])
 def test_end_to_end_data_stages(tmp_path, monkeypatch, which):
-    """download -> ingest -> textualize -> instructions -> sample, through pipeline.py's paths."""
+    """download -> ingest -> textualize -> instructions -> sample, through the steps' standard paths."""
     if which == "amazon":
         src = {
             "template": "amazon",
@@ -354,9 +356,9 @@ def test_end_to_end_data_stages(tmp_path, monkeypatch, which):
     p = parse(_pipeline_params({name: src}, **sections))
     monkeypatch.chdir(tmp_path)
     for step in ("download", "ingest", "textualize"):
-        pipeline.STEPS[step](p, name)
+        STEPS[step].run(p, name)
     for step in ("instructions", "sample"):
-        pipeline.STEPS[step](p)
+        STEPS[step].run(p)
     items = pl.read_parquet(f"data/text/{name}/items.parquet")
     expected = {
         "amazon": "Lip Balm & Gloss No. 0. Brand: Acme. Categories: Beauty, Makeup, Lips, Skin Care.",
@@ -368,7 +370,7 @@ def test_end_to_end_data_stages(tmp_path, monkeypatch, which):
         "A reader aged 21 from paris, ile-de-france, france." in users
         and "A reader from paris, ile-de-france, france." in users
     )
-    samples = pl.read_parquet(pipeline.SAMPLES)
+    samples = pl.read_parquet(paths.SAMPLES)
     assert set(samples["split"]) == {"train", "valid", "test"}
     assert samples["prompt"].str.contains("Yes.").all() and samples["answer"].is_in(["Yes.", "No."]).all()
     test = samples.filter(pl.col("split") == "test").select("user_id", "item_id")
@@ -381,6 +383,6 @@ def test_temporal_split_refuses_a_dataset_without_times(tmp_path, monkeypatch):
     p = parse(_pipeline_params({"bookcrossing": src}, instructions={"history_len": 5, "pool_size": 200}))
     monkeypatch.chdir(tmp_path)
     for step in ("download", "ingest", "textualize"):
-        pipeline.STEPS[step](p, "bookcrossing")
+        STEPS[step].run(p, "bookcrossing")
     with pytest.raises(RecpipeError, match="no timestamps.*split: paper"):
-        pipeline.STEPS["instructions"](p)
+        STEPS["instructions"].run(p)

@@ -3,14 +3,15 @@ dvc.yaml's code deps covering every recpipe module a stage runs (else DVC keeps 
 
 The parts, from the ground up (MAY_IMPORT says what each may import):
 - recpipe/__init__.py: RecpipeError and the log, which every part may use.
-- ground: the other top-level modules but pipeline and cli (io, params, templates, metrics, pip,
-  markdown, experiments, ablations): helpers every wing may use; they import no wing.
+- ground: the other top-level modules but cli (io, templates, metrics, pip, markdown, experiments,
+  ablations) and the params package: helpers and params models every wing may use; they import no wing.
 - data and model: two wings on the ground that know nothing of each other (the model no dataset,
   the data no model).
 - recsysllm: a pretraining method, built on data and model.
 - tallrec and p5: the tasks, built on data and model. Neither imports the other, nor recsysllm: a
-  pretrained model reaches a task through the pipeline, which passes it in.
-- pipeline: wires each step; cli and stages/ reach the library through it alone.
+  pretrained model reaches a task through its step, which passes it in.
+- steps: one module a pipeline step, wiring the wings together; stages/ reach the library through
+  it alone, and the CLI through it and the ground.
 No module uses another's private (`_name`) names: a helper two modules need is made public where
 both can see it."""
 
@@ -31,9 +32,9 @@ MAY_IMPORT = {
     "recsysllm": {"recpipe", "ground", "data", "model", "recsysllm"},
     "tallrec": {"recpipe", "ground", "data", "model", "tallrec"},
     "p5": {"recpipe", "ground", "data", "model", "p5"},
-    "pipeline": {"recpipe", "ground", *WINGS, "pipeline"},
-    "cli": {"recpipe", "pipeline"},
-    "stages": {"recpipe", "pipeline"},
+    "steps": {"recpipe", "ground", *WINGS, "steps"},
+    "cli": {"recpipe", "ground", *WINGS, "steps"},
+    "stages": {"recpipe", "steps"},
 }
 CHECKED = sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "stages").glob("*.py"))
 
@@ -52,14 +53,14 @@ def path_of(module: str) -> Path | None:
 
 
 def part_of(path: Path) -> str:
-    """recpipe/<wing>/... -> the wing; recpipe/__init__.py -> recpipe; pipeline.py, cli.py -> their
-    name; any other top-level module -> ground; stages/*.py -> stages."""
+    """recpipe/<wing>/... -> the wing; recpipe/steps/... -> steps; recpipe/__init__.py -> recpipe;
+    cli.py -> cli; recpipe/params/... and any other top-level module -> ground; stages/*.py -> stages."""
     rel = path.relative_to(ROOT).parts
     if rel[0] != "recpipe":
         return rel[0]
     if len(rel) > 2:
-        return rel[1]
-    return {"__init__.py": "recpipe", "pipeline.py": "pipeline", "cli.py": "cli"}.get(rel[1], "ground")
+        return "ground" if rel[1] == "params" else rel[1]
+    return {"__init__.py": "recpipe", "cli.py": "cli"}.get(rel[1], "ground")
 
 
 def imported_from(node: ast.ImportFrom, path: Path) -> str:
@@ -115,14 +116,13 @@ def private_names_used(path: Path) -> list[str]:
 
 
 def closure(modules: set[str]) -> set[str]:
-    """The modules and all they import, transitively; pipeline.py's imports are counted per step
-    (stage_code), not as a whole."""
+    """The modules and all they import, transitively."""
     seen, todo = set(), list(modules)
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += (imports(path_of(module)) if module != "recpipe.pipeline" else set()) - seen
+            todo += imports(path_of(module)) - seen
     return seen
 
 
@@ -161,26 +161,9 @@ def test_the_import_finder_resolves_relative_imports():
 
 
 def stage_code(step: str) -> set[str]:
-    """The recpipe modules a stage runs: pipeline's module-level imports, the imports of its step
-    function in pipeline.py (and the helpers of pipeline.py it calls), and everything they import."""
-    tree = ast.parse((PACKAGE / "pipeline.py").read_text())
-    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-    top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
-    reached, todo = set(), [step]
-    while todo:
-        name = todo.pop()
-        if name in reached:
-            continue
-        reached.add(name)
-        todo += [
-            n.func.id
-            for n in ast.walk(functions[name])
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions
-        ]
-    modules = {"recpipe", "recpipe.pipeline"} | imports(PACKAGE / "pipeline.py", top)
-    for name in reached:
-        modules |= imports(PACKAGE / "pipeline.py", functions[name])
-    return closure(modules)
+    """The recpipe modules a stage runs: what stages/<step>.py imports, and everything they import
+    (lazy imports inside functions too)."""
+    return closure({"recpipe"} | imports(ROOT / "stages" / f"{step}.py"))
 
 
 def dvc_stages() -> dict[str, dict]:
@@ -234,7 +217,7 @@ def test_pretraining_runs_before_the_fine_tuning_that_starts_from_it(tmp_path):
     for stage in ("train", "p5_train@ml-100k", "evaluate", "p5_evaluate@ml-100k"):
         assert order.index("pretrain@ml-100k") < order.index(stage), order
     # Every recsysllm param but the list of datasets to pretrain on (which only adds stages).
-    from recpipe.params import RecsysllmParams
+    from recpipe.params.recsysllm import RecsysllmParams
 
     shaping = {f"recsysllm.{key}" for key in RecsysllmParams.model_fields} - {"recsysllm.datasets"}
     for stage in ("train", "p5_train"):

@@ -9,13 +9,14 @@ import polars as pl
 import pytest
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, params
+from recpipe import RecpipeError
 from recpipe.p5.indexing import (
     INDEXINGS,
     collaborative_paths,
     item_names,
     training_histories,
 )
+from recpipe.params import schema as params
 
 GROUPS, PER_GROUP = 4, 12  # the planted fixture: 4 groups of 12 items that users take from one group
 

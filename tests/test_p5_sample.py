@@ -4,10 +4,11 @@ import polars as pl
 import pytest
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, params
+from recpipe import RecpipeError
 from recpipe.p5.families import FAMILIES
 from recpipe.p5.sample import p5_mixture, shares
-from recpipe.params import P5Params
+from recpipe.params import schema as params
+from recpipe.params.p5 import P5Params
 from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
 
 

@@ -20,7 +20,7 @@ from recpipe.model.decoding import generate
 from recpipe.model.load import load
 from recpipe.p5.evaluate import COLUMNS, evaluate_p5, family_metrics
 from recpipe.p5.families import FAMILIES
-from recpipe.params import P5Params
+from recpipe.params.p5 import P5Params
 from test_families import amazon, make  # noqa: F401  (module fixture: Amazon-format tables and text)
 from test_text_instructions_sample import built  # noqa: F401
 from test_train_evaluate import tiny  # noqa: F401  (module fixture: the tiny model)

@@ -5,7 +5,11 @@ import yaml
 from pydantic import BaseModel
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, params
+from recpipe import RecpipeError
+from recpipe.cli import STEPS
+from recpipe.params import schema as params
+from recpipe.params.core import REGISTRY, TOP_LEVEL, models_in
+from recpipe.params.registry import DatasetParams, RemoteFile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,13 +78,13 @@ def test_params_yaml_renders_the_defaults():
 def models(model: type[BaseModel] = params.Params) -> set[type[BaseModel]]:
     found = {model}
     for field in model.model_fields.values():
-        for sub in params._models_in(field.annotation):
+        for sub in models_in(field.annotation):
             found |= models(sub)
     return found
 
 
 def test_every_field_has_a_one_line_description():
-    assert params.DatasetParams in models() and params.RemoteFile in models()
+    assert DatasetParams in models() and RemoteFile in models()
     for model in models():
         for name, field in model.model_fields.items():
             assert field.description and "\n" not in field.description, f"{model.__name__}.{name}"
@@ -154,3 +158,39 @@ def test_sha256_must_be_64_hex_digits(tmp_path, value):
         params.load(write(tmp_path, "seed: 0\n", ENTRY % f"'{HEX.upper()}'")).registry["ml-100k"].sources[0].sha256
         == HEX.upper()
     )
+
+
+def test_the_top_level_keys_are_the_whole_files_sections():
+    assert list(TOP_LEVEL) == [key for key in params.Params.model_fields if key != REGISTRY]
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_each_step_reads_its_sections_as_the_whole_file_declares_them(name):
+    """A step's own params model holds whole sections, each declared exactly as in the whole file's
+    model (same type, default and description), so a stage reads what `recpipe params` documents."""
+    fields = STEPS[name].StepParams.model_fields
+    whole = params.Params.model_fields
+    assert set(fields) <= set(whole), sorted(set(fields) - set(whole))
+    for key, field in fields.items():
+        assert repr(field) == repr(whole[key]), key
+
+
+def test_a_step_checks_only_the_sections_it_reads(tmp_path, archives):
+    """A bad value in a section the sample step does not read stops the whole file's load, not the
+    sample step's; a bad value in its own section stops both."""
+    from recpipe.params.core import load
+    from recpipe.steps import sample
+
+    data = params_dict([source("atomic", archives["atomic"])], p5={"k": "many"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if k != REGISTRY}))
+    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(data[REGISTRY]))
+    assert load(sample.StepParams, tmp_path / "params.yaml").sample.k == 16
+    with pytest.raises(RecpipeError, match=r"params.yaml: p5.k: Input should be a valid integer"):
+        params.load(tmp_path / "params.yaml")
+    data["sample"] = {"k": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if k != REGISTRY}))
+    with pytest.raises(RecpipeError, match=r"params.yaml: sample.k: Input should be greater than or equal to 1"):
+        load(sample.StepParams, tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("sede: 1\n")
+    with pytest.raises(RecpipeError, match=r"params.yaml: sede: unknown key \(did you mean 'seed'\?\)"):
+        load(sample.StepParams, tmp_path / "params.yaml")

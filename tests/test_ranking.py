@@ -258,7 +258,7 @@ def test_item_name_is_the_same_tokens_in_prompts_targets_trie_and_scoring(which,
     from recpipe.p5.families import build, load_templates
     from recpipe.p5.indexing import item_names
     from recpipe.p5.sample import p5_mixture
-    from recpipe.params import P5Params
+    from recpipe.params.p5 import P5Params
 
     root = built[0]
     inter, items, users = (

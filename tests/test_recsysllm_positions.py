@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import params_dict, source
-from recpipe import RecpipeError, params
+from recpipe import RecpipeError
 from recpipe.model.decoding import ItemTrie, constrained_beams, generate, likelihood_ranking, name_tokens
 from recpipe.model.train import PadCollator, answer_loss, answer_task
+from recpipe.params import schema as params
 from recpipe.recsysllm import infill
 from recpipe.recsysllm.positions import (
     OUTSIDE,
@@ -265,7 +266,7 @@ def test_dynamic_positions_take_either_ranking(archives):
             p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}, "sequential_ranking": "beam"},
         )
     )
-    assert on.intra_positions("pretrained") and not on.intra_positions("base")
+    assert on.recsysllm.intra_positions("pretrained") and not on.recsysllm.intra_positions("base")
     off = params.parse(
         params_dict(
             src,
@@ -273,7 +274,7 @@ def test_dynamic_positions_take_either_ranking(archives):
             p5={"datasets": ["ml-100k"], "train": {"init": "pretrained"}},
         )
     )
-    assert not off.intra_positions("pretrained")
-    assert not params.parse(params_dict(src, recsysllm={**recsysllm, "positions_2d": False})).intra_positions(
+    assert not off.recsysllm.intra_positions("pretrained")
+    assert not params.parse(params_dict(src, recsysllm={**recsysllm, "positions_2d": False})).recsysllm.intra_positions(
         "pretrained"
     )

@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_model, params_dict, source
-from recpipe import RecpipeError, params, pipeline
+from recpipe import RecpipeError
+from recpipe.cli import STEPS
 from recpipe.model.load import load
 from recpipe.model.train import add_lora
+from recpipe.params import schema as params
 from recpipe.recsysllm import infill
 from recpipe.recsysllm.pretrain import (
     INTRA,
@@ -22,6 +24,7 @@ from recpipe.recsysllm.pretrain import (
     intra_module,
     load_pretrained,
 )
+from recpipe.steps import paths, pretrained, scoring
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 TINY_RUN = {
@@ -73,8 +76,8 @@ def pretrained(built, tiny, archives, tmp_path_factory):  # noqa: F811
     folder = workdir(built[0], tmp_path_factory.mktemp("work"))
     p = tiny_params(archives, tiny)
     with contextlib.chdir(folder):
-        pipeline.pretrain(p, "ml-100k")
-        held = pipeline.held_out(p, "ml-100k")
+        STEPS["pretrain"].run(p, "ml-100k")
+        held = STEPS["pretrain"].held_out(p, "ml-100k")
     return folder, p, held
 
 
@@ -131,7 +134,7 @@ def test_same_params_give_the_same_corpus_and_adapter_bytes(pretrained, archives
     folder, p, _ = pretrained
     again = workdir(built[0], tmp_path)
     with contextlib.chdir(again):
-        pipeline.pretrain(p, "ml-100k")
+        STEPS["pretrain"].run(p, "ml-100k")
     for rel in ("corpus.parquet", "pretrained/adapter_model.safetensors", "pretrained/adapter_config.json"):
         assert (again / "data/recsysllm/ml-100k" / rel).read_bytes() == (
             folder / "data/recsysllm/ml-100k" / rel
@@ -221,12 +224,12 @@ def test_fine_tuning_starts_from_the_pretrained_model(pretrained, archives, tiny
     data["evaluate"] = {"batch_size": 8, "dtype": "float32"}
     p = params.parse(data)
     with contextlib.chdir(folder):
-        pipeline.train(p)
-        model, _ = pipeline.scoring_model(p, pipeline.ADAPTER, pipeline.start(p.train.init, p.dataset))
-        pipeline.evaluate(p)
+        STEPS["train"].run(p)
+        model, _ = scoring.scoring_model(p, paths.ADAPTER, pretrained.start(p.train.init, p.dataset))
+        STEPS["evaluate"].run(p)
     assert json.loads((folder / "reports/tuned.json").read_text())["auc"] >= 0
     assert not [
-        k for k in load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors") if "embed" in k or "lm_head" in k
+        k for k in load_file(folder / paths.ADAPTER / "adapter_model.safetensors") if "embed" in k or "lm_head" in k
     ]  # LoRA weights only
     start = Pretrained(folder / "data/recsysllm/ml-100k/pretrained")
     base, tok2 = load(str(tiny))
@@ -320,7 +323,7 @@ def test_a_tied_output_layer_shares_the_trained_rows(tiny, tmp_path):
 
 
 def tiny_params_section(**recsysllm):
-    from recpipe.params import RecsysllmParams
+    from recpipe.params.recsysllm import RecsysllmParams
 
     return RecsysllmParams.model_validate({**TINY_RUN, **recsysllm})
 
@@ -330,7 +333,7 @@ def test_eval_steps_keep_the_best_step_by_validation_loss(built, tiny, archives,
     folder = workdir(built[0], tmp_path)
     p = tiny_params(archives, tiny, train={**TINY_RUN["train"], "eval_steps": 2, "save_steps": 2})
     with contextlib.chdir(folder):
-        pipeline.pretrain(p, "ml-100k")
+        STEPS["pretrain"].run(p, "ml-100k")
     metrics = json.loads((folder / "reports/recsysllm/ml-100k/pretrain.json").read_text())
     assert metrics["steps"] > 2
     assert metrics["best_step"] % 2 == 0 or metrics["best_step"] == metrics["steps"]  # an evaluated step
@@ -351,21 +354,21 @@ def test_dynamic_positions_reach_fine_tuning_and_scoring(pretrained, archives, t
     for dynamic in (True, False):
         p = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": dynamic}})
         with contextlib.chdir(folder):
-            positions = pipeline.intra_positions(p, p.train.init, p.dataset)
+            positions = pretrained.intra_positions(p, p.train.init, p.dataset)
             assert (positions is not None) == dynamic
-            pipeline.train(p)
-            pipeline.evaluate(p)
-        adapter = load_file(folder / pipeline.ADAPTER / "adapter_model.safetensors")
-        scores = pl.read_parquet(folder / pipeline.EVAL / "tuned" / "predictions.parquet")["p_yes"].to_list()
+            STEPS["train"].run(p)
+            STEPS["evaluate"].run(p)
+        adapter = load_file(folder / paths.ADAPTER / "adapter_model.safetensors")
+        scores = pl.read_parquet(folder / paths.EVAL / "tuned" / "predictions.parquet")["p_yes"].to_list()
         results[dynamic] = adapter, scores
     (on, on_scores), (off, off_scores) = results[True], results[False]
     assert on.keys() == off.keys() and any(not torch.equal(on[k], off[k]) for k in on)
     assert on_scores != off_scores
     model, tok = load(str(tiny))
     with contextlib.chdir(folder):
-        start = pipeline.start("pretrained", "ml-100k")(model, tok)
+        start = pretrained.start("pretrained", "ml-100k")(model, tok)
         on = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": True}})
-        positions = pipeline.intra_positions(on, "pretrained", "ml-100k")(start, tok)
+        positions = pretrained.intra_positions(on, "pretrained", "ml-100k")(start, tok)
         prompts = pl.read_parquet("data/sample/train.parquet")["prompt"].to_list()
     assert (
         positions.embedding is intra_module(start) and positions.embedding.embedding.weight.abs().sum() > 0

@@ -7,7 +7,7 @@ import pytest
 from conftest import params_dict, source
 from recpipe import RecpipeError
 from recpipe.metrics import paired_bootstrap_auc
-from recpipe.params import parse
+from recpipe.params.schema import parse
 from recpipe.tallrec.baselines import history_prior
 from recpipe.tallrec.report import report as _report
 

@@ -9,7 +9,7 @@ from recpipe import RecpipeError
 from recpipe.data.download import download
 from recpipe.data.ingest import ingest
 from recpipe.data.textualize import article_first, textualize
-from recpipe.params import parse
+from recpipe.params.schema import parse
 from recpipe.tallrec.instructions import instructions
 from recpipe.tallrec.sample import sample
 from recpipe.templates import load_template

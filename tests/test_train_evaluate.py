@@ -10,7 +10,8 @@ from recpipe.metrics import auc_metrics
 from recpipe.model.decoding import shared_prefix_length
 from recpipe.model.load import answer_token_ids, load, resolve
 from recpipe.model.train import IGNORE, PadCollator, answer_loss_trainer, encode, train
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
@@ -272,7 +273,8 @@ import json, sys
 import polars as pl
 from recpipe.model.load import load
 from recpipe.model.train import train
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.tallrec.evaluate import score_frame
 root, model, out = sys.argv[1:4]
 train(

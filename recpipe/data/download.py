@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, sha256_file, write_json
-from recpipe.params import DatasetParams
+from recpipe.params.registry import DatasetParams
 from recpipe.pip import fetch_pip
 
 

@@ -11,7 +11,7 @@ from pandera.errors import SchemaError, SchemaErrors
 from recpipe import RecpipeError, log
 from recpipe.data.formats import COLUMNS, FAMILY, READERS
 from recpipe.io import atomic_dir, read_mapping, write_parquet
-from recpipe.params import DatasetParams
+from recpipe.params.registry import DatasetParams
 
 
 def _cast(df: pl.DataFrame, column: str, dtype, path: Path) -> pl.DataFrame:

@@ -24,7 +24,8 @@ import torch
 
 from recpipe import RecpipeError, log
 from recpipe.io import atomic_dir, read_parquet, write_json
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 
 IGNORE = -100  # label value the loss skips
 

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from recpipe import RecpipeError, log
 from recpipe.data.splits import loo_histories
 from recpipe.metrics import hit_and_ndcg
-from recpipe.params import BprmfParams, SasrecParams
+from recpipe.params.p5 import BprmfParams, SasrecParams
 
 KS = (1, 5, 10)
 CHUNK = 512  # users scored at once: bounds the [users, items] score matrix on large datasets

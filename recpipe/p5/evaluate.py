@@ -57,7 +57,7 @@ from recpipe.model.decoding import (
     top_items,
 )
 from recpipe.p5.families import FAMILIES, KINDS, NO, YES, rating_text
-from recpipe.params import P5Params
+from recpipe.params.p5 import P5Params
 
 
 def _tries(rows: pl.DataFrame, names: dict[int, str], tokenizer) -> list[ItemTrie]:

@@ -29,7 +29,7 @@ import polars as pl
 from recpipe import RecpipeError, log
 from recpipe.data.splits import leave_one_out, split
 from recpipe.io import atomic_dir, read_parquet, write_parquet
-from recpipe.params import FAMILY_NAMES, P5Params
+from recpipe.params.p5 import FAMILY_NAMES, P5Params
 from recpipe.templates import (
     ANSWER_SPACE,
     LIST_SEPARATOR,

@@ -10,7 +10,7 @@ import polars as pl
 from recpipe import RecpipeError, log
 from recpipe.data.splits import draw
 from recpipe.io import atomic_dir, read_parquet, write_parquet
-from recpipe.params import P5Params
+from recpipe.params.p5 import P5Params
 from recpipe.templates import ANSWER_SPACE
 
 P5_KEY = ["family", "case_id", "template"]  # unique per P5 sample: a stable order to draw from

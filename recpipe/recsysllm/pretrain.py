@@ -20,7 +20,8 @@ import torch
 from recpipe import RecpipeError, log
 from recpipe.io import read_parquet, sha256_file, write_parquet
 from recpipe.model.train import Task, TaskBuilder, labelled_columns, summed_loss, train
-from recpipe.params import ModelParams, RecsysllmParams
+from recpipe.params.model import ModelParams
+from recpipe.params.recsysllm import RecsysllmParams
 from recpipe.recsysllm.corpus import BehaviourSampling, documents
 from recpipe.recsysllm.infill import (
     InfillConfig,

@@ -17,7 +17,7 @@ import polars as pl
 from recpipe import RecpipeError, log
 from recpipe.data.splits import drop_leaks, split
 from recpipe.io import read_parquet, scan_parquet, sink_parquet
-from recpipe.params import InstructionsParams
+from recpipe.params.instructions import InstructionsParams
 from recpipe.templates import load_template
 
 REQUIRED = {

@@ -11,7 +11,7 @@ from recpipe import RecpipeError, log
 from recpipe.io import atomic_path, read_mapping, read_parquet, write_json, write_png
 from recpipe.markdown import params_section, table
 from recpipe.metrics import paired_bootstrap_auc
-from recpipe.params import Params
+from recpipe.params.evaluate import scored
 from recpipe.tallrec.baselines import history_prior
 
 REFERENCES = Path(__file__).parents[1] / "references"
@@ -71,7 +71,7 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p: Params) -> dict:
+def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p) -> dict:
     """AUCs of the base model, the tuned model and the history prior on the same test samples, with
     95% paired bootstrap intervals, and the tuned model against the other two."""
     base = _read(eval_dir / "base" / "predictions.parquet", "evaluate_base").sort("sample_id")
@@ -80,7 +80,7 @@ def intervals(eval_dir: Path, samples_path: Path, tables_dir: Path, p: Params) -
         raise RecpipeError(f"{eval_dir}: the base and tuned predictions are not of the same test samples")
     histories = _read(samples_path, "instructions").select("sample_id", "history_item_ids")
     tuned = tuned.join(histories, on="sample_id", how="left", maintain_order="left")  # each prediction's own history
-    dataset, instructions = p.scored()  # cross-domain: the other dataset's ratings and threshold
+    dataset, instructions = scored(p)  # cross-domain: the other dataset's ratings and threshold
     prior = history_prior(
         tuned, _read(tables_dir / "interactions.parquet", f"ingest@{dataset}"), instructions.like_threshold
     )
@@ -109,7 +109,7 @@ def _interval_rows(iv: dict) -> list[list[str]]:
     return rows
 
 
-def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, plots: dict[str, str], iv: dict) -> str:
+def render(base: dict, tuned: dict, trained: dict, p, reference: dict, plots: dict[str, str], iv: dict) -> str:
     rows = ["auc", "accuracy", "predicted_positive_rate", "label_positive_rate", "n"]
     ours = tuned.get("auc")
     paper = []
@@ -117,7 +117,7 @@ def render(base: dict, tuned: dict, trained: dict, p: Params, reference: dict, p
         mine = k == p.sample.k
         here = f"**{ours * reference['scale']:.2f}**" if mine and ours is not None else ""
         paper.append([f"**{k}** (this run)" if mine else str(k), *(f"{a:.2f}" for a in aucs), here])
-    scored_on, instructions = p.scored()
+    scored_on, instructions = scored(p)
     cross = [
         f"Cross-domain: trained on {p.dataset}, scored on the test split of {scored_on} (the paper's table below is in-domain).",
         "",
@@ -172,7 +172,7 @@ def report(
     reports_dir: str | Path,
     live_dir: str | Path,
     out_path: str | Path,
-    p: Params,
+    p,
     eval_dir: str | Path,
     samples_path: str | Path,
     tables_dir: str | Path,

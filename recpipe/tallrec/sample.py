@@ -9,7 +9,7 @@ import polars as pl
 from recpipe import log
 from recpipe.data.splits import draw
 from recpipe.io import atomic_dir, read_parquet, write_parquet
-from recpipe.params import SampleParams
+from recpipe.params.sample import SampleParams
 
 
 def k_shot(train: pl.DataFrame, params: SampleParams, seed: int) -> pl.DataFrame:
