@@ -119,12 +119,7 @@ def answer_loss(model, batch: dict[str, torch.Tensor], intra=None):
     targets, columns = labelled_columns(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     intra_ids = batch.get("intra_ids")
-    checkpointing = (
-        model.training
-        and torch.is_grad_enabled()
-        and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    )
-    shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing else 0
+    shared = shared_prefix_length(ids, int(columns.min())) if len(ids) > 1 and not checkpointing(model) else 0
     # A token's intra id depends only on the tokens before it: the shared prefix's are every row's.
     cache = PrefixCache(
         model, ids[:1, :shared], intra_ids=None if intra is None else intra_ids[:1, :shared], intra=intra
@@ -134,6 +129,16 @@ def answer_loss(model, batch: dict[str, torch.Tensor], intra=None):
         **inputs, attention_mask=mask, cache=cache, use_cache=cache is not None, logits_to_keep=columns - shared
     )
     return summed_loss(out, targets[:, columns])
+
+
+def checkpointing(model) -> bool:
+    """Whether this pass runs under gradient checkpointing, whose layers drop any cache they are
+    given (so no shared-prefix cache then)."""
+    return (
+        model.training
+        and torch.is_grad_enabled()
+        and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    )
 
 
 def labelled_columns(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +220,13 @@ class Task:
     the batches); collate: rows -> batch; loss: (model, batch) -> (summed loss, target count,
     output); key: what identifies the data (a checkpoint resumes only the same run); lora_extras:
     more LoraConfig fields, e.g. trainable_token_indices (new token rows) or modules_to_save
-    (modules the task added to the model), trained and saved with the adapter."""
+    (modules the task added to the model), trained and saved with the adapter.
+
+    lora_from: a saved adapter folder (trained with the same LoRA params) whose LoRA weights the
+    new adapter starts from; train_lora False keeps the LoRA weights as they start, so that only
+    lora_extras' rows and modules train (CoLLM's second step, recpipe.model.collab); finish(folder):
+    rewrites the saved adapter folder before it is published (e.g. moves a module into files of
+    its own)."""
 
     rows: list[dict]
     valid: list[dict]
@@ -223,6 +234,9 @@ class Task:
     loss: Callable = answer_loss
     key: Any = None
     lora_extras: dict = field(default_factory=dict)
+    lora_from: str | Path | None = None
+    train_lora: bool = True
+    finish: Callable[[Path], None] | None = None
 
 
 # (model, tokenizer) -> Task, called after loading and before LoRA: it may add tokens and modules.
@@ -332,6 +346,41 @@ def add_lora(model, lora: LoraParams, **extras):
     return model
 
 
+def load_lora(model, folder, lora: LoraParams) -> None:
+    """Set the model's new LoRA weights to those of the adapter saved in `folder`, which must have
+    been trained with the same LoRA params (else its weights would not fit, or mean another scale)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights = load_file(folder / "adapter_model.safetensors")
+    except (OSError, ValueError) as e:
+        raise RecpipeError(f"{folder}: no readable LoRA adapter to start from ({type(e).__name__}: {e})") from None
+    targets = config.get("target_modules")
+    saved = (config.get("r"), config.get("lora_alpha"), sorted(targets) if isinstance(targets, list) else targets)
+    wanted = (lora.rank, lora.alpha, sorted(lora.target_modules))
+    if saved != wanted:
+        raise RecpipeError(
+            f"{folder}: its adapter has (rank, alpha, target modules) {saved} but the lora params say {wanted}; start from an adapter trained with the same LoRA params"
+        )
+    # Over the adapter's own state: its other parts (modules_to_save, token rows) keep their start.
+    result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **weights})
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise RecpipeError(
+            f"{folder}: its adapter does not fit this model ({len(result.unexpected_keys)} unknown and {len(missing)} missing LoRA weights)"
+        )
+
+
+def freeze_lora(model) -> None:
+    """Keep the adapter's LoRA weights as they are: only the task's other trainable parts train."""
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(False)
+
+
 def canonical_json(path: Path, base_model: str) -> None:
     """Rewrite a saved adapter config with sorted keys and sorted name lists: peft keeps
     target_modules as a set, whose order follows Python's per-process string hashing, so the same
@@ -429,6 +478,10 @@ def train(
         model = init(model, tokenizer)
     job = (task or answer_task(train_path, valid_path, params.max_length))(model, tokenizer)
     model = add_lora(model, lora, **job.lora_extras)
+    if job.lora_from is not None:
+        load_lora(model, job.lora_from, lora)
+    if not job.train_lora:
+        freeze_lora(model)
     rows = job.rows
     # A starting point other than the base model names itself (`init.key`, e.g. the pretrained
     # adapter's hash): a checkpoint must not resume on top of another start.
@@ -530,6 +583,8 @@ def train(
                 if f.name not in ("training_args.bin", "README.md"):
                     shutil.move(f, tmp / f.name)
             tokenizer.save_pretrained(tmp)
+            if job.finish is not None:
+                job.finish(tmp)
             canonical_json(tmp / "adapter_config.json", model_p.name)
         shutil.rmtree(staging, ignore_errors=True)
         write_json(metrics, metrics_path)
