@@ -132,6 +132,27 @@ def test_no_valid_or_test_pair_reaches_either_model(data, monkeypatch, tmp_path)
         assert trained_pairs == set(inter.select("user_id", "item_id").iter_rows()) - held
 
 
+def test_liked_positives_train_on_liked_interactions_only(data, monkeypatch, tmp_path):
+    inter, samples = data
+    seen = {}
+    real = module.train_bprmf
+
+    def train(sequences, *args, **kwargs):
+        seen["bprmf"] = sequences
+        return real(sequences, *args, **kwargs)
+
+    monkeypatch.setattr(module, "train_bprmf", train)
+    liked = FAST.model_copy(update={"positives": "liked", "like_threshold": 3.0})
+    encoders = train_encoders(inter, samples, tmp_path, liked, seed=0)
+    users = encoders["bprmf"].users
+    trained_pairs = {(users[r], i) for r, seq in enumerate(seen["bprmf"]) for i in seq}
+    assert trained_pairs == set(
+        inter.filter(pl.col("rating") > 3).select("user_id", "item_id").iter_rows()
+    ) - held_pairs(samples)
+    assert encoders["sasrec"].meta["positives"] == "liked"
+    assert sum(encoders["bprmf"].meta["item_counts"]) == len(trained_pairs)
+
+
 def test_the_guard_refuses_a_held_out_pair(data, monkeypatch, tmp_path):
     inter, samples = data
     monkeypatch.setattr(module, "training_log", lambda interactions, held: interactions)  # a leaking filter

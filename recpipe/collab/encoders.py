@@ -8,8 +8,10 @@ interaction too), but those of a held-out (user_id, item_id) pair: the pair of a
 sample, plus any pair the caller adds (e.g. the pipeline's `held_out`, which also holds P5's valid
 and test pools). Every interaction of such a pair is dropped, an earlier one too: the pair must not
 be learned at all. A user's interactions form one sequence in time order (recpipe.data.splits'
-CHRONO_KEY); BPR-MF reads each (user, item) of it, SASRec its next-item steps. The item set is the
-training log's items: an item seen only in held-out pairs or histories gets no row (it is cold).
+CHRONO_KEY); BPR-MF reads each (user, item) of it, SASRec its next-item steps. With
+CollabParams.positives "liked", only the interactions rated above like_threshold train. The item
+set is the training log's items: an item seen only in held-out pairs or histories (or, with
+"liked", never liked) gets no row (it is cold).
 
 Validation and early stopping. Both models train as the P5 baselines do (recpipe.collab.sasrec,
 recpipe.collab.bprmf) and stop on the NDCG@10 of ranking the TALLRec valid samples' positives
@@ -18,12 +20,13 @@ training items and the history left out of the ranking. Why these cases, rather 
 on the training log:
 - they are held out of training already, so validating costs no training data (leave-one-out
   would withhold each user's last training item, or validate on an item already learned);
-- they come from the split the test samples come from (the same time window under the temporal
-  split, the same users under the paper split), so the epoch chosen is the one that carries over;
+- they are cut from the sample pool the test samples are cut from (the time window just before
+  the test's under the temporal split, the users just before the test's under the paper split),
+  so the epoch chosen is the one likeliest to carry over;
 - a positive is an interaction the user went on to like: ranking it is what both models are
-  trained to do (rank an interacted item above others), whereas the yes/no AUC asks them to tell
-  liked from disliked among interacted items, which implicit training never sees. That AUC on all
-  valid samples is still recorded for the best epoch (validation.valid_auc).
+  trained to do (rank a user's items above others), whereas the yes/no AUC asks them to tell
+  liked from disliked among rated items, which training on all interactions never sees. That AUC
+  on all valid samples is still recorded for the best epoch (validation.valid_auc).
 A valid positive whose user (MF) or whose history items (SASRec) the training log does not know,
 or whose item has no row, cannot be ranked: it is skipped and counted.
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import torch
@@ -66,6 +70,13 @@ class CollabParams(Strict):
 
     sasrec: SasrecParams = Field(default_factory=SasrecParams, description="SASRec's settings.")
     bprmf: BprmfParams = Field(default_factory=BprmfParams, description="BPR-MF's settings.")
+    positives: Literal["all", "liked"] = Field(
+        "all",
+        description="The interactions the models learn as a user's items: all, every one (rated or not); liked, only those rated above like_threshold, so that a score tells liked from disliked rather than rated from unrated (ML-100K's TALLRec test, seed 42: BPR-MF's AUC 0.68 against 0.56 with all, SASRec's 0.45 against 0.36).",
+    )
+    like_threshold: float = Field(
+        3, description="positives: liked counts a rating above this (set it to the instructions' like_threshold)."
+    )
     cold_below: int = Field(
         10,
         ge=1,
@@ -301,7 +312,8 @@ def train_encoders(
     on the valid samples' positives (see the module's docstring); save them under out_dir/mf and
     out_dir/sasrec and return them. Deterministic for a seed (CPU)."""
     held = held_out_pairs(samples, held_out)
-    log_frame = training_log(interactions, held)
+    kept = training_log(interactions, held)
+    log_frame = kept if params.positives == "all" else kept.filter(pl.col("rating") > params.like_threshold)
     users, train = user_sequences(log_frame)
     check_no_held_out(users, train, held)
     items = sorted({i for seq in train for i in seq})
@@ -309,11 +321,12 @@ def train_encoders(
     user_row = {u: r for r, u in enumerate(users)}
     mf_cases, sas_cases, case_counts = valid_positives(samples, user_row, set(items), train)
     log.info(
-        "collab: %d training interactions of %d users and %d items (%d interactions of %d held-out pairs left out)",
+        "collab: %d training interactions (%s) of %d users and %d items (%d interactions of %d held-out pairs left out)",
         log_frame.height,
+        params.positives,
         len(users),
         len(items),
-        interactions.height - log_frame.height,
+        interactions.height - kept.height,
         held.height,
     )
     base = {
@@ -321,8 +334,10 @@ def train_encoders(
         "items": items,
         "item_counts": [counts[i] for i in items],
         "held_out_pairs": held.height,
-        "held_out_interactions": interactions.height - log_frame.height,
+        "held_out_interactions": interactions.height - kept.height,
         "training_interactions": log_frame.height,
+        "positives": params.positives,
+        "like_threshold": params.like_threshold,
     }
     encoders: dict[str, Encoder] = {}
     mf, fit = train_bprmf(train, mf_cases, items, params.bprmf, seed)
