@@ -17,7 +17,6 @@ from recpipe.model.collab import (
     PLACEHOLDER,
     PROJECTOR,
     CollabCollator,
-    CollabParams,
     add_projector,
     attach_projector,
     collab_embeds,
@@ -30,7 +29,9 @@ from recpipe.model.collab import (
 )
 from recpipe.model.load import answer_token_ids, load
 from recpipe.model.train import IGNORE, add_lora, encode, freeze_lora, load_lora, train
-from recpipe.params import LoraParams, ModelParams, TrainParams
+from recpipe.params.collab import CollabParams
+from recpipe.params.model import ModelParams
+from recpipe.params.train import LoraParams, TrainParams
 from recpipe.tallrec.evaluate import score, valid_auc
 
 CF_DIM = 4

@@ -8,8 +8,9 @@ The parts, from the ground up (MAY_IMPORT says what each may import):
 - data and model: two wings on the ground that know nothing of each other (the model no dataset,
   the data no model).
 - recsysllm: a pretraining method, built on data and model.
-- tallrec and p5: the tasks, built on data and model. Neither imports the other, nor recsysllm: a
-  pretrained model reaches a task through its step, which passes it in.
+- collab: collaborative encoders (BPR-MF, SASRec) and their training, built on data alone (no LLM).
+- tallrec and p5: the tasks, built on data, model and collab. Neither imports the other, nor
+  recsysllm: a pretrained model reaches a task through its step, which passes it in.
 - steps: one module a pipeline step, wiring the wings together; stages/ reach the library through
   it alone, and the CLI through it and the ground.
 No module uses another's private (`_name`) names: a helper two modules need is made public where
@@ -23,15 +24,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "recpipe"
-WINGS = ("data", "model", "recsysllm", "tallrec", "p5")
+WINGS = ("data", "model", "recsysllm", "collab", "tallrec", "p5")
 MAY_IMPORT = {
     "recpipe": set(),
     "ground": {"recpipe", "ground"},
     "data": {"recpipe", "ground", "data"},
     "model": {"recpipe", "ground", "model"},
     "recsysllm": {"recpipe", "ground", "data", "model", "recsysllm"},
-    "tallrec": {"recpipe", "ground", "data", "model", "tallrec"},
-    "p5": {"recpipe", "ground", "data", "model", "p5"},
+    "collab": {"recpipe", "ground", "data", "collab"},
+    "tallrec": {"recpipe", "ground", "data", "model", "collab", "tallrec"},
+    "p5": {"recpipe", "ground", "data", "model", "collab", "p5"},
     "steps": {"recpipe", "ground", *WINGS, "steps"},
     "cli": {"recpipe", "ground", *WINGS, "steps"},
     "stages": {"recpipe", "steps"},

@@ -25,11 +25,9 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from recpipe import RecpipeError, log
 from recpipe.io import read_parquet, sha256_file, write_json
@@ -43,6 +41,7 @@ from recpipe.model.train import (
     labelled_columns,
     summed_loss,
 )
+from recpipe.params.collab import CollabParams
 
 # A placeholder in a prompt's text: one CF vector goes there. The prompt is split at each one and
 # the pieces are tokenized apart (placeholder_tokens), so whatever the tokenizer would merge
@@ -53,21 +52,6 @@ PROJECTOR = "collab_projector"  # the module's name on the model, and the stem o
 
 # samples (rows with user_id, item_id, ...) -> one float32 [placeholders, cf_dim] tensor per row
 CFVectors = Callable[[pl.DataFrame], list[torch.Tensor]]
-
-
-class CollabParams(BaseModel):
-    """The collaborative tokens' settings (kept here until the params have a section for them).
-    Step 2's learning rate and steps are the TrainParams that train() is called with."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    recipe: Literal["two_step", "one_step"] = Field(
-        "two_step",
-        description="two_step: LoRA on the text prompts first (the ordinary train stage), then the projector alone with the LoRA frozen; one_step: both together.",
-    )
-    mid_times: int = Field(
-        10, ge=1, description="The projector's hidden layer is cf_dim x mid_times wide (CoLLM's proj_mid_times)."
-    )
 
 
 class CollabProjector(torch.nn.Module):

@@ -6,7 +6,7 @@ al.'s Bayesian personalized ranking loss).
 Data and split. The rated interactions (rating not null, as recpipe.p5.families.build reads them) cut
 by the same leave-one-out split (recpipe.p5.families.leave_one_out): each user's last item is the test
 target and every item before it is the user's history; the history's last item is the user's
-validation item. SASRec and BPR-MF train as RecBole trains them:
+validation item. SASRec and BPR-MF (recpipe.collab) train as RecBole trains them:
 - training data: each user's items before the validation item (never the validation or test item;
   a sampled negative is never one of the user's training items either).
 - after every epoch the model ranks every user's validation item (full ranking, the training items
@@ -33,29 +33,36 @@ candidate (the trained models then learn it only as a sampled negative; its popu
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 
 import polars as pl
 import torch
-from torch import nn
-from torch.nn import functional as F
-from tqdm import tqdm
 
 from recpipe import RecpipeError, log
+from recpipe.collab.bprmf import train_bprmf
+from recpipe.collab.sasrec import SASRec, sasrec_loss, sasrec_windows, tokens_of, train_sasrec
+from recpipe.collab.training import CHUNK, VALID_K, Cases, early_stopping, ranks, threads
 from recpipe.data.splits import loo_histories
 from recpipe.metrics import hit_and_ndcg
 from recpipe.params.p5 import BprmfParams, SasrecParams
 
+# The models and their training live in recpipe.collab (TALLRec's encoders train them too); these
+# names stay importable from here.
+__all__ = [
+    "SASRec",
+    "baselines",
+    "early_stopping",
+    "popularity_scores",
+    "rank_candidates",
+    "ranks",
+    "sasrec_loss",
+    "sasrec_windows",
+    "topk",
+]
+
 KS = (1, 5, 10)
-CHUNK = 512  # users scored at once: bounds the [users, items] score matrix on large datasets
-VALID_K = 10  # early stopping watches NDCG at this k
 
 
 def popularity_scores(train_sequences: Iterable[Iterable[int]]) -> dict[int, int]:
@@ -97,367 +104,6 @@ def rank_candidates(scores: torch.Tensor, columns: Mapping[int, int], candidates
     if unknown:
         raise RecpipeError(f"baselines: candidates {unknown[:5]} are not in the item set")
     return topk(scores[[columns[c] for c in cands]].unsqueeze(0), cands, k, [()])[0]
-
-
-class SASRec(nn.Module):
-    """Self-attentive sequential recommendation: item and learned position embeddings, causal
-    pre-norm transformer blocks, and an item's score is the dot product of a position's hidden
-    state with the item's embedding (input and output embeddings shared, as in the paper).
-
-    Tokens: 0 pads, token j + 1 is items[j]. Sequences are left-padded, so the newest item always
-    sits at the last position, and positions count back from it: a sequence's hidden states do
-    not depend on how much padding comes before it (padding keys are masked in every block)."""
-
-    def __init__(self, n_items: int, p: SasrecParams):
-        super().__init__()
-        self.item = nn.Embedding(n_items + 1, p.hidden, padding_idx=0)
-        self.pos = nn.Embedding(p.max_len, p.hidden)
-        self.heads = p.heads
-        self.drop = nn.Dropout(p.dropout)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                p.hidden, p.heads, dim_feedforward=p.hidden, dropout=p.dropout, batch_first=True, norm_first=True
-            )
-            for _ in range(p.blocks)
-        )
-        self.norm = nn.LayerNorm(p.hidden)  # pre-norm blocks leave the last output unnormalised
-        # Small embeddings, as the paper's Xavier init: N(0, 1) rows times sqrt(hidden) would swamp the positions.
-        nn.init.xavier_normal_(self.item.weight)
-        nn.init.xavier_normal_(self.pos.weight)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states [batch, length, hidden] of left-padded token sequences [batch, length],
-        length <= max_len."""
-        length = seq.shape[1]
-        if length > self.pos.num_embeddings:
-            raise RecpipeError(
-                f"baselines: SASRec got sequences of {length} tokens, more than its max_len {self.pos.num_embeddings}"
-            )
-        real = seq > 0
-        keep = real.unsqueeze(-1)
-        x = self.item(seq) * math.sqrt(self.item.embedding_dim) + self.pos.weight[-length:]
-        x = self.drop(x) * keep
-        # A query sees itself and the real items before it: causal, padding keys masked. A padding
-        # query sees only itself (so no row of the softmax is empty); its output is zeroed below.
-        eye = torch.eye(length, dtype=torch.bool)
-        allowed = (torch.ones(length, length, dtype=torch.bool).tril() & real.unsqueeze(1)) | eye
-        blocked = (~allowed).repeat_interleave(self.heads, dim=0)  # [batch * heads, length, length]
-        for block in self.blocks:
-            x = block(x, src_mask=blocked) * keep  # padding zeroed again after each block, as in the paper
-        return self.norm(x)
-
-    def scores(self, seq: torch.Tensor) -> torch.Tensor:
-        """Every item's score [batch, n_items] after each sequence (column j is token j + 1)."""
-        return self(seq)[:, -1, :] @ self.item.weight[1:].T
-
-
-class BPRMF(nn.Module):
-    """Matrix factorization: an item's score for a user is the dot product of their embeddings."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int):
-        super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
-        nn.init.xavier_normal_(self.user.weight)
-        nn.init.xavier_normal_(self.item.weight)
-
-    def scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Every item's score [len(users), n_items] (column j is items[j]) for user indices."""
-        return self.user(users) @ self.item.weight.T
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _left_pad(tokens: list[int], length: int) -> list[int]:
-    tokens = tokens[-length:]
-    return [0] * (length - len(tokens)) + tokens
-
-
-@dataclass
-class Fit:
-    """One early-stopped training run: the model holds the best epoch's weights."""
-
-    best_epoch: int
-    best_valid: float  # NDCG@VALID_K at best_epoch
-    epochs_run: int
-    losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
-    valid: list[float] = field(default_factory=list)  # validation NDCG@VALID_K after each epoch
-    seconds: float = 0.0
-
-    def metrics(self) -> dict:
-        return {
-            "best_epoch": self.best_epoch,
-            f"best_valid_ndcg@{VALID_K}": round(self.best_valid, 5),
-            "epochs_run": self.epochs_run,
-        }
-
-
-def early_stopping(
-    model: nn.Module,
-    train_epoch: Callable[[], float],
-    validate: Callable[[], float],
-    epochs: int,
-    patience: int,
-    name: str,
-) -> Fit:
-    """Train epoch after epoch, validating after each, until `patience` epochs in a row bring no
-    better validation score than the best so far, or `epochs` have run; then load the best epoch's
-    weights into the model (the earliest of equal best scores). train_epoch() trains one epoch and
-    returns its mean loss; validate() scores the model (higher is better)."""
-    start = time.perf_counter()
-    fit = Fit(best_epoch=0, best_valid=-math.inf, epochs_run=0)
-    best_state = copy.deepcopy(model.state_dict())
-    bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", file=sys.stderr)
-    for epoch in bar:
-        model.train()
-        fit.losses.append(float(train_epoch()))
-        model.eval()
-        with torch.no_grad():
-            score = float(validate())
-        fit.valid.append(score)
-        fit.epochs_run = epoch
-        if score > fit.best_valid:
-            fit.best_epoch, fit.best_valid, best_state = epoch, score, copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{fit.losses[-1]:.4f}", valid=f"{score:.4f}", best=fit.best_epoch)
-        if epoch - fit.best_epoch >= patience:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    fit.seconds = time.perf_counter() - start
-    log.info(
-        "%s: best validation NDCG@%d %.4f at epoch %d of %d run (patience %d, at most %d), %.1f s",
-        name,
-        VALID_K,
-        fit.best_valid,
-        fit.best_epoch,
-        fit.epochs_run,
-        patience,
-        epochs,
-        fit.seconds,
-    )
-    return fit
-
-
-def ranks(scores: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-    """The 0-based rank of each row's target column among the columns not excluded, ties going to
-    the lower column as in topk; an excluded target never ranks (rank = number of columns)."""
-    scores = scores.masked_fill(exclude, -math.inf)
-    t = scores.gather(1, target.unsqueeze(1))
-    cols = torch.arange(scores.shape[1]).unsqueeze(0)
-    rank = (scores > t).sum(1) + ((scores == t) & (cols < target.unsqueeze(1))).sum(1)
-    return torch.where(exclude.gather(1, target.unsqueeze(1)).squeeze(1), scores.shape[1], rank)
-
-
-def ndcg_at(rank: torch.Tensor, k: int = VALID_K) -> float:
-    """Mean NDCG@k of one relevant item per case at these 0-based ranks."""
-    gain = torch.where(rank < k, 1 / torch.log2(rank.double() + 2), torch.zeros((), dtype=torch.float64))
-    return float(gain.mean())
-
-
-def _exclusion(histories: list[list[int]], n: int) -> torch.Tensor:
-    """[len(histories), n] True at each row's columns."""
-    mask = torch.zeros(len(histories), n, dtype=torch.bool)
-    rows = [r for r, h in enumerate(histories) for _ in h]
-    mask[rows, [c for h in histories for c in h]] = True
-    return mask
-
-
-def _sample_negatives(
-    shape: tuple[int, ...], n: int, seen: torch.Tensor, gen: torch.Generator, offset: int = 0
-) -> torch.Tensor:
-    """Uniform items in [offset, offset + n), redrawn while they are among the row's seen ones
-    (seen: [rows, offset + n] bool, one row per leading index of shape); a row that saw every item
-    keeps whatever is drawn."""
-    neg = torch.randint(offset, offset + n, shape, generator=gen)
-    can_draw = seen[:, offset:].sum(1) < n
-    can_draw = can_draw.view(-1, *([1] * (len(shape) - 1)))
-    redraw = seen.gather(1, neg.view(seen.shape[0], -1)).view(shape) & can_draw
-    while redraw.any():  # rejection sampling
-        neg[redraw] = torch.randint(offset, offset + n, (int(redraw.sum()),), generator=gen)
-        redraw = seen.gather(1, neg.view(seen.shape[0], -1)).view(shape) & can_draw
-    return neg
-
-
-def sasrec_windows(tokens: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The training windows of token sequences: each sequence is cut from its end into windows of
-    up to max_len + 1 tokens that overlap by one, so every token after a sequence's first is the
-    target of exactly one position. Returns inputs and targets [windows, max_len] (left-padded,
-    0 = padding) and each window's sequence index."""
-    inputs, targets, owner = [], [], []
-    for s, t in enumerate(tokens):
-        for end in range(len(t), 1, -max_len):
-            w = t[max(0, end - max_len - 1) : end]
-            inputs.append(_left_pad(w[:-1], max_len))
-            targets.append(_left_pad(w[1:], max_len))
-            owner.append(s)
-    return (
-        torch.tensor(inputs, dtype=torch.long).view(-1, max_len),
-        torch.tensor(targets, dtype=torch.long).view(-1, max_len),
-        owner,
-    )
-
-
-def sasrec_loss(
-    model: SASRec, h: torch.Tensor, targets: torch.Tensor, loss: str, negatives: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The mean loss over every real (non-padding) position of hidden states h [batch, length,
-    hidden] with next-item tokens `targets` [batch, length] (0 = padding: no loss). ce: softmax
-    cross-entropy over every item; bce: the target against `negatives` (tokens, same shape)."""
-    real = targets > 0
-    if loss == "ce":
-        return F.cross_entropy(h[real] @ model.item.weight[1:].T, targets[real] - 1)
-    pos = (h * model.item(targets)).sum(-1)[real]
-    neg = (h * model.item(negatives)).sum(-1)[real]
-    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
-        neg, torch.zeros_like(neg)
-    )
-
-
-def _columns(train: list[list[int]], items: list[int]) -> dict[int, int]:
-    """Each item's column in the score matrix; every item of the sequences must be one of them."""
-    col = {item: j for j, item in enumerate(items)}
-    unknown = sorted({i for seq in train for i in seq} - set(col))
-    if unknown:
-        raise RecpipeError(f"baselines: the sequences name items {unknown[:5]} that are not in the item set")
-    return col
-
-
-def train_sasrec(
-    train: list[list[int]], valid_target: list[int | None], items: list[int], params: SasrecParams, seed: int
-) -> tuple[SASRec, Fit]:
-    """SASRec trained on item sequences `train` (one per user, the items before the user's
-    validation item), every position's next item a target; early-stopped on the validation
-    NDCG@10 of ranking valid_target[u] (None: the user has no validation case) after train[u],
-    train[u] left out of the ranking. Deterministic for a seed on one machine (CPU; the caller's
-    global RNG is left as it was)."""
-    p = params
-    col = _columns(train, items)
-    n = len(items)
-    tokens = [[col[i] + 1 for i in seq] for seq in train]
-    inputs, targets, owner = sasrec_windows(tokens, p.max_len)
-    if not len(owner):
-        raise RecpipeError("baselines: no training sequence has 2 or more items to train SASRec on")
-    owner_t = torch.tensor(owner)
-    seen = _exclusion(tokens, n + 1)  # each user's training tokens, never their negatives (bce)
-    seen[:, 0] = True
-    cases = [u for u, v in enumerate(valid_target) if v is not None and tokens[u]]
-    v_inputs = torch.tensor([_left_pad(tokens[u], p.max_len) for u in cases], dtype=torch.long).view(-1, p.max_len)
-    v_target = torch.tensor([col[valid_target[u]] for u in cases], dtype=torch.long)
-    v_exclude = _exclusion([[t - 1 for t in tokens[u]] for u in cases], n)
-    with torch.random.fork_rng(devices=[]), _threads(p.threads):
-        torch.manual_seed(seed)  # initial weights and dropout
-        gen = torch.Generator().manual_seed(seed)  # batch order and negatives
-        model = SASRec(n, p)
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.9, 0.98))  # the paper's beta2
-
-        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-            inp, tgt = inputs[batch], targets[batch]
-            # Trim the padding every window of the batch has: positions count from the end.
-            width = int((inp > 0).sum(1).max())
-            inp, tgt = inp[:, -width:], tgt[:, -width:]
-            neg = (
-                _sample_negatives(tuple(tgt.shape), n, seen[owner_t[batch]], gen, offset=1) if p.loss == "bce" else None
-            )
-            return sasrec_loss(model, model(inp), tgt, p.loss, neg)
-
-        fit = early_stopping(
-            model,
-            lambda: _epoch(opt, torch.randperm(len(owner), generator=gen).split(p.batch_size), batch_loss),
-            lambda: _validation_ndcg(model.scores, v_inputs, v_target, v_exclude),
-            p.epochs,
-            p.patience,
-            "sasrec",
-        )
-    log.info(
-        "sasrec: %d windows of %d training sequences, %d items, loss %s",
-        len(owner),
-        sum(len(t) >= 2 for t in tokens),
-        n,
-        p.loss,
-    )
-    return model, fit
-
-
-def _epoch(opt, batches, batch_loss) -> float:
-    """One pass of optimizer steps over `batches`; the mean loss."""
-    total, steps = 0.0, 0
-    for batch in batches:
-        loss = batch_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total, steps = total + loss.item(), steps + 1
-    return total / steps
-
-
-def _validation_ndcg(scores_of, inputs: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor) -> float:
-    """NDCG@10 of the validation cases (0 when there are none), CHUNK cases at a time."""
-    if not len(target):
-        return 0.0
-    rank = torch.cat(
-        [
-            ranks(scores_of(inputs[s : s + CHUNK]), target[s : s + CHUNK], exclude[s : s + CHUNK])
-            for s in range(0, len(target), CHUNK)
-        ]
-    )
-    return ndcg_at(rank)
-
-
-def train_bprmf(
-    train: list[list[int]], valid_target: list[int | None], items: list[int], params: BprmfParams, seed: int
-) -> tuple[BPRMF, Fit]:
-    """BPR-MF trained on each user's (row u of `train`) items: every epoch, every (user, item)
-    once, against one sampled item the user never had in training; early-stopped on the
-    validation NDCG@10 of ranking valid_target[u] (None: no validation case) with train[u] left
-    out. User u is embedding row u. Deterministic for a seed (the caller's global RNG is kept)."""
-    p = params
-    col = _columns(train, items)
-    n = len(items)
-    cols = [[col[i] for i in seq] for seq in train]
-    pair_users = torch.tensor([u for u, c in enumerate(cols) for _ in c], dtype=torch.long)
-    pair_items = torch.tensor([i for c in cols for i in c], dtype=torch.long)
-    if not len(pair_users):
-        raise RecpipeError("baselines: no training interaction to train BPR-MF on")
-    seen = _exclusion(cols, n)
-    cases = [u for u, v in enumerate(valid_target) if v is not None and cols[u]]
-    v_users = torch.tensor(cases, dtype=torch.long)
-    v_target = torch.tensor([col[valid_target[u]] for u in cases], dtype=torch.long)
-    v_exclude = seen[v_users]
-    with torch.random.fork_rng(devices=[]), _threads(p.threads):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = BPRMF(len(train), n, p.dim)
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr)
-
-        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-            u, i = pair_users[batch], pair_items[batch]
-            j = _sample_negatives((len(batch),), n, seen[u], gen)
-            eu, ei, ej = model.user(u), model.item(i), model.item(j)
-            loss = -F.logsigmoid((eu * ei).sum(-1) - (eu * ej).sum(-1)).mean()
-            if p.reg:
-                loss = loss + p.reg * (eu.pow(2).sum() + ei.pow(2).sum() + ej.pow(2).sum()) / len(batch)
-            return loss
-
-        fit = early_stopping(
-            model,
-            lambda: _epoch(opt, torch.randperm(len(pair_users), generator=gen).split(p.batch_size), batch_loss),
-            lambda: _validation_ndcg(model.scores, v_users, v_target, v_exclude),
-            p.epochs,
-            p.patience,
-            "bprmf",
-        )
-    return model, fit
 
 
 def _direct_cases(direct_cases: pl.DataFrame | None, target: dict[int, int]) -> pl.DataFrame | None:
@@ -584,28 +230,45 @@ def baselines(
     train = [history[u][:-1] for u in users]
     valid = [history[u][-1] if len(history[u]) >= 2 else None for u in users]
 
-    model, fit = train_sasrec(train, valid, items, p, seed)
+    # One validation case per user with a validation item and training items, in user order.
+    cases_at = [r for r in range(len(users)) if valid[r] is not None and train[r]]
+    # early_stopping is looked up here, when the baselines run, so that a caller can watch each fit.
+    model, fit = train_sasrec(
+        train,
+        Cases([train[r] for r in cases_at], [valid[r] for r in cases_at], [train[r] for r in cases_at]),
+        items,
+        p,
+        seed,
+        loop=early_stopping,
+    )
 
     @torch.no_grad()
     def sasrec_scores(chunk: list[int]) -> torch.Tensor:
         # The test input: the whole history, the validation item included.
-        seqs = torch.tensor(
-            [_left_pad([col[i] + 1 for i in history[u]], p.max_len) for u in chunk], dtype=torch.long
-        ).view(-1, p.max_len)
+        seqs = torch.tensor([tokens_of(history[u], col, p.max_len) for u in chunk], dtype=torch.long).view(
+            -1, p.max_len
+        )
         return model.scores(seqs)
 
-    with _threads(p.threads):
+    with threads(p.threads):
         result["sasrec"], rows = _evaluate(sasrec_scores, items, history, target, direct, sequential_users)
     result["sasrec"] |= fit.metrics()
     cases += [("sasrec", *row) for row in rows]
 
-    mf, mf_fit = train_bprmf(train, valid, items, pb, seed)
+    mf, mf_fit = train_bprmf(
+        train,
+        Cases(cases_at, [valid[r] for r in cases_at], [train[r] for r in cases_at]),
+        items,
+        pb,
+        seed,
+        loop=early_stopping,
+    )
 
     @torch.no_grad()
     def bprmf_scores(chunk: list[int]) -> torch.Tensor:
         return mf.scores(torch.tensor([row[u] for u in chunk], dtype=torch.long))
 
-    with _threads(pb.threads):
+    with threads(pb.threads):
         result["bprmf"], rows = _evaluate(bprmf_scores, items, history, target, direct, sequential_users)
     result["bprmf"] |= mf_fit.metrics()
     cases += [("bprmf", *row) for row in rows]

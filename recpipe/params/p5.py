@@ -6,68 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from recpipe.params.collab import BprmfParams, SasrecParams
 from recpipe.params.core import DatasetName, Strict
 from recpipe.params.train import WIDE_LORA, LoraParams, TrainParams
 
 FAMILY_NAMES = ("rating", "sequential", "explanation", "review", "direct")  # recpipe.p5.families.FAMILIES
 Family = Literal["rating", "sequential", "explanation", "review", "direct"]
-
-
-class SasrecParams(Strict):
-    max_len: int = Field(
-        50,
-        ge=2,
-        description="SASRec reads the last this many items of a history; a longer training sequence is cut into windows of this many targets, so every position is learned.",
-    )
-    hidden: int = Field(64, ge=8, description="Embedding and hidden size; a multiple of heads.")
-    blocks: int = Field(2, ge=1, description="Self-attention blocks.")
-    heads: int = Field(1, ge=1, description="Attention heads per block.")
-    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and in each block, in [0, 1).")
-    loss: Literal["ce", "bce"] = Field(
-        "ce",
-        description="ce: softmax cross-entropy over every item at every position; bce: binary cross-entropy of the next item against one sampled item the user never had in training (the paper's).",
-    )
-    epochs: int = Field(
-        200, ge=1, description="The most training passes; early stopping on validation NDCG@10 usually ends sooner."
-    )
-    patience: int = Field(
-        10,
-        ge=1,
-        description="Stop after this many epochs without a better validation NDCG@10; the best epoch's weights are kept.",
-    )
-    batch_size: int = Field(128, ge=1, description="Training sequences per step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    threads: int = Field(
-        1,
-        ge=1,
-        description="Torch threads while SASRec trains and scores. Its ops are small: one thread keeps the time predictable on a busy machine, where more threads can wait on each other.",
-    )
-
-    @model_validator(mode="after")
-    def _heads(self) -> SasrecParams:
-        if self.hidden % self.heads:
-            raise ValueError(f"p5.sasrec.hidden ({self.hidden}) must be divisible by p5.sasrec.heads ({self.heads})")
-        return self
-
-
-class BprmfParams(Strict):
-    dim: int = Field(64, ge=1, description="Embedding size of users and items.")
-    reg: float = Field(
-        0.0, ge=0, description="L2 penalty on the user, positive and negative embeddings of each training triple."
-    )
-    epochs: int = Field(
-        300,
-        ge=1,
-        description="The most training passes over the training interactions; early stopping on validation NDCG@10 usually ends sooner.",
-    )
-    patience: int = Field(
-        10,
-        ge=1,
-        description="Stop after this many epochs without a better validation NDCG@10; the best epoch's weights are kept.",
-    )
-    batch_size: int = Field(1024, ge=1, description="(user, item, sampled negative) triples per step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    threads: int = Field(1, ge=1, description="Torch threads while BPR-MF trains and scores.")
 
 
 class P5Params(Strict):
