@@ -9,6 +9,7 @@ import polars as pl
 import typer
 
 import recpipe.steps.baselines
+import recpipe.steps.collab
 import recpipe.steps.download
 import recpipe.steps.evaluate
 import recpipe.steps.evaluate_base
@@ -39,6 +40,7 @@ STEPS = {
         recpipe.steps.textualize,
         recpipe.steps.instructions,
         recpipe.steps.sample,
+        recpipe.steps.collab,
         recpipe.steps.pretrain,
         recpipe.steps.train,
         recpipe.steps.evaluate_base,

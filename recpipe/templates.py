@@ -11,6 +11,13 @@ from recpipe.io import read_mapping
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
+# The marker of a collaborative token in a prompt (CoLLM's): the model's input embedding at it is
+# a projected user or item embedding (recpipe.model.collab). Plain text no item title contains.
+COLLAB_TOKEN = "<|collab|>"
+# Where a hybrid prompt's user token goes: first in its input.
+COLLAB_USER = f"User: {COLLAB_TOKEN}\n"
+
+
 def read_template_file(name_or_path: str) -> tuple[Path, dict]:
     """recpipe/templates/<name>.yaml, or a path to a YAML file: its path and contents."""
     path = Path(name_or_path)

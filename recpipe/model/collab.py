@@ -42,12 +42,13 @@ from recpipe.model.train import (
     summed_loss,
 )
 from recpipe.params.collab import CollabParams
+from recpipe.templates import COLLAB_TOKEN
 
 # A placeholder in a prompt's text: one CF vector goes there. The prompt is split at each one and
 # the pieces are tokenized apart (placeholder_tokens), so whatever the tokenizer would merge
 # across it, the placeholder is exactly one position, and no token ever belongs to both sides.
 # The marker is plain text that item titles do not contain; no token is added to the vocabulary.
-PLACEHOLDER = "<|collab|>"
+PLACEHOLDER = COLLAB_TOKEN
 PROJECTOR = "collab_projector"  # the module's name on the model, and the stem of its files
 
 # samples (rows with user_id, item_id, ...) -> one float32 [placeholders, cf_dim] tensor per row

@@ -45,6 +45,7 @@ TOP_LEVEL = (
     "evaluate",
     "p5",
     "recsysllm",
+    "collab",
 )
 
 
@@ -101,11 +102,12 @@ class Common(Strict):
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Common:
         where = (info.context or {}).get("datasets_file", DATASETS_FILE)
-        evaluate, p5, recsysllm = (getattr(self, key, None) for key in ("evaluate", "p5", "recsysllm"))
+        evaluate, p5, recsysllm, collab = (getattr(self, k, None) for k in ("evaluate", "p5", "recsysllm", "collab"))
         used = [self.dataset]
         used += [evaluate.dataset] if evaluate is not None and evaluate.dataset is not None else []
         used += list(p5.datasets) if p5 is not None else []
         used += list(recsysllm.datasets) if recsysllm is not None else []
+        used += list(collab.datasets) if collab is not None else []
         registry = getattr(self, REGISTRY, None)
         for name in (*self.datasets, *used) if registry is not None else ():
             if name not in registry:
@@ -118,6 +120,15 @@ class Common(Strict):
             raise ValueError(
                 f"evaluate.instructions: evaluate.dataset is the training dataset {self.dataset!r}, whose test split is the one `instructions` made"
             )
+        if collab is not None and collab.model != "none":
+            if self.dataset not in collab.datasets:
+                raise ValueError(
+                    f"collab.model {collab.model}: dataset {self.dataset!r} has no collaborative encoders (add it to collab.datasets {list(collab.datasets)})"
+                )
+            if evaluate is not None and evaluate.dataset is not None:
+                raise ValueError(
+                    "collab.model: cross-domain scoring (evaluate.dataset) with collaborative tokens is not supported"
+                )
         if recsysllm is not None:
             train = getattr(self, "train", None)
             for key, init, names in (

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel
 
 from recpipe.params import core
+from recpipe.params.collab import Collab
 from recpipe.params.core import DATASETS_FILE, PARAMS_FILE, Common
 from recpipe.params.evaluate import Evaluate
 from recpipe.params.instructions import Instructions
@@ -37,6 +38,7 @@ class Params(Common):
     evaluate: Evaluate
     p5: P5
     recsysllm: Recsysllm
+    collab: Collab
     registry: Registry
 
 

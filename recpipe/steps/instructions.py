@@ -1,6 +1,7 @@
 """instructions: TALLRec's yes/no samples of `dataset`, split; with evaluate.dataset set, that
 dataset's samples too, built by the same code (data/instructions)."""
 
+from recpipe.params.collab import Collab
 from recpipe.params.core import Common
 from recpipe.params.evaluate import Evaluate, scored
 from recpipe.params.instructions import Instructions
@@ -12,6 +13,7 @@ FOR_EACH = None
 class StepParams(Common):
     instructions: Instructions
     evaluate: Evaluate
+    collab: Collab  # with collaborative tokens, the hybrid prompts too
 
 
 def run(p: StepParams) -> None:
@@ -19,7 +21,8 @@ def run(p: StepParams) -> None:
 
     from recpipe.tallrec.instructions import same_answers, write_instructions
 
-    write_instructions(dataset_dir(TEXT, p.dataset), SAMPLES, p.instructions)  # streamed: nothing read back
+    tokens = p.collab.tokens if p.collab.model != "none" else ()
+    write_instructions(dataset_dir(TEXT, p.dataset), SAMPLES, p.instructions, tokens)  # streamed: nothing read back
     if p.evaluate.dataset is None:
         Path(CROSS).unlink(missing_ok=True)  # left by an earlier cross-domain run outside DVC
         return

@@ -13,6 +13,7 @@ RECSYSLLM_DATA, RECSYSLLM_REPORTS, RECSYSLLM_LIVE = (
     "reports/recsysllm",
     "dvclive/recsysllm",
 )  # likewise
+COLLAB_DATA, COLLAB_REPORTS = "data/collab", "reports/collab"  # likewise
 # The P5 and pretraining runs' own folders in it: p5-<dataset>, recsysllm-<dataset>.
 CHECKPOINTS = ".recpipe/checkpoints"
 

@@ -26,16 +26,17 @@ def scoring_model(p, adapter: str | None = None, init=None):
     return model.eval(), tokenizer
 
 
-def score_test(p, name: str, model, tokenizer, positions=None) -> None:
+def score_test(p, name: str, model, tokenizer, positions=None, samples: str | None = None, collab=None) -> None:
     """Score the TALLRec test split with `model` as `name` (base or tuned): data/eval/<name>,
-    reports/<name>.json and reports/roc_<name>.csv."""
+    reports/<name>.json and reports/roc_<name>.csv. `samples`: another copy of the test samples
+    file (the hybrid prompts'); collab: their collaborative vectors (recpipe.model.collab)."""
     from recpipe.steps.paths import EVAL, REPORTS, test_samples
     from recpipe.tallrec.evaluate import evaluate
 
     # Scored with the training template's answer words, the ones the adapter learned (the
     # instructions step checks that evaluate.instructions' template has the same).
     evaluate(
-        test_samples(p.evaluate.dataset),
+        samples or test_samples(p.evaluate.dataset),
         f"{EVAL}/{name}",
         f"{REPORTS}/{name}.json",
         f"{REPORTS}/roc_{name}.csv",
@@ -44,4 +45,5 @@ def score_test(p, name: str, model, tokenizer, positions=None) -> None:
         p.evaluate.batch_size,
         p.instructions.template,
         positions,
+        collab=collab,
     )

@@ -18,7 +18,7 @@ from recpipe import RecpipeError, log
 from recpipe.data.splits import drop_leaks, split
 from recpipe.io import read_parquet, scan_parquet, sink_parquet
 from recpipe.params.instructions import InstructionsParams
-from recpipe.templates import load_template
+from recpipe.templates import COLLAB_TOKEN, COLLAB_USER, load_template
 
 REQUIRED = {
     "item": {"name"},
@@ -47,6 +47,8 @@ SCHEMA = {
     "prompt": pl.String,
     "answer": pl.String,
 }
+# With collaborative tokens, after those (render_batch).
+COLLAB_SCHEMA = {"collab_prompt": pl.String, "collab_item_ids": pl.List(pl.Int64)}
 _LISTS = ["item_id", "rating", "timestamp", "row"]
 
 
@@ -86,15 +88,16 @@ def candidate_samples(hist: pl.DataFrame, history_len: int, like_threshold: floa
     return sample_positions(long, history_len, like_threshold).drop("idx").collect()
 
 
-def _prompt_pieces(tpl: dict) -> list[str | tuple[str]]:
+def _prompt_pieces(tpl: dict, user: str = "") -> list[str | tuple[str]]:
     """The prompt as literal strings and (field,) placeholders of the input part (load_template
-    has checked that both hold only plain fields of ALLOWED)."""
+    has checked that both hold only plain fields of ALLOWED), with `user` first in the input."""
     pieces: list[str | tuple[str]] = []
     for literal, field, _, _ in string.Formatter().parse(tpl["prompt"]):
         pieces.append(literal)
         if field == "instruction":
             pieces.append(tpl["instruction"].strip())
         elif field == "input":
+            pieces.append(user)
             for lit, f, _, _ in string.Formatter().parse(tpl["input"]):
                 pieces.append(lit)
                 if f is not None:
@@ -103,11 +106,19 @@ def _prompt_pieces(tpl: dict) -> list[str | tuple[str]]:
 
 
 def render_batch(
-    samples: pl.DataFrame, long: pl.DataFrame, quoted: pl.Series, tpl: dict, history_len: int, like_threshold: float
+    samples: pl.DataFrame,
+    long: pl.DataFrame,
+    quoted: pl.Series,
+    tpl: dict,
+    history_len: int,
+    like_threshold: float,
+    collab_tokens: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """The output rows of some samples: their history lists and prompts, built column-wise.
     `long` holds item_id, code (the item's row in `quoted`) and rating per row of the long table;
-    `quoted` is each item's name as the template quotes it."""
+    `quoted` is each item's name as the template quotes it. With collab_tokens (user, history,
+    target), also the hybrid prompt with a collaborative token at each of those places
+    (`collab_prompt`) and the item of each item token in the prompt's order (`collab_item_ids`)."""
     idx = samples["idx"].cast(pl.Int64)
     cols = {}
     for k in range(history_len, 0, -1):  # oldest first
@@ -122,6 +133,13 @@ def render_batch(
 
     def as_list(names: pl.Expr) -> pl.Expr:
         return pl.when(names.list.len() == 0).then(pl.lit(empty)).otherwise(names.list.join(sep))
+
+    def marked(name: pl.Expr, token: str) -> pl.Expr:  # the name with a collaborative token after it
+        return pl.concat_str([name, pl.lit(f" {COLLAB_TOKEN}")]) if token in collab_tokens else name
+
+    def chosen(liked: bool, column: str, token: str = "") -> pl.Expr:  # one history list, oldest first
+        keep = [pl.col(f"l{k}") if liked else pl.col(f"l{k}").not_() for k in ks]
+        return pl.concat_list([pl.when(w).then(marked(pl.col(f"{column}{k}"), token)) for w, k in zip(keep, ks)])
 
     parts = (
         pl.DataFrame(cols)
@@ -140,20 +158,44 @@ def render_batch(
     prompt = parts.select(
         pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])
     ).to_series()
+    hybrid = {}
+    if collab_tokens:
+        frame = pl.DataFrame(cols).with_columns(target=quoted.gather(samples["code"]), target_id=samples["item_id"])
+        fields = frame.select(
+            liked=as_list(chosen(True, "n", "history").list.drop_nulls()),
+            disliked=as_list(chosen(False, "n", "history").list.drop_nulls()),
+            target=marked(pl.col("target"), "target"),
+        ).with_columns(parts.select("n_liked", "n_disliked", "n_history"))
+        user = COLLAB_USER if "user" in collab_tokens else ""
+        hybrid_pieces = _prompt_pieces(tpl, user)
+        hybrid["collab_prompt"] = fields.select(
+            pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in hybrid_pieces])
+        ).to_series()
+        # The item tokens' items, in the order the input's fields put them in the prompt.
+        ids = {}
+        if "history" in collab_tokens:
+            ids["liked"], ids["disliked"] = chosen(True, "i").list.drop_nulls(), chosen(False, "i").list.drop_nulls()
+        if "target" in collab_tokens:
+            ids["target"] = pl.concat_list(pl.col("target_id"))
+        order = [ids[p[0]] for p in hybrid_pieces if not isinstance(p, str) and p[0] in ids]
+        item_ids = pl.concat_list(order) if order else pl.lit([], pl.List(long["item_id"].dtype))
+        hybrid["collab_item_ids"] = frame.select(item_ids.alias("collab_item_ids")).to_series()
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
-    return samples.with_columns(
-        history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers
-    ).select(
-        sample_id=pl.format("{}-{}", "user_id", "item_id"),
-        split="split",
-        user_id="user_id",
-        item_id="item_id",
-        timestamp="timestamp",
-        rating="rating",
-        label="label",
-        history_item_ids="history_item_ids",
-        prompt="prompt",
-        answer="answer",
+    return (
+        samples.with_columns(history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers)
+        .select(
+            sample_id=pl.format("{}-{}", "user_id", "item_id"),
+            split="split",
+            user_id="user_id",
+            item_id="item_id",
+            timestamp="timestamp",
+            rating="rating",
+            label="label",
+            history_item_ids="history_item_ids",
+            prompt="prompt",
+            answer="answer",
+        )
+        .with_columns(**hybrid)
     )
 
 
@@ -190,9 +232,12 @@ def batches(
     tpl: dict,
     params: InstructionsParams,
     size: int = BATCH,
+    collab_tokens: tuple[str, ...] = (),
 ) -> Iterator[pl.DataFrame]:
     for start in range(0, samples.height, size):
-        yield render_batch(samples.slice(start, size), long, quoted, tpl, params.history_len, params.like_threshold)
+        yield render_batch(
+            samples.slice(start, size), long, quoted, tpl, params.history_len, params.like_threshold, collab_tokens
+        )
 
 
 def build(hist: pl.DataFrame, items: pl.DataFrame, params: InstructionsParams) -> pl.DataFrame:
@@ -215,16 +260,20 @@ def same_answers(trained: str, scored: str) -> None:
         )
 
 
-def write_instructions(text_dir: str | Path, out_path: str | Path, params: InstructionsParams) -> int:
+def write_instructions(
+    text_dir: str | Path, out_path: str | Path, params: InstructionsParams, collab_tokens: tuple[str, ...] = ()
+) -> int:
     """Build the samples from textualize's histories and item names and stream them to out_path;
-    returns how many were written."""
+    returns how many were written. With collab_tokens, each sample also gets its hybrid prompt
+    (render_batch)."""
     text = Path(text_dir)
     samples, long, quoted, tpl = plan(
         scan_parquet(text / "histories.parquet", "textualize"),
         read_parquet(text / "items.parquet", "textualize"),
         params,
     )
-    sink_parquet(lambda: batches(samples, long, quoted, tpl, params), SCHEMA, out_path)
+    schema = {**SCHEMA, **COLLAB_SCHEMA} if collab_tokens else SCHEMA
+    sink_parquet(lambda: batches(samples, long, quoted, tpl, params, collab_tokens=collab_tokens), schema, out_path)
     counts = samples.group_by("split").agg(n=pl.len(), positive=pl.col("label").mean()).sort("split")
     for split_name, n, pos in counts.iter_rows():
         log.info("instructions: %s: %d samples, %.1f%% positive", split_name, n, 100 * pos)

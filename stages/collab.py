@@ -1,0 +1,6 @@
+"""dvc stage: collab (recpipe/steps/collab.py)."""
+
+from recpipe.steps import collab, stage
+
+if __name__ == "__main__":
+    stage.main(collab)
