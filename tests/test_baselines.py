@@ -23,7 +23,8 @@ from recpipe.p5.baselines import (
     topk,
 )
 from recpipe.p5.families import build, load_templates
-from recpipe.params.p5 import BprmfParams, P5Params, SasrecParams
+from recpipe.params.collab import BprmfParams, SasrecParams
+from recpipe.params.p5 import P5Params
 
 N_USERS, N_ITEMS = 60, 40
 # Small and quick: the planted pattern needs no more (HR@5 = 1.0 on seeds 0, 1 and 2).
