@@ -3,18 +3,30 @@ SASRec (item embeddings and a sequence encoder), trained on a dataset's interact
 pair the samples validate or test on, saved as folders and loaded back for their vectors, which
 CoLLM/LLaRA-style prompts can carry as collaborative tokens.
 
+Objectives (CollabParams.objective). labels, the default, trains both as CoLLM trains its MF and
+SASRec: binary cross-entropy of each rated training interaction's like/dislike label (rating above
+like_threshold; unrated interactions are no targets), MF's logit the dot product of the user's and
+the item's embedding (no bias terms, as CoLLM's), SASRec's the encoding of the user's earlier
+training interactions (time order, rated or not: what a prompt's history lists; CoLLM's own data
+feeds the earlier liked ones only) dotted with the item's embedding; early-stopped on the AUC of
+every valid sample, scored as the encoders score (an unknown id scores 0). ranking trains them to
+rank what users will rate (BPR, next item), as below. On ML-100K's TALLRec test samples (like:
+rating > 3; seeds 0 and 1) labels gives BPR-MF an AUC of 0.746/0.745 and SASRec 0.752/0.744,
+ranking BPR-MF 0.566/0.579 and SASRec 0.396/0.388: which items a user rates says little about
+which they like.
+
 Training data. Every interaction of the dataset's table, rated or not (an implicit event is an
 interaction too), but those of a held-out (user_id, item_id) pair: the pair of any valid or test
 sample, plus any pair the caller adds (e.g. the pipeline's `held_out`, which also holds P5's valid
 and test pools). Every interaction of such a pair is dropped, an earlier one too: the pair must not
 be learned at all. A user's interactions form one sequence in time order (recpipe.data.splits'
-CHRONO_KEY); BPR-MF reads each (user, item) of it, SASRec its next-item steps. With
-CollabParams.positives "liked", only the interactions rated above like_threshold train. The item
-set is the training log's items: an item seen only in held-out pairs or histories (or, with
-"liked", never liked) gets no row (it is cold).
+CHRONO_KEY); BPR-MF reads each (user, item) of it, SASRec its next-item steps (objective labels:
+each rated one with its label). With objective ranking and positives "liked", only the
+interactions rated above like_threshold train. The item set is the training log's items: an item
+seen only in held-out pairs or histories (or, with "liked", never liked) gets no row (it is cold).
 
-Validation and early stopping. Both models train as the P5 baselines do (recpipe.collab.sasrec,
-recpipe.collab.bprmf) and stop on the NDCG@10 of ranking the TALLRec valid samples' positives
+Validation and early stopping, objective ranking. Both models train as the P5 baselines do
+(recpipe.collab.sasrec, recpipe.collab.bprmf) and stop on the NDCG@10 of ranking the TALLRec valid samples' positives
 (label 1) among all items: MF from the user's row, SASRec after the sample's history, the user's
 training items and the history left out of the ranking. Why these cases, rather than leave-one-out
 on the training log:
@@ -35,7 +47,7 @@ zero vector: it carries no collaborative information and scores 0 against anythi
 a history's known items only (the unknown ones are dropped, in order). Each encoder counts them.
 
 Artifact: a folder per model, `mf/` and `sasrec/`, each with model.pt (the state dict) and
-encoder.json (kind, dims, params, seed, `users` and `items`: the ids in row order, `item_counts`:
+encoder.json (kind, objective, dims, params, seed, `users` and `items`: the ids in row order, `item_counts`:
 each item's training interactions, the held-out and training counts, and `validation`: the fit's
 figures epoch by epoch). load_encoder(folder) gives the same vectors as the trained encoder."""
 
@@ -49,9 +61,9 @@ import polars as pl
 import torch
 
 from recpipe import RecpipeError, log
-from recpipe.collab.bprmf import BPRMF, train_bprmf
-from recpipe.collab.sasrec import SASRec, tokens_of, train_sasrec
-from recpipe.collab.training import CHUNK, Cases, Fit, threads
+from recpipe.collab.bprmf import BPRMF, train_bprmf, train_mf_labels
+from recpipe.collab.sasrec import SASRec, tokens_of, train_sasrec, train_sasrec_labels
+from recpipe.collab.training import CHUNK, Cases, Fit, Labelled, threads
 from recpipe.data.splits import user_histories
 from recpipe.io import atomic_dir, read_mapping, write_json
 from recpipe.metrics import auc_metrics
@@ -89,6 +101,16 @@ def user_sequences(log_frame: pl.DataFrame) -> tuple[list[int], list[list[int]]]
     """The users (sorted) and each one's items in time order."""
     hist = user_histories(log_frame)
     return hist["user_id"].to_list(), hist["item_id"].to_list()
+
+
+def labelled_sequences(
+    log_frame: pl.DataFrame, like_threshold: float
+) -> tuple[list[int], list[list[int]], list[list[int | None]]]:
+    """The users (sorted), each one's items in time order, and each interaction's label: 1 rated
+    above like_threshold, 0 rated at most that, None unrated."""
+    hist = user_histories(log_frame)
+    labels = [[None if r is None else int(r > like_threshold) for r in rs] for rs in hist["rating"].to_list()]
+    return hist["user_id"].to_list(), hist["item_id"].to_list(), labels
 
 
 def check_no_held_out(users: Sequence[int], sequences: Sequence[Sequence[int]], held: pl.DataFrame) -> None:
@@ -257,12 +279,38 @@ def valid_positives(
     return mf, sas, counts
 
 
+def valid_labelled(
+    samples: pl.DataFrame, user_row: dict[int, int], items: set[int]
+) -> tuple[Labelled[int], Labelled[list[int]], dict]:
+    """The labelled validation cases of both models: every valid sample, MF reading the user's row,
+    SASRec the history's known items; a case whose user (MF), history (SASRec) or item the
+    training log does not know scores 0, as the encoders score it (counted as skipped)."""
+    rows = samples.filter(pl.col("split") == "valid")
+    labels = rows["label"].cast(pl.Int64).to_list()
+    if set(labels) != {0, 1}:
+        raise RecpipeError(
+            f"collab: {rows.height} valid samples with labels {sorted(set(labels))}: both are needed, nothing to early-stop on"
+        )
+    targets = rows["item_id"].to_list()
+    mf_in = [user_row.get(u) for u in rows["user_id"].to_list()]
+    sas_in = [[i for i in h or [] if i in items] or None for h in rows["history_item_ids"].to_list()]
+    mf, sas = Labelled(mf_in, targets, labels), Labelled(sas_in, targets, labels)
+    counts = {
+        "valid_samples": rows.height,
+        "bprmf_cases": sum(x is not None and t in items for x, t in zip(mf_in, targets)),
+        "sasrec_cases": sum(x is not None and t in items for x, t in zip(sas_in, targets)),
+    }
+    return mf, sas, counts
+
+
 def validation_figures(fit: Fit, counts: dict, kind: str) -> dict:
+    total = counts.get("valid_positives", counts.get("valid_samples"))
+    curve = "valid_ndcg" if fit.metric.startswith("ndcg") else f"valid_{fit.metric}_by_epoch"
     return fit.metrics() | {
         "cases": counts[f"{kind}_cases"],
-        "skipped": counts["valid_positives"] - counts[f"{kind}_cases"],
+        "skipped": total - counts[f"{kind}_cases"],
         "losses": [round(x, 6) for x in fit.losses],
-        "valid_ndcg": [round(x, 6) for x in fit.valid],
+        curve: [round(x, 6) for x in fit.valid],
     }  # no run time: the same run writes the same bytes
 
 
@@ -287,22 +335,30 @@ def train_encoders(
     held_out: pl.DataFrame | None = None,
 ) -> dict[str, Encoder]:
     """Train BPR-MF and SASRec on `interactions` (the dataset's ingest table) without the held-out
-    pairs of `samples` (TALLRec's, with split and history_item_ids) and of `held_out`, early-stopped
-    on the valid samples' positives (see the module's docstring); save them under out_dir/mf and
-    out_dir/sasrec and return them. Deterministic for a seed (CPU)."""
+    pairs of `samples` (TALLRec's, with split and history_item_ids) and of `held_out`, with
+    params.objective's loss and early stopping (see the module's docstring); save them under
+    out_dir/mf and out_dir/sasrec and return them. Deterministic for a seed (CPU)."""
     held = held_out_pairs(samples, held_out)
     kept = training_log(interactions, held)
-    log_frame = kept if params.positives == "all" else kept.filter(pl.col("rating") > params.like_threshold)
-    users, train = user_sequences(log_frame)
+    labels_objective = params.objective == "labels"
+    if labels_objective:  # every interaction is history; the rated ones are targets
+        log_frame = kept
+        users, train, labels = labelled_sequences(log_frame, params.like_threshold)
+    else:
+        log_frame = kept if params.positives == "all" else kept.filter(pl.col("rating") > params.like_threshold)
+        users, train = user_sequences(log_frame)
     check_no_held_out(users, train, held)
     items = sorted({i for seq in train for i in seq})
     counts = Counter(i for seq in train for i in seq)
     user_row = {u: r for r, u in enumerate(users)}
-    mf_cases, sas_cases, case_counts = valid_positives(samples, user_row, set(items), train)
+    if labels_objective:
+        mf_cases, sas_cases, case_counts = valid_labelled(samples, user_row, set(items))
+    else:
+        mf_cases, sas_cases, case_counts = valid_positives(samples, user_row, set(items), train)
     log.info(
         "collab: %d training interactions (%s) of %d users and %d items (%d interactions of %d held-out pairs left out)",
         log_frame.height,
-        params.positives,
+        "labels" if labels_objective else f"ranking, {params.positives}",
         len(users),
         len(items),
         interactions.height - kept.height,
@@ -310,6 +366,7 @@ def train_encoders(
     )
     base = {
         "seed": seed,
+        "objective": params.objective,
         "items": items,
         "item_counts": [counts[i] for i in items],
         "held_out_pairs": held.height,
@@ -318,11 +375,19 @@ def train_encoders(
         "positives": params.positives,
         "like_threshold": params.like_threshold,
     }
+    if labels_objective:
+        base["labelled_interactions"] = sum(y is not None for ys in labels for y in ys)
     encoders: dict[str, Encoder] = {}
-    mf, fit = train_bprmf(train, mf_cases, items, params.bprmf, seed)
+    if labels_objective:
+        mf, fit = train_mf_labels(train, labels, mf_cases, items, params.bprmf, seed)
+    else:
+        mf, fit = train_bprmf(train, mf_cases, items, params.bprmf, seed)
     meta = base | {"kind": "bprmf", "dim": params.bprmf.dim, "users": users, "params": params.bprmf.model_dump()}
     encoders["bprmf"] = MFEncoder(mf, meta | {"validation": validation_figures(fit, case_counts, "bprmf")})
-    sas, fit = train_sasrec(train, sas_cases, items, params.sasrec, seed)
+    if labels_objective:
+        sas, fit = train_sasrec_labels(train, labels, sas_cases, items, params.sasrec, seed)
+    else:
+        sas, fit = train_sasrec(train, sas_cases, items, params.sasrec, seed)
     meta = base | {"kind": "sasrec", "dim": params.sasrec.hidden, "params": params.sasrec.model_dump()}
     encoders["sasrec"] = SasrecEncoder(sas, meta | {"validation": validation_figures(fit, case_counts, "sasrec")})
     for kind, encoder in encoders.items():

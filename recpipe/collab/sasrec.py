@@ -1,5 +1,8 @@
 """SASRec (Kang & McAuley 2018, self-attentive sequential recommendation) and its early-stopped
-training on item sequences, every position's next item a target."""
+training on item sequences: every position's next item a target to rank (ranking, validated on
+NDCG@10), or every position's next labelled interaction a like/dislike to tell, by binary
+cross-entropy of the encoding before it against the item's embedding (labels, as CoLLM trains its
+SASRec; validated on AUC)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from torch.nn import functional as F
 
 from recpipe import RecpipeError, log
 from recpipe.collab.training import (
+    CHUNK,
     Cases,
     Fit,
+    Labelled,
     Loop,
     columns,
     early_stopping,
@@ -22,6 +27,7 @@ from recpipe.collab.training import (
     sample_negatives,
     target_columns,
     threads,
+    validation_auc,
     validation_ndcg,
 )
 from recpipe.params.collab import SasrecParams
@@ -182,5 +188,83 @@ def train_sasrec(
         sum(len(t) >= 2 for t in tokens),
         n,
         p.loss,
+    )
+    return model, fit
+
+
+def train_sasrec_labels(
+    train: list[list[int]],
+    labels: list[list[int | None]],
+    valid: Labelled[list[int]],
+    items: list[int],
+    params: SasrecParams,
+    seed: int,
+    loop: Loop = early_stopping,
+) -> tuple[SASRec, Fit]:
+    """SASRec trained on like/dislike labels: the logit of a user's interaction train[u][k] is the
+    encoding of the user's interactions before it (in time order, the last max_len) dotted with the
+    item's embedding, fitted by binary cross-entropy to labels[u][k] (1 or 0; None: not a target,
+    e.g. unrated, but still history). The sequences are cut into train_sasrec's windows, each
+    position's hidden state the encoding of the window's items up to it, so one pass reads every
+    labelled interaction once. Early-stopped on the AUC of the `valid` cases (each encodes its
+    input history, known items only, and scores its target; unknown ones score 0). The `loss`
+    setting is not read. Deterministic for a seed, as train_sasrec."""
+    p = params
+    col = columns(train, items)
+    n = len(items)
+    if [len(s) for s in train] != [len(y) for y in labels]:
+        raise RecpipeError("sasrec: one label (or None) per training interaction is needed")
+    tokens = [[col[i] + 1 for i in seq] for seq in train]
+    inputs, targets, owner = sasrec_windows(tokens, p.max_len)
+    codes = [[0 if y is None else int(y) + 1 for y in ys] for ys in labels]  # 2 liked, 1 disliked, 0 none
+    _, target_codes, _ = sasrec_windows(codes, p.max_len)
+    keep = (target_codes > 0).any(1)  # windows with at least one labelled target
+    inputs, targets, target_codes = inputs[keep], targets[keep], target_codes[keep]
+    if not len(inputs):
+        raise RecpipeError("sasrec: no labelled interaction has an earlier one to train on")
+    at = valid.scorable(col)
+    v_inputs = torch.tensor(
+        [tokens_of([i for i in valid.inputs[c] if i in col][-p.max_len :], col, p.max_len) for c in at],
+        dtype=torch.long,
+    ).view(-1, p.max_len)
+    v_items = torch.tensor([col[valid.targets[c]] + 1 for c in at], dtype=torch.long)
+    if len(at) and bool((v_inputs[:, -1] == 0).any()):
+        raise RecpipeError("sasrec: a validation case has no known history item: its input must be None")
+    with torch.random.fork_rng(devices=[]), threads(p.threads):
+        torch.manual_seed(seed)  # initial weights and dropout
+        gen = torch.Generator().manual_seed(seed)  # batch order
+        model = SASRec(n, p)
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.9, 0.98))
+
+        def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+            inp, tgt, code = inputs[batch], targets[batch], target_codes[batch]
+            width = int((inp > 0).sum(1).max())
+            inp, tgt, code = inp[:, -width:], tgt[:, -width:], code[:, -width:]
+            real = code > 0
+            logits = (model(inp) * model.item(tgt)).sum(-1)[real]
+            return F.binary_cross_entropy_with_logits(logits, (code[real] - 1).float())
+
+        def validate() -> float:
+            scores = [
+                (model.encode(v_inputs[s : s + CHUNK]) * model.item(v_items[s : s + CHUNK])).sum(-1)
+                for s in range(0, len(at), CHUNK)
+            ]
+            return validation_auc(valid.labels, at, torch.cat(scores) if scores else torch.zeros(0))
+
+        fit = loop(
+            model,
+            lambda: run_epoch(opt, torch.randperm(len(inputs), generator=gen).split(p.batch_size), batch_loss),
+            validate,
+            p.epochs,
+            p.patience,
+            "sasrec",
+            metric="auc",
+        )
+    log.info(
+        "sasrec: %d windows of %d training sequences, %d labelled targets, %d items, loss bce of labels",
+        len(inputs),
+        len(train),
+        int((target_codes > 0).sum()),
+        n,
     )
     return model, fit

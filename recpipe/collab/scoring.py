@@ -115,7 +115,8 @@ def collab(
     metrics, frame = score_samples(encoders, samples, params.cold_below)
     for kind, encoder in encoders.items():
         v = encoder.meta["validation"]
-        metrics[kind] |= {k: v[k] for k in ("best_epoch", "best_valid_ndcg@10", "epochs_run", "valid_auc")}
+        keys = ("best_epoch", "best_valid_ndcg@10", "best_valid_auc", "epochs_run", "valid_auc")
+        metrics[kind] |= {"objective": encoder.meta.get("objective", "ranking")} | {k: v[k] for k in keys if k in v}
     write_parquet(frame, Path(out_dir) / "scores.parquet")
     write_json(metrics, metrics_path)
     return metrics

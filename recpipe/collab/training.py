@@ -90,13 +90,14 @@ class Fit:
     best_valid: float  # NDCG@VALID_K at best_epoch
     epochs_run: int
     losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
-    valid: list[float] = field(default_factory=list)  # validation NDCG@VALID_K after each epoch
+    valid: list[float] = field(default_factory=list)  # the validation score after each epoch
     seconds: float = 0.0
+    metric: str = f"ndcg@{VALID_K}"  # what the validation score is: NDCG@VALID_K (ranking) or auc (labels)
 
     def metrics(self) -> dict:
         return {
             "best_epoch": self.best_epoch,
-            f"best_valid_ndcg@{VALID_K}": round(self.best_valid, 5),
+            f"best_valid_{self.metric}": round(self.best_valid, 5),
             "epochs_run": self.epochs_run,
         }
 
@@ -111,13 +112,14 @@ def early_stopping(
     epochs: int,
     patience: int,
     name: str,
+    metric: str = f"ndcg@{VALID_K}",
 ) -> Fit:
     """Train epoch after epoch, validating after each, until `patience` epochs in a row bring no
     better validation score than the best so far, or `epochs` have run; then load the best epoch's
     weights into the model (the earliest of equal best scores). train_epoch() trains one epoch and
-    returns its mean loss; validate() scores the model (higher is better)."""
+    returns its mean loss; validate() scores the model (higher is better), `metric` names it."""
     start = time.perf_counter()
-    fit = Fit(best_epoch=0, best_valid=-math.inf, epochs_run=0)
+    fit = Fit(best_epoch=0, best_valid=-math.inf, epochs_run=0, metric=metric)
     best_state = copy.deepcopy(model.state_dict())
     bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", file=sys.stderr)
     for epoch in bar:
@@ -138,9 +140,9 @@ def early_stopping(
     model.eval()
     fit.seconds = time.perf_counter() - start
     log.info(
-        "%s: best validation NDCG@%d %.4f at epoch %d of %d run (patience %d, at most %d), %.1f s",
+        "%s: best validation %s %.4f at epoch %d of %d run (patience %d, at most %d), %.1f s",
         name,
-        VALID_K,
+        metric,
         fit.best_valid,
         fit.best_epoch,
         fit.epochs_run,
@@ -199,6 +201,42 @@ def validation_ndcg(scores_of, inputs: torch.Tensor, target: torch.Tensor, exclu
         ]
     )
     return ndcg_at(rank)
+
+
+@dataclass
+class Labelled(Generic[Input]):
+    """Labelled validation cases, one per index: the model reads inputs[c] (None: it cannot, the
+    case scores 0, as the encoder scores an unknown id) and scores targets[c] (an item outside the
+    item set scores 0 too); labels[c] is 1 (liked) or 0."""
+
+    inputs: list[Input | None]
+    targets: list[int]
+    labels: list[int]
+
+    def __post_init__(self):
+        if not len(self.inputs) == len(self.targets) == len(self.labels):
+            raise RecpipeError(
+                f"collab: labelled cases with {len(self.inputs)} inputs, {len(self.targets)} targets and {len(self.labels)} labels"
+            )
+        if set(self.labels) != {0, 1}:
+            raise RecpipeError(f"collab: labelled validation cases need both labels, got {sorted(set(self.labels))}")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def scorable(self, col: dict[int, int]) -> list[int]:
+        """The cases whose input and target the model knows."""
+        return [c for c, (x, t) in enumerate(zip(self.inputs, self.targets)) if x is not None and t in col]
+
+
+def validation_auc(labels: Collection[int], scored: list[int], scores: torch.Tensor) -> float:
+    """The AUC of the labels against the scores, the cases at `scored` having scores (in order),
+    every other case 0."""
+    from sklearn.metrics import roc_auc_score
+
+    full = torch.zeros(len(labels), dtype=torch.float64)
+    full[scored] = scores.double()
+    return float(roc_auc_score(list(labels), full.numpy()))
 
 
 def sample_negatives(
