@@ -17,6 +17,7 @@ from recpipe.p5.indexing import (
     training_histories,
 )
 from recpipe.params import schema as params
+from recpipe.params.p5 import P5Params
 
 GROUPS, PER_GROUP = 4, 12  # the planted fixture: 4 groups of 12 items that users take from one group
 
@@ -162,7 +163,7 @@ def test_families_stage_writes_identical_bytes_for_a_seed(planted, tmp_path):
     pl.DataFrame({"user_id": sorted(set(inter["user_id"])), "text": "A user."}).write_parquet(
         tmp_path / "text" / "users.parquet"
     )
-    p5 = params.P5Params(families=["sequential"], indexing="collaborative", clusters=GROUPS)
+    p5 = P5Params(families=["sequential"], indexing="collaborative", clusters=GROUPS)
     for out in ("a", "b"):  # the stage's own way: pipeline.families indexes, then writes
         families(
             tmp_path / "tables",

@@ -24,7 +24,8 @@ from recpipe.recsysllm.pretrain import (
     intra_module,
     load_pretrained,
 )
-from recpipe.steps import paths, pretrained, scoring
+from recpipe.steps import paths, scoring
+from recpipe.steps import pretrained as fine_tuning_start
 from test_text_instructions_sample import built  # noqa: F401  (module fixture: the data stages' outputs)
 
 TINY_RUN = {
@@ -225,7 +226,7 @@ def test_fine_tuning_starts_from_the_pretrained_model(pretrained, archives, tiny
     p = params.parse(data)
     with contextlib.chdir(folder):
         STEPS["train"].run(p)
-        model, _ = scoring.scoring_model(p, paths.ADAPTER, pretrained.start(p.train.init, p.dataset))
+        model, _ = scoring.scoring_model(p, paths.ADAPTER, fine_tuning_start.start(p.train.init, p.dataset))
         STEPS["evaluate"].run(p)
     assert json.loads((folder / "reports/tuned.json").read_text())["auc"] >= 0
     assert not [
@@ -354,7 +355,7 @@ def test_dynamic_positions_reach_fine_tuning_and_scoring(pretrained, archives, t
     for dynamic in (True, False):
         p = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": dynamic}})
         with contextlib.chdir(folder):
-            positions = pretrained.intra_positions(p, p.train.init, p.dataset)
+            positions = fine_tuning_start.intra_positions(p, p.train.init, p.dataset)
             assert (positions is not None) == dynamic
             STEPS["train"].run(p)
             STEPS["evaluate"].run(p)
@@ -366,9 +367,9 @@ def test_dynamic_positions_reach_fine_tuning_and_scoring(pretrained, archives, t
     assert on_scores != off_scores
     model, tok = load(str(tiny))
     with contextlib.chdir(folder):
-        start = pretrained.start("pretrained", "ml-100k")(model, tok)
+        start = fine_tuning_start.start("pretrained", "ml-100k")(model, tok)
         on = params.parse({**data, "recsysllm": {**TINY_RUN, "dynamic_positions": True}})
-        positions = pretrained.intra_positions(on, "pretrained", "ml-100k")(start, tok)
+        positions = fine_tuning_start.intra_positions(on, "pretrained", "ml-100k")(start, tok)
         prompts = pl.read_parquet("data/sample/train.parquet")["prompt"].to_list()
     assert (
         positions.embedding is intra_module(start) and positions.embedding.embedding.weight.abs().sum() > 0
