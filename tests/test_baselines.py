@@ -244,7 +244,7 @@ def test_too_few_interactions_is_an_error():
 def test_params_are_checked():
     with pytest.raises(ValidationError, match="epoch"):
         SasrecParams(epoch=3)
-    with pytest.raises(ValidationError, match=r"p5.sasrec.hidden \(64\) must be divisible by p5.sasrec.heads \(3\)"):
+    with pytest.raises(ValidationError, match=r"sasrec.hidden \(64\) must be divisible by sasrec.heads \(3\)"):
         SasrecParams(hidden=64, heads=3)
 
 

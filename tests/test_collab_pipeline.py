@@ -15,7 +15,9 @@ from recpipe.steps import paths
 from recpipe.templates import COLLAB_TOKEN
 from test_cross_domain import make_tiny_model
 
-PROMPT_WORDS = "### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: User: ### Response:\nYes. No."
+PROMPT_WORDS = (
+    "### Instruction:\nYou are a movie recommender. Movies the user liked: disliked: User: ### Response:\nYes. No."
+)
 
 
 def collab_params(tmp_path, archives, **collab) -> dict:
