@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from recpipe import RecpipeError
 from recpipe.cli import app
 from recpipe.experiments import flatten, records, reference_params
-from recpipe.tallrec.sweep import aggregate, paper_line, render, write_sweep
+from recpipe.tallrec.sweep import ALL, aggregate, paper_line, plot, render, write_sweep
 
 BASE = {
     "seed": 0,
@@ -33,7 +33,7 @@ def row(name, seed, k, split="temporal", auc=None, prior=0.79, timestamp="2026-0
     params["seed"], params["sample"]["k"], params["instructions"]["split"] = seed, k, split
     for key, value in changes.items():
         section, leaf = key.split("__")
-        params[section][leaf] = value
+        params.setdefault(section, {})[leaf] = value
     metrics = (
         {}
         if auc is None
@@ -271,3 +271,21 @@ def test_set_values_are_checked_like_params(tmp_path):
     bad = write_params(tmp_path, {**BASE, "sample": {"k": "many"}})
     with pytest.raises(RecpipeError, match=r"params.yaml: sample.k: Input should be a valid integer"):
         reference_params(bad, [])
+
+
+def test_collab_rows_and_all_samples_are_rows_and_ks_of_their_own(tmp_path):
+    """Collaborative runs count under `<split>+collab=<model>`; sample.k null under K `all`, last;
+    experiments without the collab section count as text-only."""
+    reference = flatten({**BASE, "collab": {"model": "none", "datasets": [], "tokens": ["user", "target"]}})
+    text = {"collab__model": "none", "collab__datasets": [], "collab__tokens": ["user", "target"]}
+    exps = [
+        row("before", 0, 64, auc=0.6),  # from before the collab section
+        row("mf", 0, 64, auc=0.7, **{**text, "collab__model": "mf", "collab__datasets": ["ml-100k"]}),
+        row("all", 0, None, auc=0.75, **text),
+    ]
+    sweep = aggregate(records(exp_show(row("main", 1, 16, auc=0.5), *exps)), reference)
+    assert sweep.table["temporal"][64]["aucs"] == [0.6] and sweep.table["temporal"][ALL]["aucs"] == [0.75]
+    assert sweep.table["temporal+collab=mf"][64]["aucs"] == [0.7]
+    assert list(sweep.table["temporal"]) == [16, 64, ALL]
+    plot(sweep, {"auc_by_k": {"16": [60.0]}, "scale": 100, "methods": ["TALLRec"]}, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 0

@@ -139,3 +139,15 @@ def test_same_params_same_bytes_and_seed_matters(archives, tmp_path):
     pp = parse(p)
     sample(tmp_path / "a" / "instructions" / "samples.parquet", tmp_path / "s1", pp.sample, pp.seed)
     assert digest(tmp_path / "s1")["train.parquet"] != a["sample/train.parquet"]
+
+
+def test_k_null_takes_every_training_sample_in_a_seeded_order(built):
+    from recpipe.params.sample import SampleParams
+    from recpipe.tallrec.sample import k_shot
+
+    root, _ = built
+    train = pl.read_parquet(root / "instructions" / "samples.parquet").filter(pl.col("split") == "train")
+    every = k_shot(train, SampleParams(k=None), seed=3)
+    assert sorted(every["sample_id"]) == sorted(train["sample_id"]) and every.height == train.height
+    assert every.equals(k_shot(train, SampleParams(k=None), seed=3))
+    assert not every.equals(k_shot(train, SampleParams(k=None), seed=4))

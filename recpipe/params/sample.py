@@ -10,8 +10,14 @@ from recpipe.params.core import Strict
 
 
 class SampleParams(Strict):
-    k: int = Field(64, ge=1, description="How many training samples (shots) to draw for LoRA tuning.")
-    balanced: bool = Field(True, description="Draw as many liked as disliked samples (k // 2 disliked).")
+    k: int | None = Field(
+        64,
+        ge=1,
+        description="How many training samples (shots) to draw for LoRA tuning; null: every training sample (the data curve's end), shuffled.",
+    )
+    balanced: bool = Field(
+        True, description="Draw as many liked as disliked samples (k // 2 disliked); with k null, every sample is kept."
+    )
     valid_size: int = Field(
         100,
         ge=1,

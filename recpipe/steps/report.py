@@ -1,6 +1,7 @@
 """report: reports/report.md with plots: the base and tuned AUCs with intervals beside the history
 prior and the TALLRec paper's figures."""
 
+from recpipe.params.collab import Collab
 from recpipe.params.core import Common
 from recpipe.params.evaluate import Evaluate, scored
 from recpipe.params.instructions import Instructions
@@ -19,6 +20,7 @@ class StepParams(Common):
     lora: Lora
     train: Train
     evaluate: Evaluate
+    collab: Collab
 
 
 def run(p: StepParams) -> None:

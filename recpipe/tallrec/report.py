@@ -109,6 +109,11 @@ def _interval_rows(iv: dict) -> list[list[str]]:
     return rows
 
 
+def shots(p) -> str:
+    """K as the report names it: a number, or `all` (sample.k null)."""
+    return "all" if p.sample.k is None else str(p.sample.k)
+
+
 def render(base: dict, tuned: dict, trained: dict, p, reference: dict, plots: dict[str, str], iv: dict) -> str:
     rows = ["auc", "accuracy", "predicted_positive_rate", "label_positive_rate", "n"]
     ours = tuned.get("auc")
@@ -123,7 +128,7 @@ def render(base: dict, tuned: dict, trained: dict, p, reference: dict, plots: di
         "",
     ]
     lines = [
-        f"# recpipe report: TALLRec on {p.dataset}, K = {p.sample.k}, seed {p.seed}",
+        f"# recpipe report: TALLRec on {p.dataset}, K = {shots(p)}, seed {p.seed}",
         "",
         *(cross if scored_on != p.dataset else []),
         "## Test split",
@@ -151,7 +156,7 @@ def render(base: dict, tuned: dict, trained: dict, p, reference: dict, plots: di
     ]
     if p.sample.k not in reference["auc_by_k"]:
         lines.append(
-            f"\nThe paper has no row for K = {p.sample.k}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}."
+            f"\nThe paper has no row for K = {shots(p)}; this run's AUC × {reference['scale']}: {_fmt(ours and ours * reference['scale'])}."
         )
     params = {
         "model.name": f"`{p.model.name}`",
@@ -160,6 +165,11 @@ def render(base: dict, tuned: dict, trained: dict, p, reference: dict, plots: di
         "lora": f"rank {p.lora.rank}, alpha {p.lora.alpha}, dropout {p.lora.dropout:g}, modules {', '.join(p.lora.target_modules)}",
         "train": ", ".join(f"{k} {v}" for k, v in p.train.model_dump().items()),
     }
+    if p.collab.model != "none":
+        params["collab"] = (
+            f"{p.collab.model} tokens at {', '.join(p.collab.tokens)}, {p.collab.recipe}; the encoders learned from "
+            "every training interaction (CoLLM's warm setting), the language model from the K prompts above"
+        )
     if p.evaluate.dataset is not None:
         params["evaluate"] = (
             f"dataset {scored_on}, instructions: template {instructions.template}, history {instructions.history_len}, liked if rating > {instructions.like_threshold:g}, split {instructions.split}"

@@ -13,6 +13,8 @@ from recpipe.params.sample import SampleParams
 
 
 def k_shot(train: pl.DataFrame, params: SampleParams, seed: int) -> pl.DataFrame:
+    if params.k is None:  # all of them, in an order of the seed's
+        return train.sample(fraction=1.0, seed=seed, shuffle=True)
     if not params.balanced:
         return draw(train, params.k, seed, "sample.k")
     pos, neg = params.k - params.k // 2, params.k // 2

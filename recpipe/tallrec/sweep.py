@@ -1,6 +1,7 @@
-"""A sweep of TALLRec experiments (dvc exp run --queue over seed, sample.k, instructions.split)
-aggregated into reports/tallrec_sweep.{json,md,png}: the test AUC's mean and sd over seeds per K
-and split, beside the paper's figure and the history prior."""
+"""A sweep of TALLRec experiments (dvc exp run --queue over seed, sample.k, instructions.split and
+collab.model) aggregated into reports/tallrec_sweep.{json,md,png}: the test AUC's mean and sd over
+seeds per K and row (the split, `<split>+collab=<model>` with collaborative tokens), beside the
+paper's figure and the history prior. K `all` is sample.k null: every training sample."""
 
 from __future__ import annotations
 
@@ -13,10 +14,26 @@ from recpipe.experiments import get_path, keep_runs, records, same_value
 from recpipe.io import atomic_path, read_mapping, write_json, write_png
 from recpipe.markdown import table
 
-SWEPT = ("instructions.split", "sample.k", "seed")  # what a sweep varies; every other param must match
+# What a sweep varies; every other param must match. collab.datasets goes with collab.model.
+SWEPT = ("instructions.split", "sample.k", "seed", "collab.model", "collab.datasets")
+ALL = "all"  # K of sample.k null
 AUC = ("reports/tuned.json", "auc")  # the tuned model's test AUC, written by the evaluate stage
 PRIOR = ("reports/intervals.json", "history_prior", "auc")  # written by the report stage
 REFERENCES = Path(__file__).parents[1] / "references"
+
+
+def before_collab() -> dict:
+    """The collab params an experiment run before the collab section existed lacks: their defaults
+    (no collaborative tokens), so that such an experiment still counts as text-only."""
+    from recpipe.experiments import flatten
+    from recpipe.params.collab import CollabParams
+
+    return {f"collab.{k}": v for k, v in flatten(CollabParams().model_dump(mode="json")).items()}
+
+
+def k_order(k) -> tuple:
+    """Ks in order, `all` last."""
+    return (k == ALL, 0 if k == ALL else k)
 
 
 @dataclass
@@ -38,12 +55,13 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
     runs: dict[tuple, list[dict]] = {}
     other, unfinished = [], []
     for rec in recs:
-        params = rec["params"]
+        # An experiment from before the collab section: its defaults, where the reference has them.
+        params = {**{k: v for k, v in before_collab().items() if k in reference}, **rec["params"]}
         rest = {k: v for k, v in params.items() if k not in SWEPT}
         if (
             rest.keys() != fixed.keys()
             or not all(same_value(rest[k], fixed[k]) for k in fixed)
-            or any(k not in params for k in SWEPT)
+            or any(k not in params for k in SWEPT[:3])
         ):
             other.append(rec["name"])
             continue
@@ -51,7 +69,11 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
         if not isinstance(auc, (int, float)) or isinstance(auc, bool):
             unfinished.append(rec["name"])
             continue
-        key = (str(params["instructions.split"]), int(params["sample.k"]), int(params["seed"]))
+        row = str(params["instructions.split"])
+        if params.get("collab.model", "none") != "none":
+            row += f"+collab={params['collab.model']}"
+        k = ALL if params["sample.k"] is None else int(params["sample.k"])
+        key = (row, k, int(params["seed"]))
         runs.setdefault(key, []).append({**rec, "auc": float(auc), "prior": get_path(rec["metrics"], PRIOR)})
     sweep = Sweep()
     if other:
@@ -63,7 +85,7 @@ def aggregate(recs: list[dict], reference: dict) -> Sweep:
             f"{len(unfinished)} experiment(s) without a test AUC ({AUC[0]}) left out: {', '.join(sorted(unfinished))}"
         )
     priors: dict[str, list[float]] = {}
-    for (split, k, seed), dups in sorted(runs.items()):
+    for (split, k, seed), dups in sorted(runs.items(), key=lambda item: (item[0][0], k_order(item[0][1]), item[0][2])):
         newest = max(dups, key=lambda r: r["timestamp"] or "")
         if len({r["auc"] for r in dups}) > 1:
             seen = ", ".join(f"{r['name']} {r['auc']:.4f}" for r in dups)
@@ -99,7 +121,7 @@ def render(sweep: Sweep, reference: dict) -> str:
     method = reference["methods"][-1]
     rows = []
     for split, cells in sorted(sweep.table.items()):
-        for k, cell in sorted(cells.items()):
+        for k, cell in sorted(cells.items(), key=lambda item: k_order(item[0])):
             sd = f" ± {cell['sd']:.4f}" if cell["sd"] is not None else ""
             prior = sweep.prior.get(split)
             rows.append(
@@ -137,12 +159,17 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = dict(zip(sorted(sweep.table), ["tab:blue", "tab:orange", "tab:green", "tab:red"] * 4))
+    numbered = [k for cells in sweep.table.values() for k in cells if k != ALL] + [
+        int(k) for k in paper_line(reference)
+    ]
+    at_all = 4 * max(numbered, default=256)  # where `all` sits on the K axis
     for split, cells in sorted(sweep.table.items()):
-        ks = sorted(cells)
-        for k in ks:
-            ax.scatter([k] * len(cells[k]["aucs"]), cells[k]["aucs"], color=colors[split], alpha=0.5, s=14)
+        ks = sorted(cells, key=k_order)
+        xs = [at_all if k == ALL else k for k in ks]
+        for k, x in zip(ks, xs):
+            ax.scatter([x] * len(cells[k]["aucs"]), cells[k]["aucs"], color=colors[split], alpha=0.5, s=14)
         ax.plot(
-            ks,
+            xs,
             [cells[k]["mean"] for k in ks],
             color=colors[split],
             marker="o",
@@ -160,6 +187,9 @@ def plot(sweep: Sweep, reference: dict, path: Path) -> None:
         label=f"paper: {reference['methods'][-1]}",
     )
     ax.set_xscale("log", base=2)
+    if any(ALL in cells for cells in sweep.table.values()):
+        ticks = sorted({*numbered, at_all})
+        ax.set_xticks(ticks, ["all" if t == at_all else str(t) for t in ticks])
     ax.set_xlabel("K (training shots)")
     ax.set_ylabel("test AUC")
     ax.legend(fontsize="small")
