@@ -45,8 +45,8 @@ def project(tmp_path_factory):
 EDITS = [
     (
         "recpipe/params/sample.py",
-        "How many training samples (shots) to draw for LoRA tuning.",
-        "How many training samples to draw.",
+        "How many training samples (shots) to draw for LoRA tuning;",
+        "How many training samples to draw;",
         {"sample", "report"},  # report prints the sample section
     ),
     ("recpipe/steps/train.py", "def run(", "# an edit to the train step's wiring\ndef run(", {"train"}),
