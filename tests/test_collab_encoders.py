@@ -37,6 +37,16 @@ FAST = CollabParams(
 LABELS = FAST.model_copy(update={"objective": "labels"})
 
 
+def ratings(rows: list[tuple]) -> pl.DataFrame:
+    """(user_id, item_id, rating, timestamp) rows as the ingest stage's interactions, in row order."""
+    frame = pl.DataFrame(
+        rows,
+        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
+        orient="row",
+    )
+    return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+
+
 def planted(users: int = 120, per_user: int = 24, seed: int = 0) -> pl.DataFrame:
     """Users in GROUPS groups, items in one block per group plus RARE rarely rated ones. A user
     mostly rates their group's items and likes them (4-5), and sometimes rates another group's
@@ -61,13 +71,8 @@ def planted(users: int = 120, per_user: int = 24, seed: int = 0) -> pl.DataFrame
                 (u, item, float(rng.choice([4, 5]) if liked else rng.choice([1, 2])), 880_000_000 + t + 60 * step)
             )
     rng.shuffle(rows)
-    frame = pl.DataFrame(
-        rows,
-        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
-        orient="row",
-    )
     # a user may draw a rare item twice: keep the first, as a ratings file would
-    frame = frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    frame = ratings(rows)
     return frame.unique(["user_id", "item_id"], keep="first", maintain_order=True)
 
 
@@ -374,12 +379,7 @@ def planted_likes(users: int = 160, per_user: int = 24, seed: int = 0) -> pl.Dat
                 (u, item, float(rng.choice([4, 5]) if liked else rng.choice([1, 2])), 880_000_000 + t + 60 * step)
             )
     rng.shuffle(rows)
-    frame = pl.DataFrame(
-        rows,
-        schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
-        orient="row",
-    )
-    return frame.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    return ratings(rows)
 
 
 @pytest.fixture(scope="module")
