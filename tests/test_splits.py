@@ -79,16 +79,21 @@ def test_paper_split_is_tallrecs_user_order_then_time():
 
 def test_temporal_split_orders_by_time_then_file_row():
     samples = candidate_samples(user_histories(log()), history_len=1, like_threshold=3)
-    out = split(samples, "temporal", None, (0.4, 0.2, 0.4))
-    # Time order: t150 rows 4, 6; t200 rows 2, 3, 5. Cuts at int(5 * 0.4) = 2 and int(5 * 0.6) = 3;
-    # the second falls inside the t200 run, so it moves to the run's end: no test sample is left
-    # that shares a second with a validation one.
-    assert out.select("item_id", "split").rows() == [
+    # Time order: t150 rows 4, 6; t200 rows 2, 3, 5. Cuts at int(5 * 0.2) = 1 and int(5 * 0.4) = 2;
+    # the first falls inside the t150 run, so it moves to the run's end: no validation sample
+    # shares a second with a training one. Both cuts then sit at 2: validation is empty.
+    with pytest.raises(RecpipeError, match=r"'temporal': valid is empty: 2 of the 5 pooled samples share one timestamp"):
+        split(samples, "temporal", None, (0.2, 0.2, 0.6))
+    # Cuts at 2 and 3: the second falls inside the t200 run and moves to its end, leaving no test.
+    with pytest.raises(RecpipeError, match=r"test is empty: 3 of the 5 pooled samples share one timestamp"):
+        split(samples, "temporal", None, (0.4, 0.2, 0.4))
+    ordered = split(samples, "temporal", None, (0.2, 0.2, 0.6), check=False)
+    assert ordered.select("item_id", "split").rows() == [
         (16, "train"),
         (14, "train"),
-        (15, "valid"),
-        (12, "valid"),
-        (13, "valid"),
+        (15, "test"),
+        (12, "test"),
+        (13, "test"),
     ]
 
 
@@ -129,3 +134,21 @@ def test_paper_split_equals_tallrecs_preprocessing_sample_for_sample(archives, t
         for u, h, i, label, s in ours.select("user_id", "history_item_ids", "item_id", "label", "split").iter_rows()
     ]
     assert len(expected) == 300 and got == expected
+
+
+def test_a_temporal_split_left_empty_by_tied_timestamps_says_so():
+    """A log whose last ratings share one second: the cuts cannot fall inside that run, so valid
+    and test would be empty; one line says why and what to change."""
+    samples = pl.DataFrame(
+        {
+            "timestamp": [1, 2] + [9] * 18,
+            "row": list(range(20)),
+            "user_id": list(range(20)),
+            "item_id": list(range(20)),
+            "file_order": list(range(20)),
+            "pos": [0] * 20,
+        }
+    )
+    with pytest.raises(RecpipeError, match=r"valid and test are empty: 18 of the 20 pooled samples share one"):
+        split(samples, "temporal", None, (0.8, 0.1, 0.1))
+    assert split(samples, "paper", None, (0.8, 0.1, 0.1))["split"].to_list().count("test") == 2

@@ -44,7 +44,11 @@ def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
 
 
 def split(
-    samples: pl.DataFrame, how: str, pool_size: int | None, fractions: tuple[float, float, float]
+    samples: pl.DataFrame,
+    how: str,
+    pool_size: int | None,
+    fractions: tuple[float, float, float],
+    check: bool = True,
 ) -> pl.DataFrame:
     """Order the samples, keep the last pool_size, and cut them train/valid/test in that order.
 
@@ -52,6 +56,7 @@ def split(
       a run of equal timestamps, so every test sample is strictly later than every train sample.
     paper: TALLRec's preprocessing: users in order of first appearance in the ratings file, each
       user's samples in time order (ties in file order), the last pool_size cut 8:1:1 as they stand.
+    A temporal split whose valid or test part comes out empty is an error (unless not `check`).
     """
     if how == "temporal" and samples["timestamp"].null_count():
         raise RecpipeError(
@@ -67,6 +72,16 @@ def split(
         ts = ordered["timestamp"]
         a = _run_end(ts, a)
         b = _run_end(ts, max(a, b))
+        # A cut only moves forward past equal timestamps: it can run into the next cut or off the end.
+        empty = "valid and test are" if a >= n else "valid is" if b <= a else "test is" if b >= n else None
+        if check and n and empty:
+            at = a - 1 if empty == "valid is" else n - 1  # the run the cut moved past
+            tied = int((ts == ts[at]).sum())  # sorted by time: the equal ones stand together
+            raise RecpipeError(
+                f"instructions.split 'temporal': {empty} empty: {tied} of the {n} pooled samples share one "
+                "timestamp, and a cut never falls inside a run of equal timestamps; raise instructions.pool_size "
+                "or use split: paper"
+            )
     at = pl.int_range(pl.len())
     return ordered.with_columns(
         split=pl.when(at < a).then(pl.lit("train")).when(at < b).then(pl.lit("valid")).otherwise(pl.lit("test"))
