@@ -82,7 +82,9 @@ def test_temporal_split_orders_by_time_then_file_row():
     # Time order: t150 rows 4, 6; t200 rows 2, 3, 5. Cuts at int(5 * 0.2) = 1 and int(5 * 0.4) = 2;
     # the first falls inside the t150 run, so it moves to the run's end: no validation sample
     # shares a second with a training one. Both cuts then sit at 2: validation is empty.
-    with pytest.raises(RecpipeError, match=r"'temporal': valid is empty: 2 of the 5 pooled samples share one timestamp"):
+    with pytest.raises(
+        RecpipeError, match=r"'temporal': valid is empty: 2 of the 5 pooled samples share one timestamp"
+    ):
         split(samples, "temporal", None, (0.2, 0.2, 0.6))
     # Cuts at 2 and 3: the second falls inside the t200 run and moves to its end, leaving no test.
     with pytest.raises(RecpipeError, match=r"test is empty: 3 of the 5 pooled samples share one timestamp"):
