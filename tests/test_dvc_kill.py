@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 from conftest import params_dict, source
+from recpipe.params.collab import CollabParams
 from recpipe.params.p5 import P5Params
 from recpipe.params.recsysllm import RecsysllmParams
 from test_dvc_repro import DVC, ENV, ROOT, run, write
@@ -27,6 +28,7 @@ def test_a_killed_data_stage_does_not_change_the_next_runs_lock(archives, tmp_pa
     params["evaluate"] = {"dataset": None, "instructions": None}  # dvc.yaml reads these
     params["p5"] = {**P5Params().model_dump(mode="json"), "datasets": []}
     params["recsysllm"] = {**RecsysllmParams().model_dump(mode="json"), "datasets": []}
+    params["collab"] = {**CollabParams().model_dump(mode="json"), "datasets": []}
     write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)

@@ -10,6 +10,7 @@ import polars as pl
 import yaml
 
 from conftest import make_tiny_model, params_dict, source
+from recpipe.params.collab import CollabParams
 from recpipe.params.p5 import P5Params
 from recpipe.params.recsysllm import RecsysllmParams
 from test_formats import bx_source, bx_zip
@@ -62,6 +63,7 @@ def test_dvc_repro_tiny(archives, tmp_path):
         "lora": {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
         "train": {**recsysllm["train"], "batch_size": 8, "dtype": "float32", "max_length": 256},
     }
+    params["collab"] = {**CollabParams().model_dump(mode="json"), "datasets": []}  # no collab stages
     write(params, tmp_path)
     run(["git", "init", "-q"], tmp_path)
     run([*DVC, "init", "-q"], tmp_path)

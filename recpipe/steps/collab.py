@@ -18,10 +18,11 @@ def run(p: StepParams, dataset: str) -> None:
     from recpipe.collab.scoring import collab
     from recpipe.io import atomic_dir
 
+    out = dataset_dir(COLLAB_DATA, dataset)  # refuses a bad name before anything else
     if dataset != p.dataset:
         # The encoders hold out, and are early-stopped on, the TALLRec samples of `dataset`.
         raise RecpipeError(f"collab.datasets: {dataset!r}: only the TALLRec dataset ({p.dataset!r}) has encoders")
-    with atomic_dir(dataset_dir(COLLAB_DATA, dataset)) as tmp:
+    with atomic_dir(out) as tmp:
         collab(
             f"{dataset_dir(TABLES, dataset)}/interactions.parquet",
             SAMPLES,
