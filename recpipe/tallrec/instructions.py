@@ -128,8 +128,6 @@ def render_batch(
         cols[f"l{k}"] = long["rating"].gather(rows) > like_threshold  # null: unrated, neither liked nor disliked
     ks = range(history_len, 0, -1)
     sep, empty = tpl["list_separator"], tpl["empty_list"]
-    liked = pl.concat_list([pl.when(pl.col(f"l{k}")).then(pl.col(f"n{k}")) for k in ks]).list.drop_nulls()
-    disliked = pl.concat_list([pl.when(pl.col(f"l{k}").not_()).then(pl.col(f"n{k}")) for k in ks]).list.drop_nulls()
 
     def as_list(names: pl.Expr) -> pl.Expr:
         return pl.when(names.list.len() == 0).then(pl.lit(empty)).otherwise(names.list.join(sep))
@@ -137,40 +135,38 @@ def render_batch(
     def marked(name: pl.Expr, token: str) -> pl.Expr:  # the name with a collaborative token after it
         return pl.concat_str([name, pl.lit(f" {COLLAB_TOKEN}")]) if token in collab_tokens else name
 
-    def chosen(liked: bool, column: str, token: str = "") -> pl.Expr:  # one history list, oldest first
+    def chosen(liked: bool, column: str, token: str = "") -> pl.Expr:  # the liked or disliked ones, oldest first
         keep = [pl.col(f"l{k}") if liked else pl.col(f"l{k}").not_() for k in ks]
         return pl.concat_list([pl.when(w).then(marked(pl.col(f"{column}{k}"), token)) for w, k in zip(keep, ks)])
 
-    parts = (
-        pl.DataFrame(cols)
-        .with_columns(target=quoted.gather(samples["code"]))
-        .select(
-            history_item_ids=pl.concat_list([pl.col(f"i{k}") for k in ks]),
-            liked=as_list(liked),
-            disliked=as_list(disliked),
-            target="target",
-            n_liked=liked.list.len().cast(pl.String),
-            n_disliked=disliked.list.len().cast(pl.String),
-            n_history=pl.lit(str(history_len)),
-        )
+    def filled(frame: pl.DataFrame, pieces: list) -> pl.Series:  # the prompt of each row of frame
+        return frame.select(
+            pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])
+        ).to_series()
+
+    liked, disliked = chosen(True, "n").list.drop_nulls(), chosen(False, "n").list.drop_nulls()
+    named = pl.DataFrame(cols).with_columns(target=quoted.gather(samples["code"]), target_id=samples["item_id"])
+
+    parts = named.select(
+        history_item_ids=pl.concat_list([pl.col(f"i{k}") for k in ks]),
+        liked=as_list(liked),
+        disliked=as_list(disliked),
+        target="target",
+        n_liked=liked.list.len().cast(pl.String),
+        n_disliked=disliked.list.len().cast(pl.String),
+        n_history=pl.lit(str(history_len)),
     )
-    pieces = _prompt_pieces(tpl)
-    prompt = parts.select(
-        pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in pieces])
-    ).to_series()
+    prompt = filled(parts, _prompt_pieces(tpl))
     hybrid = {}
     if collab_tokens:
-        frame = pl.DataFrame(cols).with_columns(target=quoted.gather(samples["code"]), target_id=samples["item_id"])
-        fields = frame.select(
+        fields = named.select(
             liked=as_list(chosen(True, "n", "history").list.drop_nulls()),
             disliked=as_list(chosen(False, "n", "history").list.drop_nulls()),
             target=marked(pl.col("target"), "target"),
         ).with_columns(parts.select("n_liked", "n_disliked", "n_history"))
         user = COLLAB_USER if "user" in collab_tokens else ""
         hybrid_pieces = _prompt_pieces(tpl, user)
-        hybrid["collab_prompt"] = fields.select(
-            pl.concat_str([pl.lit(p) if isinstance(p, str) else pl.col(p[0]) for p in hybrid_pieces])
-        ).to_series()
+        hybrid["collab_prompt"] = filled(fields, hybrid_pieces)
         # The item tokens' items, in the order the input's fields put them in the prompt.
         ids = {}
         if "history" in collab_tokens:
@@ -179,7 +175,7 @@ def render_batch(
             ids["target"] = pl.concat_list(pl.col("target_id"))
         order = [ids[p[0]] for p in hybrid_pieces if not isinstance(p, str) and p[0] in ids]
         item_ids = pl.concat_list(order) if order else pl.lit([], pl.List(long["item_id"].dtype))
-        hybrid["collab_item_ids"] = frame.select(item_ids.alias("collab_item_ids")).to_series()
+        hybrid["collab_item_ids"] = named.select(item_ids.alias("collab_item_ids")).to_series()
     answers = pl.when(pl.col("label") == 1).then(pl.lit(tpl["answer_yes"])).otherwise(pl.lit(tpl["answer_no"]))
     return (
         samples.with_columns(history_item_ids=parts["history_item_ids"], prompt=prompt.alias("prompt"), answer=answers)
